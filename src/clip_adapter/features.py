@@ -1,0 +1,287 @@
+"""Feature cache: every image is encoded once per (backbone, transform, view); features live in safetensors.
+
+Layout: ``<root>/<backbone id>/<transform hash>/<view>/shard-*.safetensors``. Each shard is immutable and
+self-describing: a ``features`` tensor ``(n, dim)`` plus, in its header, the keys of its n images (absolute path
+and file size) and a checksum of the key list. Everything that changes a feature is in its address: the
+backbone id (architecture + weights identity), the transform (hash of its full description), the view
+(``test`` or ``train-<v>``, augmented view v) and the image key. A lookup encodes only the images no shard
+holds, and writes them as one new shard, so overlapping requests (other seeds, other shot counts, the
+whole split) reuse each other's work.
+
+Training augmentation is served from ``n_views`` cached views per image: view v of an image is the same
+random crop/flip on every machine (seeded by the image name and v), so adapter training never runs the encoder.
+
+Shards are written to a temporary name and renamed (readers never see half a file); a truncated, corrupt
+or inconsistent shard is detected on open, logged, deleted, and its images are re-encoded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .data import Item
+from .io import atomic_path, default_cache_dir
+
+__all__ = ["FeatureCache", "ImageListDataset", "default_num_workers"]
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = "2"
+
+
+def default_num_workers() -> int:
+    """Loader processes that overlap JPEG decoding with encoding without starving the encoder of cores."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def _view_seed(path: str, view: int) -> int:
+    p = Path(path)
+    digest = hashlib.sha256(f"{p.parent.name}/{p.name}|{view}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class ImageListDataset(torch.utils.data.Dataset):
+    """Images at ``paths`` through ``transform``; with ``views``, a stack of seeded augmented views per image."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable, views: Sequence[int] | None = None):
+        self.paths, self.transform, self.views = list(paths), transform, list(views) if views else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        path = self.paths[i]
+        try:
+            with Image.open(path) as im:
+                img = im.convert("RGB")
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
+            raise OSError(f"Image {path} could not be read ({type(e).__name__}: {e}).") from None
+        if self.views is None:
+            return self.transform(img)
+        out = []
+        for v in self.views:
+            # Seed per (image, view) so view v is reproducible; fork_rng keeps the caller's RNG untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_view_seed(path, v))
+                out.append(self.transform(img))
+        return torch.stack(out)
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", s)[:80]
+
+
+def _image_key(path: str) -> str:
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = -1
+    return f"{os.path.abspath(path)}\t{size}"
+
+
+def _digest(keys: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
+
+
+class _Store:
+    """The shards of one (backbone, transform, view) folder: image key -> (shard file, row)."""
+
+    def __init__(self, folder: Path, dim: int):
+        self.folder, self.dim = folder, dim
+        self.index: dict[str, tuple[Path, int]] = {}
+        self._loaded: dict[Path, torch.Tensor] = {}
+        self._seen: set[Path] = set()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the headers of shards not seen yet (another process may have added some)."""
+        if not self.folder.is_dir():
+            return
+        for shard in sorted(self.folder.glob("shard-*.safetensors")):
+            if shard in self._seen:
+                continue
+            keys = self._read_header(shard)
+            self._seen.add(shard)
+            if keys is None:
+                continue
+            for row, key in enumerate(keys):
+                self.index.setdefault(key, (shard, row))
+
+    def _read_header(self, shard: Path) -> list[str] | None:
+        try:
+            with safe_open(str(shard), framework="pt") as f:
+                meta = f.metadata() or {}
+                shape = f.get_slice("features").get_shape()
+            keys = json.loads(meta["keys"])
+            if meta.get("digest") != _digest(keys) or list(shape) != [len(keys), self.dim]:
+                raise ValueError(f"header says {len(keys)} images, tensor is {list(shape)}")
+            return keys
+        except Exception as e:  # noqa: BLE001 - any unreadable shard is rebuilt
+            self._drop(shard, e)
+            return None
+
+    def _drop(self, shard: Path, err: Exception) -> None:
+        log.warning("Feature cache file %s is corrupt or mismatched (%s); its images will be re-encoded.", shard, err)
+        shard.unlink(missing_ok=True)
+        self.index = {k: v for k, v in self.index.items() if v[0] != shard}
+        self._loaded.pop(shard, None)
+
+    def get(self, keys: Sequence[str]) -> tuple[torch.Tensor | None, list[int]]:
+        """(features of the keys found, filled row by row; indices of the missing keys)."""
+        out = torch.empty(len(keys), self.dim)
+        missing: list[int] = []
+        by_shard: dict[Path, list[tuple[int, int]]] = {}
+        for i, k in enumerate(keys):
+            hit = self.index.get(k)
+            if hit is None:
+                missing.append(i)
+            else:
+                by_shard.setdefault(hit[0], []).append((i, hit[1]))
+        for shard, pairs in by_shard.items():
+            t = self._tensor(shard)
+            if t is None or not torch.isfinite(t).all():
+                if t is not None:
+                    self._drop(shard, ValueError("non-finite values"))
+                missing.extend(i for i, _ in pairs)
+                continue
+            dst, src = zip(*pairs)
+            out[list(dst)] = t[list(src)]
+        return out, sorted(missing)
+
+    def _tensor(self, shard: Path) -> torch.Tensor | None:
+        if shard not in self._loaded:
+            try:
+                self._loaded[shard] = load_file(str(shard))["features"]
+            except Exception as e:  # noqa: BLE001
+                self._drop(shard, e)
+                return None
+        return self._loaded[shard]
+
+    def put(self, keys: list[str], feats: torch.Tensor, meta: dict[str, str]) -> None:
+        digest = _digest(keys)
+        shard = self.folder / f"shard-{time.strftime('%Y%m%d%H%M%S')}-{digest[:16]}.safetensors"
+        with atomic_path(shard) as tmp:
+            save_file({"features": feats.contiguous()}, str(tmp),
+                      metadata={**meta, "keys": json.dumps(keys), "digest": digest})
+        self._seen.add(shard)
+        self._loaded[shard] = feats
+        for row, k in enumerate(keys):
+            self.index[k] = (shard, row)
+
+
+class FeatureCache:
+    """Encode-once store of image features for one backbone.
+
+    Args:
+        backbone: a :class:`~clip_adapter.backbone.Backbone`.
+        root: cache directory (default ``$CLIP_ADAPTER_CACHE/features`` or ``~/.cache/clip_adapter/features``).
+        batch_size: images per encoder call.
+        num_workers: DataLoader processes decoding images (0 = in the main process).
+        progress: show tqdm progress bars while encoding.
+    """
+
+    def __init__(self, backbone, root: str | os.PathLike | None = None, batch_size: int = 32,
+                 num_workers: int | None = None, progress: bool = True):
+        self.backbone = backbone
+        self.root = Path(root) if root is not None else default_cache_dir() / "features"
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.progress = progress
+        self.encoded_images = 0  # images this object sent through the encoder (tests, logs)
+        self._stores: dict[tuple[str, str], _Store] = {}
+
+    def folder(self, kind: str, view: int = 0) -> Path:
+        """Where features of the ``kind`` ("test" or "train") transform and ``view`` live."""
+        tf = hashlib.sha256(f"{CACHE_VERSION}|{self.backbone.transform_id(kind)}".encode()).hexdigest()[:16]
+        tag = "test" if kind == "test" else f"train-{view}"
+        return self.root / _safe(self.backbone.id) / f"{kind}-{tf}" / tag
+
+    def _store(self, kind: str, view: int) -> _Store:
+        key = (kind, str(view))
+        if key not in self._stores:
+            self._stores[key] = _Store(self.folder(kind, view), self.backbone.embed_dim)
+        else:
+            self._stores[key].refresh()
+        return self._stores[key]
+
+    def features(self, items: Sequence[Item] | Sequence[str], kind: str = "test", view: int = 0) -> torch.Tensor:
+        """Features ``(n, dim)`` of ``items`` with the test transform (or the train transform's ``view``)."""
+        if kind == "train":
+            return self.views(items, [view])[0]
+        if kind != "test":
+            raise ValueError(f"Unknown transform kind {kind!r}; expected 'test' or 'train'.")
+        paths = _paths(items)
+        keys = [_image_key(p) for p in paths]
+        store = self._store("test", 0)
+        out, missing = store.get(keys)
+        if missing:
+            todo = _unique([paths[i] for i in missing])
+            feats = self._encode(todo, self.backbone.test_transform, None, desc=f"encode {len(todo)} images")[0]
+            store.put([_image_key(p) for p in todo], feats, self._meta("test", 0))
+            out, missing = store.get(keys)
+            assert not missing
+        return out
+
+    def views(self, items: Sequence[Item] | Sequence[str], views: int | Sequence[int] = 10) -> torch.Tensor:
+        """Augmented-view features ``(V, n, dim)``; ``views`` is a count (views 0..V-1) or explicit indices."""
+        paths = _paths(items)
+        keys = [_image_key(p) for p in paths]
+        idx = list(range(views)) if isinstance(views, int) else list(views)
+        stores = {v: self._store("train", v) for v in idx}
+        missing_any: set[str] = set()
+        for v in idx:
+            _, miss = stores[v].get(keys)
+            missing_any.update(paths[i] for i in miss)
+        if missing_any:
+            todo = _unique([p for p in paths if p in missing_any])
+            enc = self._encode(todo, self.backbone.train_transform, idx,
+                               desc=f"encode {len(todo)} images x {len(idx)} augmented views")
+            todo_keys = [_image_key(p) for p in todo]
+            for v, t in zip(idx, enc):
+                stores[v].put(todo_keys, t, self._meta("train", v))
+        return torch.stack([stores[v].get(keys)[0] for v in idx])
+
+    def _meta(self, kind: str, view: int) -> dict[str, str]:
+        return {"backbone": self.backbone.id, "kind": kind, "view": str(view),
+                "transform": self.backbone.transform_id(kind)[:4000], "cache_version": CACHE_VERSION}
+
+    def _encode(self, paths: list[str], transform: Callable, views: list[int] | None, desc: str) -> list[torch.Tensor]:
+        ds = ImageListDataset(paths, transform, views)
+        per_item = len(views) if views else 1
+        bs = max(1, self.batch_size // per_item)
+        workers = self.num_workers if len(paths) > bs else 0  # a worker costs more than it saves on a batch
+        # An own generator: DataLoader otherwise draws its worker seed from (and so shifts) the global RNG.
+        loader = DataLoader(ds, batch_size=bs, num_workers=workers, shuffle=False,
+                            generator=torch.Generator().manual_seed(0))
+        chunks: list[torch.Tensor] = []
+        with tqdm(total=len(paths) * per_item, desc=desc, unit="img", disable=not self.progress,
+                  leave=False) as bar:
+            for batch in loader:
+                flat = batch.reshape(-1, *batch.shape[-3:])
+                f = self.backbone.encode_images(flat).float().cpu()
+                chunks.append(f.reshape(batch.shape[0], per_item, -1))
+                self.encoded_images += flat.shape[0]
+                bar.update(flat.shape[0])
+        feats = torch.cat(chunks)  # (n, V, d)
+        return [feats[:, j].contiguous() for j in range(per_item)]
+
+
+def _unique(paths: list[str]) -> list[str]:
+    return list(dict.fromkeys(paths))
+
+
+def _paths(items: Sequence[Item] | Sequence[str]) -> list[str]:
+    return [it.path if isinstance(it, Item) else str(it) for it in items]

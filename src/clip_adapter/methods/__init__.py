@@ -1,0 +1,16 @@
+"""Few-shot methods. Each module registers itself; importing this package imports them all.
+
+A new method is one file here with a ``@register_method("name")`` class (no list to edit elsewhere).
+"""
+import importlib
+import pkgutil
+
+from .base import (CONFIG_NAME, WEIGHTS_NAME, FewShotMethod, NotFittedError, check_fitted, get_method,
+                   get_method_class, list_methods, register_method)
+
+for _m in pkgutil.iter_modules(__path__):
+    if _m.name != "base":
+        importlib.import_module(f"{__name__}.{_m.name}")
+
+__all__ = ["FewShotMethod", "NotFittedError", "check_fitted", "get_method", "get_method_class", "list_methods",
+           "register_method", "CONFIG_NAME", "WEIGHTS_NAME"]

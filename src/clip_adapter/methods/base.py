@@ -1,0 +1,227 @@
+"""The method interface: a frozen, validated config (PEFT style) + an estimator with fit/predict (sklearn style).
+
+Data conventions at the method boundary:
+
+* ``features``: raw (un-normalised) image features, float32 ``(n, dim)`` (test transform);
+* ``views``: optional augmented-view features ``(V, n, dim)`` of the same images (train transform);
+* ``labels``: int64 ``(n,)`` in ``0..C-1``;
+* ``text``: a :class:`~clip_adapter.prompts.ClassText` (class names, templates, raw text features ``(C, dim)``
+  and the backbone's logit scale).
+
+Each method normalises where its own formula says. ``logits`` is the one place a method's formula lives;
+``predict`` / ``predict_proba`` are its argmax / softmax.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import difflib
+import json
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..config import MethodConfig
+from ..io import atomic_dir, package_versions
+from ..prompts import ClassText
+
+__all__ = ["MethodConfig", "FewShotMethod", "NotFittedError", "register_method", "get_method", "get_method_class",
+           "list_methods", "check_fitted", "CONFIG_NAME", "WEIGHTS_NAME"]
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+class NotFittedError(RuntimeError):
+    """A method was used before ``fit``."""
+
+
+_METHODS: dict[str, type["FewShotMethod"]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: register a :class:`FewShotMethod` under a snake_case ``name`` (its file name)."""
+    def deco(cls):
+        if name != name.lower() or "-" in name:
+            raise ValueError(f"Method name {name!r} must be lowercase snake_case.")
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"Method {name!r} is already registered by {_METHODS[name].__qualname__}.")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+    return deco
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def get_method_class(name: str) -> type["FewShotMethod"]:
+    key = name.replace("-", "_").lower()
+    if key not in _METHODS:
+        near = difflib.get_close_matches(key, list(_METHODS), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ValueError(f"Unknown method {name!r}. Available: {', '.join(list_methods())}{hint}")
+    return _METHODS[key]
+
+
+def get_method(name: str, config: MethodConfig | dict | None = None, **kwargs) -> "FewShotMethod":
+    """Build a method by name: ``get_method("clip_adapter", alpha=0.6)`` or with a config object/dict."""
+    cls = get_method_class(name)
+    backbone = kwargs.pop("backbone", None)
+    if isinstance(config, dict):
+        config = cls.config_cls.from_dict(config)
+    if kwargs:
+        config = dataclasses.replace(config or cls.config_cls(), **kwargs)
+    return cls(config, backbone=backbone)
+
+
+def check_fitted(method: "FewShotMethod") -> None:
+    if not getattr(method, "fitted_", False):
+        raise NotFittedError(f"This {type(method).__name__} instance is not fitted yet; "
+                             f"call fit(features, labels, text=...) first.")
+
+
+class FewShotMethod(abc.ABC):
+    """A few-shot classifier on frozen features.
+
+    The constructor stores ``config`` (and an optional ``backbone`` collaborator for methods that need the
+    encoders, e.g. CoOp) and nothing else. Learned state lives in attributes ending in ``_``.
+    """
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    #: hyper-parameter grid searched on the validation split by default (field -> values)
+    default_grid: ClassVar[dict[str, list]] = {}
+    #: whether ``fit`` uses the labelled data (zero-shot does not)
+    trains: ClassVar[bool] = True
+
+    def __init__(self, config: MethodConfig | None = None, *, backbone=None):
+        if config is not None and not isinstance(config, self.config_cls):
+            raise TypeError(f"{type(self).__name__} expects a {self.config_cls.__name__}; got {type(config).__name__}.")
+        self.config = config if config is not None else self.config_cls()
+        self.backbone = backbone
+
+    # -- to implement --------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
+            views: torch.Tensor | None = None) -> "FewShotMethod":
+        """Learn from raw ``features`` ``(n, d)`` (and augmented ``views`` ``(V, n, d)``); returns ``self``."""
+
+    @abc.abstractmethod
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Class scores ``(n, C)`` for raw image features ``(n, d)``."""
+
+    @abc.abstractmethod
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Every learned tensor needed to rebuild ``logits`` (saved as safetensors)."""
+
+    @abc.abstractmethod
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_tensors`; ``meta`` is the saved JSON config."""
+
+    # -- shared behaviour ----------------------------------------------------------------------------------
+    def _start_fit(self, features: torch.Tensor, labels: torch.Tensor, text: ClassText,
+                   views: torch.Tensor | None) -> None:
+        if features.ndim != 2:
+            raise ValueError(f"features must be (n, dim); got shape {tuple(features.shape)}.")
+        if labels.shape != (features.shape[0],):
+            raise ValueError(f"labels must be ({features.shape[0]},); got shape {tuple(labels.shape)}.")
+        if text.features.shape[1] != features.shape[1]:
+            raise ValueError(f"Image features have dim {features.shape[1]}, text features {text.features.shape[1]}.")
+        if views is not None and (views.ndim != 3 or views.shape[1:] != features.shape):
+            raise ValueError(f"views must be (V, {features.shape[0]}, {features.shape[1]}); got {tuple(views.shape)}.")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= len(text.classnames)):
+            raise ValueError(f"labels must lie in 0..{len(text.classnames) - 1}; got {labels.min()}..{labels.max()}.")
+        self.classes_ = list(text.classnames)
+        self.templates_ = list(text.templates)
+        self.embed_dim_ = int(features.shape[1])
+        self.logit_scale_ = float(text.logit_scale)
+        self.fitted_ = False
+
+    def _end_fit(self) -> "FewShotMethod":
+        self.fitted_ = True
+        return self
+
+    def _check_features(self, features: torch.Tensor) -> torch.Tensor:
+        check_fitted(self)
+        if features.ndim != 2 or features.shape[1] != self.embed_dim_:
+            raise ValueError(f"{type(self).__name__} expects features of shape (n, {self.embed_dim_}); "
+                             f"got {tuple(features.shape)}.")
+        return features.float()
+
+    @torch.no_grad()
+    def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(features).softmax(dim=-1)
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(features).argmax(dim=-1)
+
+    def num_trainable_parameters(self) -> int:
+        """Parameters learned by ``fit`` (0 for zero-shot)."""
+        return sum(t.numel() for k, t in self.state_tensors().items() if not k.startswith("fixed."))
+
+    # -- persistence ---------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, *, backbone_id: str | None = None,
+                        extra: dict[str, Any] | None = None) -> Path:
+        """Write ``adapter_config.json`` + ``adapter_model.safetensors`` into ``directory`` atomically."""
+        check_fitted(self)
+        meta = {"method": self.name, "config": self.config.to_dict(), "classnames": self.classes_,
+                "templates": self.templates_, "embed_dim": self.embed_dim_, "logit_scale": self.logit_scale_,
+                "backbone_id": backbone_id or getattr(self.backbone, "id", None),
+                "versions": package_versions(), **(extra or {})}
+        directory = Path(directory)
+        with atomic_dir(directory) as tmp:
+            save_file({k: v.detach().float().contiguous().cpu() for k, v in self.state_tensors().items()},
+                      str(tmp / WEIGHTS_NAME), metadata={"method": self.name})
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+            if "model_card" in (extra or {}):
+                (tmp / "README.md").write_text(str(extra["model_card"]))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, backbone=None) -> "FewShotMethod":
+        """Load a method saved by :meth:`save_pretrained` (never unpickles). Called on the base class, the
+        method class is found by the saved name."""
+        directory = Path(directory)
+        cfg_file, w_file = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        if not directory.is_dir():
+            raise FileNotFoundError(f"Model directory {directory} not found.")
+        for f in (cfg_file, w_file):
+            if not f.is_file():
+                raise FileNotFoundError(f"{f} not found; expected a folder written by save_pretrained.")
+        try:
+            meta = json.loads(cfg_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{cfg_file} is not valid JSON ({e}).") from None
+        for key in ("method", "config", "classnames", "embed_dim", "logit_scale"):
+            if key not in meta:
+                raise ValueError(f"{cfg_file} lacks the required key {key!r}.")
+        klass = get_method_class(meta["method"]) if cls is FewShotMethod or not cls.name else cls
+        if cls.name and meta["method"] != cls.name:
+            raise ValueError(f"{directory} holds a {meta['method']!r} model, not {cls.name!r}.")
+        if backbone is not None:
+            bid = meta.get("backbone_id")
+            if bid and bid != backbone.id or int(meta["embed_dim"]) != backbone.embed_dim:
+                raise ValueError(f"Adapter in {directory} was trained on {bid!r} (dim {meta['embed_dim']}); features "
+                                 f"come from {backbone.id!r} (dim {backbone.embed_dim}).")
+        config = klass.config_cls.from_dict(meta["config"], source=str(cfg_file))
+        obj = klass(config, backbone=backbone)
+        try:
+            tensors = load_file(str(w_file))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"{w_file} could not be read as safetensors ({e}).") from None
+        obj.classes_ = list(meta["classnames"])
+        obj.templates_ = list(meta.get("templates") or [])
+        obj.embed_dim_ = int(meta["embed_dim"])
+        obj.logit_scale_ = float(meta["logit_scale"])
+        obj.load_state_tensors(tensors, meta)
+        obj.fitted_ = True
+        obj.metadata_ = meta
+        return obj

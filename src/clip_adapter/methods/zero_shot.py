@@ -1,0 +1,48 @@
+"""Zero-shot CLIP: cosine similarity between image features and class text features, times the logit scale."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import MethodConfig
+from ..prompts import ClassText
+from .base import FewShotMethod, register_method
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig(MethodConfig):
+    """Zero-shot CLIP has no hyper-parameters."""
+
+
+def cosine_logits(image: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * normalize(image) @ normalize(text).T``: CLIP's classifier."""
+    return scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
+
+
+@register_method("zero_shot")
+class ZeroShot(FewShotMethod):
+    """Zero-shot CLIP (Radford et al., 2021): no training; ``fit`` only stores the text head."""
+
+    config_cls = ZeroShotConfig
+    trains = False
+
+    def fit(self, features: torch.Tensor | None = None, labels: torch.Tensor | None = None, *, text: ClassText,
+            views: torch.Tensor | None = None) -> "ZeroShot":
+        if features is None:
+            features = torch.zeros(0, text.features.shape[1])
+            labels = torch.zeros(0, dtype=torch.long)
+        self._start_fit(features, labels, text, views)
+        self.text_features_ = text.features.float().clone()
+        return self._end_fit()
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return cosine_logits(self._check_features(features), self.text_features_, self.logit_scale_)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"fixed.text_features": self.text_features_}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.text_features_ = tensors["fixed.text_features"]
