@@ -123,10 +123,11 @@ def _check_labels(items: list[Item], n_classes: int, where: str) -> None:
 
 
 def _find_image_dir(folder: Path, sample_relpaths: list[str]) -> Path:
+    # Majority vote over a sample, so a few missing files (reported by `datasets verify`) do not hide the folder.
     candidates = [folder] + sorted(p for p in folder.iterdir() if p.is_dir())
-    for cand in candidates:
-        if all((cand / rel).exists() for rel in sample_relpaths):
-            return cand
+    best = max(candidates, key=lambda c: sum((c / rel).exists() for rel in sample_relpaths))
+    if sum((best / rel).exists() for rel in sample_relpaths) * 2 > len(sample_relpaths):
+        return best
     raise FileNotFoundError(f"Images of the split file in {folder} not found: none of {folder} or its subfolders "
                             f"contains {sample_relpaths[0]!r}; expected the CoOp layout (images next to the split "
                             f"file, e.g. {folder}/images/...).")
@@ -166,7 +167,7 @@ def read_coop(folder: str | Path, split_file: str | Path | None = None, image_di
     if gaps:
         raise ValueError(f"Split file {split_file}: labels must be 0..{n - 1} without gaps; label {gaps[0]} is unused.")
     classnames = [names[i] for i in range(n)]
-    sample = [e[0] for s in SPLITS for e in raw[s][:1]]
+    sample = [e[0] for s in SPLITS for e in raw[s][:: max(1, len(raw[s]) // 7)][:7]]
     img_dir = Path(image_dir) if image_dir is not None else _find_image_dir(folder, sample)
     splits = {s: [Item(str(img_dir / rel), int(y)) for rel, y, _ in raw[s]] for s in SPLITS}
     ds_name = name or split_file.stem.removeprefix("split_zhou_")
