@@ -25,7 +25,7 @@ from torchvision import transforms as T
 
 __all__ = [
     "Backbone", "OpenClipBackbone", "BackboneLoadError", "load_backbone", "register_backbone",
-    "list_backbones", "build_transforms", "file_sha256",
+    "list_backbones", "build_transforms", "file_sha256", "weights_fingerprint",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,15 @@ def build_transforms(size: int, mean: Sequence[float], std: Sequence[float],
 
 def _to_rgb(img):
     return img.convert("RGB") if getattr(img, "mode", "RGB") != "RGB" else img
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """Short sha256 of all parameters and buffers (identifies randomly initialised weights)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -210,8 +219,10 @@ def load_backbone(name: str = "RN50", pretrained: str | None = "openai", checkpo
             f"elsewhere and pass it with --checkpoint FILE (Python: load_backbone({name!r}, checkpoint=FILE)), "
             f"or use the offline backbone --backbone lite.") from e
     if weights is None:
-        # Random init is only meaningful for tests and speed benchmarks; make that visible.
+        # Random init is only meaningful for tests and speed benchmarks; make that visible. Two random inits
+        # differ, so the id carries a fingerprint of the weights (cached features must not be shared).
         log.warning("open_clip model %s has random weights (pretrained=None).", name)
+        model_id = f"{model_id}-{weights_fingerprint(model)}"
     return OpenClipBackbone(model, open_clip.get_tokenizer(name), model_id, device=device)
 
 

@@ -121,10 +121,12 @@ def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | Non
         write_json(path, record)
         record["result_file"] = str(path)
     if save_model is not None:
+        from .predict import backbone_spec  # how AdaptedClassifier.from_pretrained rebuilds the backbone
         card = model_card(record)
         sel.model.save_pretrained(save_model, backbone_id=backbone.id,
                                   extra={"dataset": dataset.name, "shots": record["shots"], "seed": spec.seed,
-                                         "test_accuracy": record["accuracy"], "model_card": card})
+                                         "test_accuracy": record["accuracy"], "model_card": card,
+                                         "backbone": backbone_spec(backbone)})
         record["model_dir"] = str(save_model)
     return record
 
