@@ -1,0 +1,286 @@
+"""CoOp (Zhou et al., "Learning to Prompt for Vision-Language Models", IJCV 2022): learned prompt context.
+
+The prompt of class ``c`` is ``[SOS] [V]_1 ... [V]_M [CLASS_c] . [EOS]``: M learnable context vectors in the
+token-embedding space (one set shared by all classes, or one per class with ``class_specific=True``) followed
+by the class name's own token embeddings (the class token sits at the end). The frozen text encoder turns each
+prompt into a class text feature; only the context vectors are trained, with cross-entropy on
+
+    logits = logit_scale * normalize(f_image) @ normalize(g(prompt_c)).T
+
+over cached image features (the image encoder never runs during training). The text encoder is open_clip's
+``encode_text`` replayed on token *embeddings* (:class:`PromptEncoder`).
+
+Schedule (paper): SGD lr 2e-3, momentum 0.9, weight decay 5e-4, batch 32, cosine after one constant warm-up
+epoch at 1e-5; 50 epochs for 1 shot, 100 for 2-4 shots, 200 for 8-16 shots (``epochs=None`` picks these from
+the number of training images per class).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..prompts import ClassText
+from ..training import TrainingConfig, train_loop
+from .base import FewShotMethod, register_method
+from .zero_shot import cosine_logits
+
+__all__ = ["CoOpConfig", "CoOp", "PromptEncoder", "epochs_for_shots", "text_tower"]
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER = "X"  # CoOp's stand-in word for a context token; its embedding is replaced by the learned vector
+
+
+def epochs_for_shots(shots: int) -> int:
+    """CoOp's schedule: 50 epochs for 1 shot, 100 for 2-4 shots, 200 for more (the paper's 8 and 16)."""
+    if shots <= 1:
+        return 50
+    if shots <= 4:
+        return 100
+    return 200
+
+
+@dataclass(frozen=True)
+class CoOpConfig(TrainingConfig):
+    epochs: int | None = None     # None: by shots per class as in the paper (1: 50, 2-4: 100, 8-16: 200)
+    n_ctx: int = 16               # M, number of learned context vectors (ignored with `init`: M = its token count)
+    init: str | None = None       # e.g. "a photo of a": start the context from this phrase's token embeddings
+    class_specific: bool = False  # CSC: one context per class (C x M x width) instead of one unified context
+    init_std: float = 0.02        # std of the random normal context init (without `init`)
+
+    def validate(self) -> None:
+        if self.epochs is None:
+            # TrainingConfig wants an int; validate every other field through a copy with a valid epoch count.
+            dataclasses.replace(self, epochs=1)
+        else:
+            super().validate()
+        self._check("n_ctx", isinstance(self.n_ctx, int) and self.n_ctx >= 1, "an int >= 1")
+        self._check("init", self.init is None or (isinstance(self.init, str) and self.init.strip() != ""),
+                    "None or a non-empty phrase such as 'a photo of a'")
+        self._check("class_specific", isinstance(self.class_specific, bool), "a bool")
+        self._check("init_std", self.init_std > 0, "a float in (0, inf)")
+
+
+# ---------------------------------------------------------------------------------------------- text encoder
+
+def text_tower(backbone, who: str = "CoOp"):
+    """The open_clip module that holds the text tower's parts (``token_embedding`` ... ``text_projection``).
+
+    Raises a one-line ``ValueError`` for backbones without a token-level text encoder (e.g. ``lite``)."""
+    model = getattr(backbone, "model", None)
+    bid = getattr(backbone, "id", type(backbone).__name__)
+    hint = "use an open_clip backbone (e.g. --backbone RN50 or ViT-B-16)"
+    if model is None:
+        raise ValueError(f"{who} needs a backbone with a token-level text encoder; {bid!r} "
+                         f"({type(backbone).__name__}) only exposes sentence features; {hint}.")
+    tower = model if hasattr(model, "token_embedding") else getattr(model, "text", None)
+    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+    if tower is None or not all(hasattr(tower, a) for a in needed):
+        raise ValueError(f"{who} needs a backbone with a token-level text encoder; the text tower of {bid!r} "
+                         f"({type(tower).__name__}) has no open_clip token_embedding/transformer; {hint}.")
+    if getattr(tower, "cls_emb", None) is not None or getattr(tower, "use_pad_mask", False):
+        raise ValueError(f"{who} supports open_clip text towers with a causal mask and no appended class token; "
+                         f"{bid!r} uses a CoCa-style/padding-masked text tower.")
+    return tower
+
+
+class PromptEncoder:
+    """open_clip's ``encode_text`` on token embeddings, for the prompts ``"<context> <classname>."``.
+
+    Args:
+        backbone: an :class:`~clip_adapter.backbone.OpenClipBackbone` (frozen).
+        classnames: class names (``_`` becomes a space, as CoOp does).
+        n_ctx: number of context tokens (ignored when ``init`` is given).
+        init: a phrase whose token embeddings initialise the context (``"a photo of a"``).
+
+    ``encoder(ctx)`` maps the context ``(M, width)`` or ``(C, M, width)`` to raw text features ``(C, dim)``;
+    gradients flow into ``ctx`` only (the encoder's parameters are frozen).
+    """
+
+    def __init__(self, backbone, classnames: Sequence[str], n_ctx: int = 16, init: str | None = None):
+        self.tower = text_tower(backbone)
+        tokenizer = backbone.tokenizer
+        self.classnames = [c.replace("_", " ") for c in classnames]
+        if init is not None:
+            ctx_ids = _word_ids(tokenizer, init.replace("_", " ").strip())
+            prefix = init.replace("_", " ").strip()
+        else:
+            ctx_ids = _word_ids(tokenizer, PLACEHOLDER) * n_ctx
+            prefix = " ".join([PLACEHOLDER] * n_ctx)
+        self.n_ctx = len(ctx_ids)
+        prompts = [f"{prefix} {name}." for name in self.classnames]
+        tokens = tokenizer(prompts)
+        context_length = tokens.shape[1]
+        pad_id = getattr(self.tower, "pad_id", 0) or 0
+        if tokens[:, -1].ne(pad_id).any():  # no padding left: the tokenizer had to cut a prompt
+            raise ValueError(f"A prompt of {self.n_ctx} context tokens plus a class name does not fit the text "
+                             f"encoder's {context_length} tokens; use fewer context tokens (n_ctx).")
+        if not (tokens[:, 1:1 + self.n_ctx] == torch.tensor(ctx_ids)).all():
+            raise ValueError("The tokenizer did not keep the context tokens apart from the class names; "
+                             f"prompt {prompts[0]!r} tokenized as {tokens[0, :1 + self.n_ctx + 2].tolist()}.")
+        # Causal attention: tokens after the pooled (EOT) position never reach it, so drop them (exact, ~4x faster).
+        keep = int(self._pool_index(tokens).max()) + 1 if self._causal(context_length) else context_length
+        self.tokens = tokens[:, :keep].to(self._device)
+        with torch.no_grad():
+            emb = self.tower.token_embedding(self.tokens)
+            self.token_prefix = emb[:, :1].clone()                  # [SOS]
+            self.token_suffix = emb[:, 1 + self.n_ctx:].clone()     # class name, ".", [EOS], padding
+            self.init_embedding = emb[0, 1:1 + self.n_ctx].clone()  # the phrase's (or "X"'s) embeddings
+
+    @property
+    def _device(self) -> torch.device:
+        return self.tower.token_embedding.weight.device
+
+    @property
+    def width(self) -> int:
+        return int(self.tower.token_embedding.weight.shape[1])
+
+    def _pool_type(self) -> str:
+        return getattr(self.tower, "text_pool_type", None) or getattr(self.tower, "pool_type", "argmax")
+
+    def _eos_id(self):
+        return getattr(self.tower, "text_eos_id", None) if hasattr(self.tower, "text_eos_id") \
+            else getattr(self.tower, "eos_id", None)
+
+    def _pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self._pool_type() == "eos" and self._eos_id() is not None:
+            return (tokens == self._eos_id()).int().argmax(dim=-1)
+        return tokens.argmax(dim=-1)  # EOT has the highest id (open_clip's "argmax" pooling)
+
+    def _causal(self, length: int) -> bool:
+        mask = getattr(self.tower, "attn_mask", None)
+        if mask is None or self._pool_type() not in ("argmax", "eos") or mask.shape[-1] < length:
+            return False
+        upper = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+        m = mask[:length, :length].cpu()
+        return bool(torch.isinf(m[upper]).all() and (m[~upper] == 0).all())
+
+    def init_context(self, class_specific: bool, std: float = 0.02, from_phrase: bool = False) -> torch.Tensor:
+        """Initial context ``(M, width)`` (or ``(C, M, width)``): the phrase's embeddings or N(0, std)."""
+        shape = (len(self.classnames), self.n_ctx, self.width) if class_specific else (self.n_ctx, self.width)
+        if from_phrase:
+            return self.init_embedding.expand(shape).clone()
+        return (torch.randn(shape) * std).to(self._device)  # CPU RNG: the same init on every device
+
+    def __call__(self, ctx: torch.Tensor) -> torch.Tensor:
+        n = len(self.classnames)
+        ctx = ctx.to(self.token_prefix.dtype)
+        if ctx.ndim == 2:
+            ctx = ctx.unsqueeze(0).expand(n, -1, -1)
+        x = torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
+        return encode_token_embeddings(self.tower, x, self.tokens)
+
+
+def encode_token_embeddings(tower, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip ``CLIP.encode_text`` from token embeddings ``x`` ``(n, L, width)`` (``L`` <= context length;
+    ``tokens`` are the matching ids, used only to find the pooled position)."""
+    from open_clip.transformer import text_global_pool
+    cast = tower.transformer.get_cast_dtype()
+    length = x.shape[1]
+    x = x.to(cast) + tower.positional_embedding[:length].to(cast)
+    mask = getattr(tower, "attn_mask", None)
+    if mask is not None:
+        mask = mask[:length, :length]
+    x = tower.transformer(x, attn_mask=mask)  # open_clip's Transformer handles batch_first itself
+    x = tower.ln_final(x)
+    pool = getattr(tower, "text_pool_type", None) or getattr(tower, "pool_type", "argmax")
+    eos = getattr(tower, "text_eos_id", None) if hasattr(tower, "text_eos_id") else getattr(tower, "eos_id", None)
+    x = text_global_pool(x, tokens, pool, eos_token_id=eos)
+    proj = tower.text_projection
+    if proj is not None:
+        x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+    return x
+
+
+def _word_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` without start/end tokens."""
+    if hasattr(tokenizer, "encode"):
+        return list(tokenizer.encode(text))
+    ids = tokenizer([text])[0]
+    return [int(t) for t in ids[1:int(ids.argmax())]]
+
+
+# ---------------------------------------------------------------------------------------------------- method
+
+@register_method("coop")
+class CoOp(FewShotMethod):
+    """CoOp: learns M context vectors of the prompt with the frozen text encoder in the loop.
+
+    Build it with the backbone whose text encoder it trains through: ``CoOp(config, backbone=bb)``; load it
+    with ``FewShotMethod.from_pretrained(dir, backbone=bb)`` (without a backbone it still predicts, from the
+    saved class text features, but cannot check them).
+    """
+
+    config_cls = CoOpConfig
+    needs_backbone = True
+    default_grid: dict[str, list] = {}  # the paper fixes the schedule; nothing is searched
+
+    def _encoder(self, classnames: Sequence[str], n_ctx: int) -> PromptEncoder:
+        if self.backbone is None:
+            raise ValueError("CoOp needs the backbone whose text encoder it trains: CoOp(config, backbone=bb).")
+        text_tower(self.backbone)  # one-line error for backbones without a token-level text encoder
+        return PromptEncoder(self.backbone, classnames, n_ctx=n_ctx, init=self.config.init)
+
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
+            views: torch.Tensor | None = None) -> "CoOp":
+        self._start_fit(features, labels, text, views)
+        c = self.config
+        encoder = self._encoder(text.classnames, c.n_ctx)
+        bdim = getattr(self.backbone, "embed_dim", features.shape[1])
+        if bdim != features.shape[1]:
+            raise ValueError(f"CoOp's backbone {getattr(self.backbone, 'id', '?')!r} has dim {bdim}; "
+                             f"features have dim {features.shape[1]}.")
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+            torch.manual_seed(c.seed)
+            ctx = encoder.init_context(c.class_specific, c.init_std, from_phrase=c.init is not None)
+        self.ctx_ = nn.Parameter(ctx)
+        counts = torch.bincount(labels, minlength=len(text.classnames))
+        self.shots_ = int(counts.max()) if counts.numel() else 0
+        self.epochs_ = c.epochs if c.epochs is not None else epochs_for_shots(self.shots_)
+        scale = self.logit_scale_
+
+        def logits_fn(x: torch.Tensor) -> torch.Tensor:
+            return cosine_logits(x, encoder(self.ctx_).float().to(x.device), scale)
+
+        self.history_ = train_loop([self.ctx_], logits_fn, features, labels,
+                                   dataclasses.replace(c, epochs=self.epochs_), views=views)
+        with torch.no_grad():
+            self.text_features_ = encoder(self.ctx_).float().cpu()
+        self.ctx_ = self.ctx_.detach().cpu()
+        self.n_ctx_ = encoder.n_ctx
+        return self._end_fit()
+
+    @torch.no_grad()
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return cosine_logits(self._check_features(features), self.text_features_, self.logit_scale_)
+
+    def prompt_features(self, classnames: Sequence[str] | None = None) -> torch.Tensor:
+        """Raw text features of the learned prompts (for other class names too, with a unified context)."""
+        if classnames is not None and self.config.class_specific:
+            raise ValueError("A class-specific context only has prompts for its training classes.")
+        names = list(classnames) if classnames is not None else self.classes_
+        with torch.no_grad():
+            enc = self._encoder(names, int(self.ctx_.shape[-2]))
+            return enc(self.ctx_.to(enc._device)).float().cpu()
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"ctx": self.ctx_, "fixed.text_features": self.text_features_}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.ctx_ = tensors["ctx"]
+        self.text_features_ = tensors["fixed.text_features"]
+        self.n_ctx_ = int(self.ctx_.shape[-2])
+        if self.backbone is not None:
+            # The saved features are what logits use (bit-exact); the backbone re-derives them from the context.
+            again = self.prompt_features()
+            if not torch.allclose(again, self.text_features_, rtol=1e-4, atol=1e-4):
+                diff = float((again - self.text_features_).abs().max())
+                warnings.warn(f"CoOp context re-encoded with {getattr(self.backbone, 'id', '?')!r} differs from the "
+                              f"saved class text features (max abs diff {diff:.2e}); predictions use the saved "
+                              f"features.", stacklevel=3)

@@ -1,0 +1,157 @@
+"""Tip-Adapter / Tip-Adapter-F maths against direct computations (the common suite covers the API checks)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clip_adapter.methods import FewShotMethod, get_method
+from clip_adapter.methods.tip_adapter import (TipAdapter, TipAdapterConfig, TipAdapterF, TipAdapterFConfig,
+                                              build_cache, tip_logits)
+from clip_adapter.methods.zero_shot import ZeroShot
+from clip_adapter.prompts import ClassText
+from clip_adapter.selection import FeatureSplit, select
+
+from conftest import clustered
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small tensors: OpenMP threads only add contention on a shared 2-core machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _text(t: torch.Tensor) -> ClassText:
+    return ClassText([f"class {i}" for i in range(len(t))], ["a photo of a {}."], t, 100.0)
+
+
+@pytest.fixture
+def data():
+    feats, labels, text = clustered()
+    g = torch.Generator().manual_seed(5)
+    views = torch.stack([feats + 0.3 * torch.randn(feats.shape, generator=g) for _ in range(3)])
+    return feats, labels, views, _text(text)
+
+
+@pytest.mark.parametrize("name", ["tip_adapter", "tip_adapter_f"])
+def test_alpha_zero_equals_zero_shot(name, data):
+    feats, labels, views, text = data
+    m = get_method(name, alpha=0.0, **({"epochs": 2} if name == "tip_adapter_f" else {})).fit(
+        feats, labels, text=text, views=views)
+    zs = ZeroShot().fit(text=text)
+    assert torch.allclose(m.logits(feats), zs.logits(feats), atol=1e-4)
+    assert torch.equal(m.predict(feats), zs.predict(feats))
+
+
+def test_cache_logits_match_direct_computation(data):
+    feats, labels, views, text = data
+    alpha, beta = 1.7, 3.0
+    m = TipAdapter(TipAdapterConfig(alpha=alpha, beta=beta)).fit(feats, labels, text=text, views=views)
+    x = torch.randn(4, feats.shape[1])
+    keys = [v / v.norm() for v in views.mean(0)]  # mean over views, then normalised
+    expected = torch.zeros(4, 5)
+    for i in range(4):
+        f = x[i] / x[i].norm()
+        for c in range(5):
+            w = text.features[c] / text.features[c].norm()
+            cache = sum(math.exp(-beta * (1 - float(f @ k))) for k, y in zip(keys, labels) if y == c)
+            expected[i, c] = 100.0 * float(f @ w) + alpha * cache
+    assert torch.allclose(m.logits(x), expected, atol=1e-3, rtol=1e-5)
+
+
+def test_cache_construction(data):
+    feats, labels, views, text = data
+    keys, values = build_cache(feats, labels, 5, views)
+    assert torch.allclose(keys, F.normalize(views.mean(0), dim=-1))
+    assert torch.equal(values, F.one_hot(labels, 5).float()) and values.shape == (40, 5)
+    keys_no_views, _ = build_cache(feats, labels, 5)
+    assert torch.allclose(keys_no_views, F.normalize(feats, dim=-1))
+    assert torch.allclose(keys.norm(dim=-1), torch.ones(40))
+
+
+def test_trainable_parameters_and_state(data):
+    feats, labels, views, text = data
+    tip = TipAdapter().fit(feats, labels, text=text, views=views)
+    assert tip.num_trainable_parameters() == 0  # training-free: the cache is data, not parameters
+    assert set(tip.state_tensors()) == {"fixed.text_features", "fixed.cache_values", "fixed.cache_keys"}
+    f = TipAdapterF(TipAdapterFConfig(epochs=3)).fit(feats, labels, text=text, views=views)
+    assert f.num_trainable_parameters() == 40 * 32  # N x d keys
+    assert not torch.allclose(f.cache_keys_, tip.cache_keys_)  # the keys were fine-tuned ...
+    assert torch.equal(f.cache_values_, tip.cache_values_)     # ... the values were not
+
+
+def test_finetune_uses_views_and_lowers_training_loss():
+    feats, labels, text = clustered(noise=1.5)  # a noisy task with a weak text prior, so the loss has room to fall
+    g = torch.Generator().manual_seed(5)
+    views = torch.stack([feats + 1.0 * torch.randn(feats.shape, generator=g) for _ in range(3)])
+    text = ClassText(_text(text).classnames, ["{}"], text, 1.0)
+    f = TipAdapterF(TipAdapterFConfig(epochs=20)).fit(feats, labels, text=text, views=views)
+    assert f.history_["loss"][-1] < 0.9 * f.history_["loss"][0]
+    g = TipAdapterF(TipAdapterFConfig(epochs=20)).fit(feats, labels, text=text)
+    assert not torch.equal(f.cache_keys_, g.cache_keys_)
+
+
+def test_schedule_defaults():
+    c = TipAdapterFConfig()
+    assert (c.epochs, c.batch_size, c.lr, c.optimizer, c.warmup_epochs) == (20, 256, 1e-3, "adamw", 0)
+    assert TipAdapter.default_grid == {"alpha": [0.5, 1.0, 2.0, 4.0], "beta": [1.0, 3.0, 5.5, 8.0]}
+    assert TipAdapterF.default_grid == TipAdapter.default_grid
+
+
+@pytest.mark.parametrize("name", ["tip_adapter", "tip_adapter_f"])
+def test_learns_generated_task_above_zero_shot(name):
+    feats, labels, _ = clustered(per_class=12, noise=0.5, seed=3)
+    g = torch.Generator().manual_seed(99)
+    te_feats = feats + 0.5 * torch.randn(feats.shape, generator=g)
+    # Text unrelated to the clusters and a small logit scale: zero-shot is near chance, all skill is the cache's.
+    text = ClassText([f"class {i}" for i in range(5)], ["{}"], torch.randn(5, 32, generator=g), 1.0)
+    zs = float((ZeroShot().fit(text=text).predict(te_feats) == labels).float().mean())
+    m = get_method(name, **({"epochs": 5} if name == "tip_adapter_f" else {})).fit(feats, labels, text=text)
+    acc = float((m.predict(te_feats) == labels).float().mean())
+    assert acc > 0.8 and zs < 0.5, f"{name}: {acc} vs zero-shot {zs} (chance 0.2)"
+
+
+def test_grid_search_on_val(data):
+    feats, labels, views, text = data
+    val_feats, val_labels, _ = clustered(seed=0, noise=0.7)
+    sel = select("tip_adapter", TipAdapterConfig(), TipAdapter.default_grid, FeatureSplit(feats, labels, views),
+                 FeatureSplit(val_feats, val_labels), text)
+    assert len(sel.candidates) == 16 and set(sel.chosen) == {"alpha", "beta"}
+
+
+def test_save_load_finetuned_keys(data, tmp_path):
+    feats, labels, views, text = data
+    f = TipAdapterF(TipAdapterFConfig(epochs=2)).fit(feats, labels, text=text, views=views)
+    f.save_pretrained(tmp_path / "f")
+    loaded = FewShotMethod.from_pretrained(tmp_path / "f")
+    assert type(loaded) is TipAdapterF and torch.equal(loaded.cache_keys_, f.cache_keys_)
+    assert torch.equal(loaded.logits(feats), f.logits(feats))
+    with pytest.raises(ValueError, match="holds a 'tip_adapter_f' model, not 'tip_adapter'"):
+        TipAdapter.from_pretrained(tmp_path / "f")
+
+
+@pytest.mark.parametrize("cls,field,value,msg", [
+    (TipAdapterConfig, "alpha", -1.0, r"The 'alpha' parameter of TipAdapterConfig must be a float in \[0, inf\). "
+                                      r"Got -1.0 instead."),
+    (TipAdapterConfig, "beta", -0.5, r"'beta' parameter of TipAdapterConfig"),
+    (TipAdapterFConfig, "alpha", -1.0, r"'alpha' parameter of TipAdapterFConfig"),
+    (TipAdapterFConfig, "epochs", 0, r"'epochs' parameter of TipAdapterFConfig must be an int >= 1"),
+])
+def test_config_constraints(cls, field, value, msg):
+    with pytest.raises(ValueError, match=msg):
+        cls(**{field: value})
+
+
+def test_tip_logits_function_is_the_formula():
+    g = torch.Generator().manual_seed(0)
+    f, t = torch.randn(3, 8, generator=g), torch.randn(4, 8, generator=g)
+    k = F.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    v = F.one_hot(torch.tensor([0, 1, 2, 3, 0, 1]), 4).float()
+    fn = F.normalize(f, dim=-1)
+    expected = 50.0 * fn @ F.normalize(t, dim=-1).T + 2.0 * torch.exp(-4.0 * (1 - fn @ k.T)) @ v
+    assert torch.allclose(tip_logits(f, t, k, v, 2.0, 4.0, 50.0), expected)
