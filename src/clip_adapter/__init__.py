@@ -12,11 +12,12 @@ from .experiments import RunSpec, run_one
 from .features import FeatureCache
 from .fewshot import sample_k_shot
 from .methods import FewShotMethod, get_method, list_methods
+from .predict import AdaptedClassifier
 from .prompts import ClassText, encode_class_texts
 from .selection import FeatureSplit, select
 
 __version__ = "0.1.0"
 
-__all__ = ["Backbone", "BackboneLoadError", "ClassText", "Dataset", "FeatureCache", "FeatureSplit", "FewShotMethod",
+__all__ = ["AdaptedClassifier", "Backbone", "BackboneLoadError", "ClassText", "Dataset", "FeatureCache", "FeatureSplit", "FewShotMethod",
            "Item", "RunSpec", "encode_class_texts", "get_method", "list_backbones", "list_methods", "load_backbone",
            "load_dataset", "run_one", "sample_k_shot", "select", "__version__"]
