@@ -29,10 +29,26 @@ def make_color_images(root: Path, per_class: int = 12, size: int = 40, seed: int
     return root
 
 
+def seeded_backbone(name: str = "tiny-vit", seed: int = 0):
+    """A random-init tiny open_clip backbone with fixed weights (same model whatever ran before)."""
+    from clip_adapter import load_backbone
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return load_backbone(name, pretrained=None)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone():
-    from clip_adapter import load_backbone
-    return load_backbone("tiny-vit", pretrained=None)
+    return seeded_backbone("tiny-vit")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: extra OpenMP threads only add synchronisation (and stall on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip_adapter import load_backbone
 from clip_adapter.methods import FewShotMethod, NotFittedError, get_method
 from clip_adapter.methods.coop import CoOp, CoOpConfig, PromptEncoder, epochs_for_shots
 from clip_adapter.methods.zero_shot import ZeroShot
@@ -13,21 +12,9 @@ from clip_adapter.prompts import ClassText, encode_class_texts
 
 NAMES = ["cat", "dog", "sea_lion", "tree", "boat"]
 
+from conftest import seeded_backbone
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: OpenMP threads only add contention on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def seeded_backbone(name: str, seed: int = 0):
-    """A random-init tiny backbone with fixed weights (the session fixture's depend on test order)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return load_backbone(name, pretrained=None)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=["tiny-vit", "tiny-rn"])

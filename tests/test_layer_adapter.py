@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from clip_adapter import FeatureCache, RunSpec, load_backbone, load_dataset, run_one
+from clip_adapter import FeatureCache, RunSpec, load_dataset, run_one
 from clip_adapter.ablations import layer_sweep, placement_specs
 from clip_adapter.layers import ActivationCache, ViTTail, activation_shape, block_activations
 from clip_adapter.methods import FewShotMethod, NotFittedError
@@ -14,22 +14,10 @@ from clip_adapter.methods.clip_adapter import ClipAdapter, ClipAdapterConfig
 from clip_adapter.methods.layer_adapter import LayerAdapter, LayerAdapterConfig
 from clip_adapter.prompts import ClassText
 
-from conftest import clustered
+from conftest import clustered, seeded_backbone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def seeded_backbone(name: str, seed: int = 0):
-    """A random-init tiny backbone with fixed weights (the session fixture's depend on test order)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return load_backbone(name, pretrained=None)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ from clip_adapter.prompts import ClassText
 
 from conftest import clustered
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAST = {"clip_adapter": {"epochs": 30}, "tip_adapter_f": {"epochs": 5}, "coop": {"epochs": 3}}
 
 

@@ -17,13 +17,7 @@ from clip_adapter.selection import FeatureSplit, select
 from conftest import clustered
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors: OpenMP threads only add contention on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _text(t: torch.Tensor) -> ClassText:

@@ -1,0 +1,294 @@
+"""The experiment grid (clip_adapter.grid): end to end on generated images, resume after kill -9, no test leakage.
+
+Everything runs on the tiny random-init ``tiny-vit`` backbone (seeded by the grid, so every process builds the same
+model) with a few epochs; torch uses one thread here (on a shared 2-core machine that is several times faster).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import make_color_images
+from PIL import Image
+
+from clip_adapter.evaluation import mean_std
+from clip_adapter.grid import (RUNS_FILE, claim_run, find_result_files, load_config, parse_config, plan_runs,
+                               run_experiment)
+
+REPO = Path(__file__).resolve().parents[1]
+SHOTS, SEEDS = [1, 2], [1, 2]
+N_RUNS = 2 * (1 + len(SHOTS) * len(SEEDS) * 2)   # 2 datasets x (zero-shot once + shots x seeds x 2 trained)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory) -> list[str]:
+    root = tmp_path_factory.mktemp("grid_data")
+    return [str(make_color_images(root / "colorsA", per_class=8, size=32, seed=0)),
+            str(make_color_images(root / "colorsB", per_class=8, size=32, seed=1))]
+
+
+def small_config(datasets, output, cache_dir, **extra) -> dict:
+    return {"name": "small", "datasets": list(datasets), "shots": SHOTS, "seeds": SEEDS,
+            "methods": {"zero_shot": {}, "linear_probe": {"grid": {"C": [0.1, 10.0]}},
+                        "clip_adapter": {"grid": {"alpha": [0.2, 0.6]}, "overrides": {"epochs": 4}}},
+            "backbone": {"name": "tiny-vit", "pretrained": None}, "n_views": 2, "workers": 0,
+            "cache_dir": str(cache_dir), "output": str(output), **extra}
+
+
+@pytest.fixture(scope="module")
+def small_run(datasets, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grid_run")
+    return run_experiment(small_config(datasets, tmp / "out", tmp / "cache"), progress=False)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _key(rec: dict) -> tuple:
+    return rec["dataset"], rec["variant"], rec["shots"], rec["seed"]
+
+
+# -- end to end ----------------------------------------------------------------------------------------------
+def test_small_grid_runs_end_to_end(small_run):
+    out = small_run.output
+    assert small_run.ran == N_RUNS and small_run.skipped == 0 and not small_run.failed
+    files = find_result_files(out)
+    assert len(files) == N_RUNS
+    rows = _read_jsonl(out / RUNS_FILE)
+    assert len(rows) == N_RUNS and len({_key(r) for r in rows}) == N_RUNS
+    zs = [r for r in rows if r["method"] == "zero_shot"]
+    assert len(zs) == 2 and all(r["shots"] == 0 and r["seed"] == 1 for r in zs)   # once per dataset
+    for r in rows:
+        assert r["split"] == "test" and 0 <= r["accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1
+        assert {"chosen", "val_accuracy", "train_seconds", "versions", "config", "run_settings"} <= set(r)
+        if r["method"] == "clip_adapter":
+            assert set(r["chosen"]) == {"alpha"} and r["config"]["epochs"] == 4 and r["n_views"] == 2
+    copy = load_config(out / "experiment.yaml")     # the resolved config is written runnable as is
+    assert copy == small_run.config.__class__(**{**small_run.config.__dict__, "source": str(out / "experiment.yaml")})
+
+
+def test_table_cells_equal_mean_std_of_run_files(small_run):
+    out = small_run.output
+    recs = [json.loads(p.read_text()) for p in find_result_files(out)]
+    with open(out / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    datasets = sorted({r["dataset"] for r in recs})
+    assert len(table) == 2 * (1 + 2 * len(SHOTS)) + (1 + 2 * len(SHOTS))   # per dataset + the average rows
+    md = (out / "summary.md").read_text()
+    for row in table:
+        k = int(row["shots"])
+        if row["dataset"] == "Average":
+            per_seed = [sum(r["accuracy"] for r in recs if r["variant"] == row["method"] and r["shots"] == k
+                            and r["seed"] == s) / len(datasets)
+                        for s in sorted({r["seed"] for r in recs if r["variant"] == row["method"] and r["shots"] == k})]
+            m, s = mean_std(per_seed)
+        else:
+            cell = [r for r in recs if (r["dataset"], r["variant"], r["shots"]) == (row["dataset"], row["method"], k)]
+            assert int(row["n_seeds"]) == len(cell) == (1 if k == 0 else len(SEEDS))
+            m, s = mean_std([r["accuracy"] for r in cell])
+            f1 = mean_std([r["macro_f1"] for r in cell])
+            assert float(row["macro_f1_mean_pct"]) == pytest.approx(100 * f1[0], abs=1e-9)
+        assert float(row["acc_mean_pct"]) == pytest.approx(100 * m, abs=1e-9)
+        assert float(row["acc_std_pct"]) == pytest.approx(100 * s, abs=1e-9)
+        text = f"{100 * m:.2f}" + (f" ± {100 * s:.2f}" if k else "")
+        assert text in md
+    assert "Average (2 datasets)" in md and "0 (zero-shot)" in md
+
+
+def test_figures_are_valid_pngs(small_run):
+    figs = [Path(p) for p in small_run.report["figures"]]
+    names = {p.name for p in figs}
+    assert names == {"colorsA.png", "colorsB.png", "average.png"}
+    for p in figs:
+        with Image.open(p) as im:
+            im.verify()
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.size[0] > 200
+
+
+def test_rerun_skips_finished_runs_and_encodes_nothing(small_run):
+    again = run_experiment(small_run.config, progress=False, report=False)
+    assert again.ran == 0 and again.skipped == N_RUNS and again.encoded_images == 0
+    assert [r["accuracy"] for r in again.records] == [r["accuracy"] for r in small_run.records]
+    assert len(_read_jsonl(small_run.output / RUNS_FILE)) == N_RUNS
+
+
+def test_changed_settings_are_not_silently_reused(small_run, datasets):
+    raw = small_config(datasets, small_run.config.output, small_run.config.cache_dir)
+    raw["methods"]["clip_adapter"]["overrides"] = {"epochs": 5}
+    with pytest.raises(ValueError, match=r"other settings \(overrides"):
+        run_experiment(raw, progress=False, dry_run=True)
+
+
+# -- resume after kill -9 ------------------------------------------------------------------------------------
+def test_kill_midway_then_resume_gives_same_results_without_duplicates(datasets, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(small_config(datasets[:1], out, cache)))
+    n_runs = N_RUNS // 2
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "clip_adapter.grid", str(cfg), "--no-progress", "--no-report"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while not find_result_files(out):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no result file within 120 s"
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    done_before = len(find_result_files(out))
+    assert 1 <= done_before < n_runs, "the kill should land midway"
+
+    resumed = run_experiment(cfg, progress=False, report=False)
+    assert resumed.skipped == done_before and resumed.ran == n_runs - done_before
+    rows = _read_jsonl(out / RUNS_FILE)
+    assert len(rows) == n_runs and len({_key(r) for r in rows}) == n_runs
+
+    # An uninterrupted pass over the same (cached: nothing is encoded again) features gives the same records.
+    reference = run_experiment(cfg, progress=False, report=False, output=str(tmp_path / "reference"))
+    assert reference.encoded_images == 0 and reference.ran == n_runs
+    got = {_key(r): r for r in rows}
+    for ref in reference.records:
+        r = got[_key(ref)]
+        fields = ("accuracy", "macro_f1", "chosen", "val_accuracy", "candidates")   # NaN-safe via JSON
+        assert json.dumps([r[f] for f in fields]) == json.dumps([ref[f] for f in fields])
+
+
+def test_a_claimed_run_is_not_claimed_twice(tmp_path):
+    result = tmp_path / "ds" / "m" / "shots1-seed1.json"
+    with claim_run(tmp_path, result) as first:
+        assert first
+        with claim_run(tmp_path, result) as second:
+            assert not second
+    with claim_run(tmp_path, result) as again:
+        assert again
+
+
+# -- the search never sees test data -------------------------------------------------------------------------
+def _csv_dataset(folder: Path, images: Path, permute_test: bool) -> Path:
+    rows = []
+    classes = sorted(p.name for p in images.iterdir() if p.is_dir())
+    for y, c in enumerate(classes):
+        files = sorted((images / c).glob("*.png"))
+        for i, f in enumerate(files):
+            split = "train" if i < 4 else "val" if i < 6 else "test"
+            rows.append([str(f), y, split])
+    if permute_test:   # a derangement of the test labels: every test image gets another class
+        test = [r for r in rows if r[2] == "test"]
+        labels = [r[1] for r in test]
+        for r, y in zip(test, labels[2:] + labels[:2]):
+            r[1] = y
+    folder.mkdir(parents=True)
+    (folder / "classnames.txt").write_text("\n".join(classes) + "\n")
+    path = folder / f"{folder.name}.csv"
+    path.write_text("path,label,split\n" + "".join(f"{p},{y},{s}\n" for p, y, s in rows))
+    return path
+
+
+def test_search_never_sees_test_labels(datasets, tmp_path):
+    images = Path(datasets[0])
+    a = _csv_dataset(tmp_path / "orig", images, permute_test=False)
+    b = _csv_dataset(tmp_path / "permuted", images, permute_test=True)
+    cfg = small_config([str(a), str(b)], tmp_path / "out", tmp_path / "cache", shots=[2], seeds=[1],
+                       methods={"linear_probe": {"grid": {"C": [0.01, 1.0, 100.0]}},
+                                "clip_adapter": {"grid": {"alpha": [0.2, 0.5, 0.8]}, "overrides": {"epochs": 4}}})
+    res = run_experiment(cfg, progress=False, report=False)
+    by = {(r["dataset"], r["method"]): r for r in res.records}
+    for method in ("linear_probe", "clip_adapter"):
+        orig, perm = by[("orig", method)], by[("permuted", method)]
+        assert perm["chosen"] == orig["chosen"]
+        assert perm["val_accuracy"] == orig["val_accuracy"]
+        assert perm["candidates"] == orig["candidates"]
+    # The permutation did change what test measures.
+    assert any(by[("orig", m)]["accuracy"] != by[("permuted", m)]["accuracy"] for m in ("linear_probe", "clip_adapter"))
+
+
+# -- config validation ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("change, message", [
+    ({"seed": [1]}, r"unknown key 'seed' \(did you mean 'seeds'\?\)"),
+    ({"shots": [0, 2]}, r"'shots' must be a non-empty list of ints >= 1\. Got \[0, 2\]"),
+    ({"methods": {"clip_adaptor": {}}}, r"methods\.clip_adaptor: Unknown method 'clip_adaptor'.*did you mean 'clip_adapter'"),
+    ({"methods": {"clip_adapter": {"overides": {}}}}, r"methods\.clip_adapter: unknown key 'overides' \(did you mean 'overrides'"),
+    ({"methods": {"clip_adapter": {"grid": {"alpah": [0.2]}}}}, r"'alpah' is not a ClipAdapterConfig field \(did you mean 'alpha'"),
+    ({"methods": {"clip_adapter": {"grid": {"alpha": [0.2, 1.5]}}}}, r"The 'alpha' parameter of ClipAdapterConfig must be a float in \[0, 1\]\. Got 1\.5"),
+    ({"backbone": {"name": "RN50", "pretrain": "openai"}}, r"backbone: unknown key 'pretrain' \(did you mean 'pretrained'"),
+    ({"datasets": []}, r"'datasets' must be a non-empty list"),
+    ({"ablation": {"method": "clip_adapter", "param": "alpah", "values": [0.2]}}, r"'param' 'alpah' is not a ClipAdapterConfig field"),
+    ({"n_views": -1}, r"'n_views' must be an int >= 0\. Got -1"),
+])
+def test_config_errors_are_one_line_and_name_the_key(change, message, tmp_path):
+    raw = {**small_config(["a", "b"], tmp_path / "o", tmp_path / "c"), **change}
+    with pytest.raises(ValueError, match=message) as err:
+        parse_config(raw, source="cfg.yaml")
+    assert "\n" not in str(err.value) and str(err.value).startswith("cfg.yaml")
+
+
+def test_zero_shot_is_planned_once_per_dataset_and_ablation_runs_are_separate(tmp_path):
+    raw = small_config(["a", "b"], tmp_path / "o", tmp_path / "c",
+                       ablation={"method": "clip_adapter", "param": "alpha", "values": [0.0, 0.5], "shots": [2]})
+    runs = plan_runs(parse_config(raw), ["A", "B"])
+    assert len(runs) == N_RUNS + 2 * 2 * len(SEEDS)
+    assert [r.shots for r in runs if r.method == "zero_shot"] == [0, 0]
+    ab = [r for r in runs if r.ablation]
+    assert {r.variant for r in ab} == {"clip_adapter-alpha0", "clip_adapter-alpha0.5"}
+    assert all(r.overrides["alpha"] == r.ablation["value"] and r.shots == 2 for r in ab)
+
+
+@pytest.mark.parametrize("name", ["paper", "shared_lite", "alpha_ablation"])
+def test_shipped_configs_are_valid(name, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    if name == "paper":
+        assert len(cfg.datasets) == 11 and cfg.backbone.name == "RN50" and cfg.backbone.pretrained == "openai"
+        assert [m.method for m in cfg.methods] == ["zero_shot", "linear_probe", "coop", "clip_adapter"]
+    if name == "shared_lite":
+        assert cfg.backbone.name == "lite" and [m.method for m in cfg.methods] == \
+               ["zero_shot", "linear_probe", "clip_adapter"]
+        assert all(Path(d.data).resolve().parent == (REPO.parent / "shared" / "datasets").resolve()
+                   for d in cfg.datasets)
+    assert cfg.shots == (1, 2, 4, 8, 16) or cfg.ablations
+    assert cfg.seeds == (1, 2, 3)
+
+
+def test_experiment_and_report_commands(small_run, datasets, tmp_path, capsys):
+    import argparse
+
+    from clip_adapter import grid, report
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    grid.add_subcommands(sub)
+    report.add_subcommands(sub)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(small_config(datasets, small_run.output, small_run.config.cache_dir)))
+    args = parser.parse_args(["experiment", str(cfg), "--dry-run"])
+    assert args.func(args) == 0
+    assert f"{N_RUNS} runs, {N_RUNS} done, 0 to go" in capsys.readouterr().out
+    (small_run.output / "summary.md").unlink()
+    args = parser.parse_args(["report", str(small_run.output)])
+    assert args.func(args) == 0
+    assert "| colorsA" in capsys.readouterr().out and (small_run.output / "summary.md").is_file()
+    from clip_adapter.cli import build_parser
+    commands = build_parser()._subparsers._group_actions[0].choices
+    if "experiment" not in commands or "report" not in commands:
+        pytest.skip("cli.py does not list 'grid' and 'report' in _optional_command_modules yet")
