@@ -93,13 +93,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if srv.drop_after is not None:  # simulate a connection that dies mid-body, once
             cut, srv.drop_after = srv.drop_after, None
+            srv.sent.append(cut)  # recorded before writing: the client may finish reading before this thread runs on
             self.wfile.write(chunk[:cut])
             self.wfile.flush()
-            srv.sent.append(cut)
             self.close_connection = True
             return
-        self.wfile.write(chunk)
         srv.sent.append(len(chunk))
+        self.wfile.write(chunk)
 
     def log_message(self, *args):  # keep pytest output clean
         pass

@@ -77,7 +77,10 @@ def test_corrupt_shard_is_rebuilt(tiny_backbone, color_dir, tmp_path):
     out = fresh.features(items)
     assert fresh.encoded_images == len(items)
     assert torch.allclose(out, good, atol=1e-5)
-    assert not shard.exists()
+    shards = list(c.folder("test").glob("shard-*.safetensors"))
+    assert len(shards) == 1  # the broken one was replaced (possibly under the same name), not kept beside
+    from safetensors.torch import load_file
+    assert load_file(str(shards[0]))["features"].shape == good.shape
 
 
 def test_changed_file_is_re_encoded(tiny_backbone, color_dir, tmp_path):
