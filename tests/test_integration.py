@@ -67,6 +67,9 @@ def test_demo_command_runs_offline(lite, tmp_path, capsys, monkeypatch):
     assert rc == 0
     out = capsys.readouterr().out
     assert "zero_shot" in out and "clip_adapter" in out and "gain vs zero-shot" in out
+    from PIL import Image
+    with Image.open(tmp_path / "demo" / "accuracy_vs_shots.png") as im:
+        assert im.size[0] > 200
     runs = sorted(p.relative_to(tmp_path / "demo").as_posix() for p in (tmp_path / "demo").rglob("shots*.json"))
     assert runs == ["fashion_mnist_demo/clip_adapter/shots2-seed1.json",
                     "fashion_mnist_demo/linear_probe/shots2-seed1.json", "fashion_mnist_demo/zero_shot/shots0-seed1.json"]

@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _optional_command_modules():
     import importlib
     mods = []
-    for name in ("catalog", "predict", "experiments_cli"):
+    for name in ("catalog", "predict", "grid", "report"):
         try:
             mod = importlib.import_module(f"clip_adapter.{name}")
         except ImportError as e:

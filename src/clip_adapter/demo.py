@@ -62,10 +62,8 @@ def _fmt(chosen: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in chosen.items()) or "-"
 
 
-def _figure(records: list[dict], out: Path) -> Path | None:
-    """Accuracy vs shots via the report module when it is installed (it is part of the package)."""
-    try:
-        from .report import plot_accuracy_vs_shots
-    except ImportError:
-        return None
-    return plot_accuracy_vs_shots(records, out / "accuracy_vs_shots.png", title=records[0]["dataset"])
+def _figure(records: list[dict], out: Path) -> Path:
+    """Accuracy vs shots (log2 axis), zero-shot as a horizontal line, as the experiment report draws it."""
+    from .report import plot_dataset, summarize
+    return plot_dataset(summarize(records), f"{records[0]['dataset']} ({records[0]['backbone']})",
+                        out / "accuracy_vs_shots.png")
