@@ -70,7 +70,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def data():
     g = torch.Generator().manual_seed(0)
-    # Raw (un-normalised) features with varied norms: normalising before vs after the blend then differs.
+    # Raw (un-normalised) features with varied norms, so a missing normalisation after the blend would show.
     image = torch.randn(N_IMAGES, DIM, generator=g) * torch.linspace(0.5, 8.0, N_IMAGES).unsqueeze(1)
     text = torch.randn(N_CLASSES, DIM, generator=g) * 3.0
     labels = torch.arange(N_IMAGES) % N_CLASSES
@@ -110,6 +110,16 @@ def test_logits_match_paper_forward(target, alpha, data):
     got = m.logits(image)
     torch.testing.assert_close(got, ref, **TOL)
     assert torch.equal(m.predict(image), got.argmax(-1))
+
+
+def test_saved_model_keeps_the_papers_logits(data, tmp_path):
+    from clip_adapter.methods.base import FewShotMethod
+    image, text, _ = data
+    m = _fitted("both", 0.6, data)
+    loaded = FewShotMethod.from_pretrained(m.save_pretrained(tmp_path / "model"))
+    ref = paper_logits(image, text, SCALE, img_w=_weights(1), img_ratio=0.6, txt_w=_weights(2),
+                       txt_ratio=m.config.alpha_text)
+    torch.testing.assert_close(loaded.logits(image), ref, **TOL)
 
 
 def test_adapter_architecture_is_the_papers(data):

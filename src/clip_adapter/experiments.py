@@ -7,6 +7,7 @@ encoded and scored once.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -108,7 +109,8 @@ def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | Non
         "dataset": dataset.name, "method": spec.method, "shots": spec.shots if cls.trains else 0,
         "seed": spec.seed, "split": "test", "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
         "per_class_accuracy": metrics["per_class_accuracy"], "n_test": metrics["n"],
-        "n_train": len(train_items), "n_val": len(val_items), "val_accuracy": sel.val_accuracy,
+        "n_train": len(train_items), "n_val": len(val_items),
+        "val_accuracy": None if math.isnan(sel.val_accuracy) else sel.val_accuracy,  # strict JSON has no NaN
         "chosen": sel.chosen, "candidates": sel.candidates, "config": sel.config.to_dict(), "grid": grid,
         "n_views": spec.n_views if cls.trains else 0, "templates": templates, "backbone": backbone.id,
         "train_seconds": train_seconds, "predict_seconds": time.perf_counter() - t_pred,
@@ -135,7 +137,7 @@ def model_card(record: dict) -> str:
     """A short README for a saved model: what it is, what it was trained on, how well it did."""
     return (f"# {record['method']} on {record['dataset']}\n\n"
             f"- backbone: `{record['backbone']}`\n- shots per class: {record['shots']}, seed {record['seed']}\n"
-            f"- chosen on validation: `{record['chosen']}` (val accuracy {record['val_accuracy']:.4f})\n"
+            f"- chosen on validation: `{record['chosen']}` (val accuracy {record['val_accuracy'] or float('nan'):.4f})\n"
             f"- test accuracy: {record['accuracy']:.4f}, macro-F1 {record['macro_f1']:.4f} "
             f"({record['n_test']} images)\n- templates: {record['templates']}\n\n"
             f"Load with `clip_adapter.AdaptedClassifier.from_pretrained(dir)` or "
