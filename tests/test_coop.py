@@ -195,11 +195,11 @@ def test_overrides_and_defaults():
 def test_backbone_without_token_encoder_is_a_clear_error(task):
     feats, labels, _, text, _, _ = task
 
-    class SentenceOnly:  # like the offline lite backbone: encode_texts only
-        id, embed_dim = "lite:efficientnet-lite0+minilm-l6", 32
+    class SentenceOnly:  # a custom backbone with encode_texts only
+        id, embed_dim = "custom:sentence-only", 32
 
     with pytest.raises(ValueError, match=r"^CoOp needs a backbone with a token-level text encoder; "
-                                         r"'lite:efficientnet-lite0\+minilm-l6'"):
+                                         r"'custom:sentence-only'.*or --backbone lite\.$"):
         CoOp(CoOpConfig(**FAST), backbone=SentenceOnly()).fit(feats, labels, text=text)
     with pytest.raises(ValueError, match=r"CoOp needs the backbone whose text encoder it trains"):
         CoOp(CoOpConfig(**FAST)).fit(feats, labels, text=text)
@@ -221,3 +221,51 @@ def test_runs_through_run_one_and_reloads(tiny_backbone, color_dir, tmp_path):
     test_feats = cache.features(ds.split("test"))
     assert float((loaded.predict(test_feats) == torch.tensor([it.label for it in ds.split("test")])).float().mean()) \
         == pytest.approx(rec["accuracy"])
+
+
+# -- the offline lite backbone: MiniLM on token embeddings ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def lite_encoder(lite_backbone):
+    from clip_adapter.methods.coop import LitePromptEncoder, prompt_encoder
+    enc = prompt_encoder(lite_backbone, NAMES, init="a photo of a")
+    assert isinstance(enc, LitePromptEncoder)
+    return enc
+
+
+@pytest.mark.parametrize("class_specific", [False, True])
+def test_lite_phrase_context_equals_encode_texts(lite_backbone, lite_encoder, class_specific):
+    """With the context set to "a photo of a", the lite prompt encoder is the backbone's own text encoder."""
+    enc = lite_encoder
+    assert enc.n_ctx == 4 and enc.width == 384
+    ctx = enc.init_context(class_specific, from_phrase=True)
+    with torch.no_grad():
+        ours = enc(ctx)
+    ref = lite_backbone.encode_texts([f"a photo of a {n.replace('_', ' ')}." for n in NAMES])
+    assert ours.shape == ref.shape == (len(NAMES), 1280)
+    assert torch.allclose(ours, ref, atol=1e-4, rtol=1e-4), float((ours - ref).abs().max())
+
+
+def test_lite_only_context_receives_gradients(lite_backbone):
+    from clip_adapter.methods.coop import prompt_encoder
+    enc = prompt_encoder(lite_backbone, NAMES, n_ctx=3)
+    ctx = torch.nn.Parameter(enc.init_context(False))
+    enc(ctx).pow(2).sum().backward()
+    assert ctx.grad is not None and ctx.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in lite_backbone.text_model.parameters())
+
+
+def test_lite_coop_learns(lite_backbone):
+    """Features near the lite text features of a hidden-context prompt: CoOp on lite fits them from a random context."""
+    from clip_adapter.methods.coop import prompt_encoder
+    enc = prompt_encoder(lite_backbone, NAMES, n_ctx=2)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        target = F.normalize(enc(torch.randn(2, enc.width, generator=g)), dim=-1)
+    labels = torch.arange(len(NAMES)).repeat_interleave(4)
+    feats = target[labels] + 0.02 * torch.randn(len(labels), target.shape[1], generator=g)
+    text = encode_class_texts(lite_backbone, NAMES, ["a photo of a {}."])
+    m = CoOp(CoOpConfig(epochs=15, n_ctx=2, batch_size=20, optimizer="adamw", lr=2e-2),
+             backbone=lite_backbone).fit(feats, labels, text=text)
+    assert m.text_features_.shape == (len(NAMES), 1280)
+    assert m.history_["loss"][-1] < m.history_["loss"][0]
+    assert float((m.predict(feats) == labels).float().mean()) == 1.0
