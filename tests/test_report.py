@@ -144,3 +144,48 @@ def test_markdown_summary_without_average(outdir):
     recs = [r for r in load_records(outdir) if r["dataset"] == "dtd"]
     md = markdown_summary(summarize(recs), [], recs)
     assert "Average" not in md.split("|", 1)[1] and "| dtd" in md
+
+
+def test_side_by_side_table_at_the_largest_shot_count(outdir):
+    recs = load_records(outdir)
+    md = markdown_summary(summarize(recs), average_rows(recs), recs)
+    side = md.split("## Methods side by side at 4 shots", 1)[1]
+    header = next(line for line in side.splitlines() if line.startswith("| method"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["method", "dtd", "flowers", AVERAGE]
+    ca = mean_std([0.55, 0.58, 0.57])
+    row = next(line for line in side.splitlines() if line.startswith("| clip_adapter"))
+    assert f"{100 * ca[0]:.2f} ± {100 * ca[1]:.2f} (1.5 s)" in row
+    assert "| zero_shot" in side and "40.00 (1.5 s)" in side
+    # one method: no side-by-side section
+    one = [r for r in recs if r["method"] == "clip_adapter"]
+    assert "side by side" not in markdown_summary(summarize(one), [], one)
+
+
+def test_merged_report_from_several_folders(outdir, tmp_path_factory):
+    other = tmp_path_factory.mktemp("tip")
+    for d in ("flowers", "dtd"):
+        for s in (1, 2, 3):
+            _write(other, {**_record(d, "tip_adapter", 4, s, 0.5 + 0.01 * s), "train_seconds": 0.25})
+    into = tmp_path_factory.mktemp("merged") / "report"
+    paths = build_report(into, figures=False, inputs=[outdir, other])
+    assert paths["n_runs"] == 2 * (1 + 2 * 2 * 3) + 6 and "runs" not in paths
+    md = Path(paths["markdown"]).read_text()
+    assert "| tip_adapter" in md and "52.00 ± 1.00 (0.2 s)" in md.split("side by side", 1)[1]
+    assert not (outdir / "summary.md").exists() and not (into / "runs.jsonl").exists()
+
+
+def test_merged_report_refuses_a_run_twice(outdir, tmp_path):
+    twice = tmp_path / "again"
+    dup = _write(twice, _record("dtd", "linear_probe", 4, 2, 0.5))
+    with pytest.raises(ValueError, match=r"^The same run \('dtd', 'linear_probe', 4, 2\) is in .*shots4-seed2.json "
+                                         r"and .*again.*; report each run once\.$") as e:
+        build_report(tmp_path / "merged", inputs=[outdir, twice])
+    assert str(dup) in str(e.value)
+
+
+def test_report_cli_merges_with_into(outdir, tmp_path, capsys):
+    from clip_adapter.cli import main
+    with pytest.raises(SystemExit, match="2 folders given; merge them with --into DIR"):
+        main(["report", str(outdir), str(outdir)])
+    assert main(["report", "--no-figures", "--into", str(tmp_path / "m"), str(outdir)]) == 0
+    assert (tmp_path / "m" / "summary.md").is_file() and "## Methods side by side" in capsys.readouterr().out

@@ -16,6 +16,10 @@ Written into ``OUTDIR``:
   is never used to choose it (the main table's values are chosen on validation).
 
 The std of the average row is the std over seeds of the per-seed average over datasets (seeds every dataset has).
+
+``clip-adapter report --into DIR OUTDIR [OUTDIR ...]`` merges several experiments (e.g. one per method family) into
+one report in ``DIR``; the same run in two folders is an error. ``summary.md`` ends with the methods side by side at
+the largest shot count: accuracy and mean training time per dataset.
 """
 from __future__ import annotations
 
@@ -33,8 +37,8 @@ from typing import Any
 
 from .evaluation import mean_std
 
-__all__ = ["load_records", "summarize", "average_rows", "ablation_rows", "format_cell", "markdown_summary",
-           "build_report", "plot_dataset", "plot_ablation", "add_subcommands", "AVERAGE"]
+__all__ = ["load_records", "merge_records", "summarize", "average_rows", "ablation_rows", "format_cell",
+           "markdown_summary", "markdown_comparison", "build_report", "plot_dataset", "plot_ablation", "add_subcommands", "AVERAGE"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,25 @@ def load_records(outdir: str | Path) -> list[dict]:
             continue
         rec.setdefault("result_file", str(p))
         out.append(rec)
+    return out
+
+
+def merge_records(outdirs: Sequence[str | Path]) -> list[dict]:
+    """The records of several experiment folders; a run (dataset, method variant, shots, seed, ablation) found in two
+    folders is a one-line ``ValueError`` naming both files, since the report would otherwise count it twice."""
+    seen: dict[tuple, str] = {}
+    out = []
+    for d in outdirs:
+        if not Path(d).is_dir():
+            raise FileNotFoundError(f"Results folder {d} not found.")
+        for rec in load_records(d):
+            ab = rec.get("ablation") or {}
+            key = (rec["dataset"], _variant(rec), int(rec["shots"]), rec["seed"], json.dumps(ab, sort_keys=True))
+            if key in seen:
+                raise ValueError(f"The same run {key[:4]} is in {seen[key]} and {rec['result_file']}; "
+                                 f"report each run once.")
+            seen[key] = rec["result_file"]
+            out.append(rec)
     return out
 
 
@@ -221,7 +244,36 @@ def markdown_summary(rows: Sequence[Mapping], avg: Sequence[Mapping], records: S
     setup = (f"Backbone: {', '.join(f'`{b}`' for b in backbones) or '-'}; augmented views per training image: "
              f"{', '.join(map(str, views)) or '-'}; runs: {len(main)}.")
     lines = ["# Few-shot results", "", intro, "", setup, "", _md_table(header, body), ""]
-    return "\n".join(lines)
+    comparison = markdown_comparison(rows, avg)
+    return "\n".join(lines + ([comparison] if comparison else []))
+
+
+def markdown_comparison(rows: Sequence[Mapping], avg: Sequence[Mapping] = ()) -> str:
+    """Methods side by side at the largest shot count (zero-shot included): ``acc ± std`` and the mean training
+    seconds per run, a column per dataset (and the average); empty when fewer than two methods are there."""
+    trained = [r["shots"] for r in rows if r["shots"] > 0]
+    if not trained:
+        return ""
+    k = max(trained)
+    cells = [r for r in list(rows) + list(avg) if r["shots"] in (0, k)]
+    methods = sorted({r["method"] for r in cells}, key=_method_key)
+    if len(methods) < 2:
+        return ""
+    datasets = sorted({r["dataset"] for r in rows}) + ([AVERAGE] if any(r["dataset"] == AVERAGE for r in cells)
+                                                        else [])
+    index = {(r["dataset"], r["method"]): r for r in cells}
+    n_exp = max((r["n_seeds"] for r in rows if r["shots"] == k), default=1)
+    body = []
+    for m in methods:
+        line = [m]
+        for d in datasets:
+            r = index.get((d, m))
+            line.append("-" if r is None else f"{format_cell(r, n_exp)} ({r['train_seconds_mean']:.1f} s)")
+        body.append(line)
+    return "\n".join([f"## Methods side by side at {k} shots", "",
+                      "Top-1 test accuracy (%), mean ± std over seeds, with the mean training time per run in "
+                      "parentheses (the hyper-parameter search on val included, feature extraction excluded). "
+                      "Zero-shot is the 0-shot run.", "", _md_table(["method"] + datasets, body), ""])
 
 
 def _csv_text(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
@@ -346,22 +398,32 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def build_report(outdir: str | Path, figures: bool = True) -> dict[str, Any]:
+def build_report(outdir: str | Path, figures: bool = True,
+                 inputs: Sequence[str | Path] | None = None) -> dict[str, Any]:
     """Rebuild ``runs.jsonl``, the summary tables, the figures (and the ablation outputs) of ``outdir``.
 
-    Returns the written paths: ``markdown``, ``csv``, ``figures`` (list), ``runs``, and ``ablation_markdown``,
-    ``ablation_csv`` when there were ablation runs; ``n_runs`` counts the records used.
+    With ``inputs`` (experiment folders), their records are merged (:func:`merge_records`) and the report is
+    written into ``outdir`` (created), whose own result files and ``runs.jsonl`` are left alone.
+
+    Returns the written paths: ``markdown``, ``csv``, ``figures`` (list), ``runs`` (single folder only), and
+    ``ablation_markdown``, ``ablation_csv`` when there were ablation runs; ``n_runs`` counts the records used.
     """
     from .grid import RUNS_FILE, rebuild_runs_jsonl
     outdir = Path(outdir)
-    if not outdir.is_dir():
-        raise FileNotFoundError(f"Results folder {outdir} not found.")
-    records = load_records(outdir)
+    if inputs:
+        records = merge_records(inputs)
+        where = ", ".join(map(str, inputs))
+    else:
+        if not outdir.is_dir():
+            raise FileNotFoundError(f"Results folder {outdir} not found.")
+        records, where = load_records(outdir), str(outdir)
     if not records:
-        raise ValueError(f"No result files in {outdir}; expected <dataset>/<method>/shots<K>-seed<S>.json "
+        raise ValueError(f"No result files in {where}; expected <dataset>/<method>/shots<K>-seed<S>.json "
                          f"(written by 'clip-adapter experiment').")
-    rebuild_runs_jsonl(outdir)
-    out: dict[str, Any] = {"runs": str(outdir / RUNS_FILE), "figures": [], "n_runs": len(records)}
+    out: dict[str, Any] = {"figures": [], "n_runs": len(records)}
+    if not inputs:
+        rebuild_runs_jsonl(outdir)
+        out["runs"] = str(outdir / RUNS_FILE)
     rows, avg = summarize(records), average_rows(records)
     if rows:
         out["markdown"] = str(_write(outdir / "summary.md", markdown_summary(rows, avg, records)))
@@ -389,7 +451,13 @@ def build_report(outdir: str | Path, figures: bool = True) -> dict[str, Any]:
 
 
 def cmd_report(args) -> int:
-    paths = build_report(args.outdir, figures=not args.no_figures)
+    if len(args.outdir) > 1 and not args.into:
+        raise SystemExit(f"report: {len(args.outdir)} folders given; merge them with --into DIR "
+                         f"(one folder is reported in place).")
+    if args.into:
+        paths = build_report(args.into, figures=not args.no_figures, inputs=args.outdir)
+    else:
+        paths = build_report(args.outdir[0], figures=not args.no_figures)
     for key in ("markdown", "ablation_markdown"):
         if paths.get(key):
             print(Path(paths[key]).read_text())
@@ -402,7 +470,10 @@ def add_subcommands(sub) -> None:
     """The ``report`` command (cli.py discovers it through ``_optional_command_modules``)."""
     p = sub.add_parser("report", help="rebuild tables and figures from an experiment's result files.",
                        description="Read OUTDIR/<dataset>/<method>/shots<K>-seed<S>.json and write summary.md, "
-                                   "summary.csv, figures/*.png (and ablation.* when present); rebuild runs.jsonl.")
-    p.add_argument("outdir", metavar="OUTDIR", help="the experiment's output folder.")
+                                   "summary.csv, figures/*.png (and ablation.* when present); rebuild runs.jsonl. "
+                                   "With --into DIR, merge several OUTDIRs into one report in DIR.")
+    p.add_argument("outdir", metavar="OUTDIR", nargs="+", help="the experiment's output folder (several with --into).")
+    p.add_argument("--into", metavar="DIR", default=None,
+                   help="merge the OUTDIRs' runs into one report written to DIR (the same run twice is an error).")
     p.add_argument("--no-figures", action="store_true", help="tables only.")
     p.set_defaults(func=cmd_report)
