@@ -46,6 +46,9 @@ def test_interface(lite_backbone):
     assert bb.head_weight.shape == (1000, 1280) and bb.head_bias.shape == (1000,)
     assert not bb.image_model.training
     assert not any(p.requires_grad for p in bb.image_model.parameters())
+    from clip_adapter.lite import recipe_key
+    assert bb.describe() == {"alignment_recipe": recipe_key(bb.templates), "alignment_lambda": bb.alignment.lam,
+                             "alignment_templates": 1}
 
 
 def test_non_default_templates_change_id(lite_cache, monkeypatch):

@@ -189,3 +189,13 @@ def test_report_cli_merges_with_into(outdir, tmp_path, capsys):
         main(["report", str(outdir), str(outdir)])
     assert main(["report", "--no-figures", "--into", str(tmp_path / "m"), str(outdir)]) == 0
     assert (tmp_path / "m" / "summary.md").is_file() and "## Methods side by side" in capsys.readouterr().out
+
+
+def test_text_prior_conflicts_are_reported(outdir, caplog):
+    from clip_adapter.report import text_prior_conflicts
+    recs = load_records(outdir)
+    assert text_prior_conflicts(recs) == []                       # older records without the field: not checked
+    for i, r in enumerate(recs):
+        r["text_features_sha256"] = "a" * 16 if r["dataset"] == "flowers" or i % 2 else "b" * 16
+    lines = text_prior_conflicts(recs)
+    assert len(lines) == 1 and lines[0].startswith("dtd with lite:test: runs used 2 different class text features")

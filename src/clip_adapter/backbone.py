@@ -18,7 +18,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torchvision import transforms as T
@@ -95,6 +95,10 @@ class Backbone(abc.ABC):
     @abc.abstractmethod
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Strings -> raw features ``(n, embed_dim)`` float32 on CPU."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts beyond ``id`` that determine the features (recorded with every result); none by default."""
+        return {}
 
     def transform_id(self, kind: str) -> str:
         """Stable description of the ``"test"`` or ``"train"`` transform, part of the cache key."""

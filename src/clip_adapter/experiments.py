@@ -6,6 +6,7 @@ encoded and scored once.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .data import Dataset, Item
 from .evaluation import evaluate_predictions
@@ -53,6 +55,14 @@ def _labels(items: Sequence[Item]) -> torch.Tensor:
 def result_path(output: str | Path, dataset: str, method: str, shots: int, seed: int) -> Path:
     """Where the record of one run lives: ``<output>/<dataset>/<method>/shots<K>-seed<S>.json``."""
     return Path(output) / dataset / method / f"shots{shots}-seed{seed}.json"
+
+
+def text_fingerprint(features: torch.Tensor) -> str:
+    """First 16 hex digits of the sha256 of the class text features, L2-normalised and rounded to 1e-4 (so thread
+    counts and BLAS rounding do not change it): runs whose zero-shot prior differed show it even when the backbone
+    id is the same (e.g. a changed alignment recipe)."""
+    q = torch.round(F.normalize(features.detach().float().cpu(), dim=-1) * 1e4).to(torch.int32)
+    return hashlib.sha256(q.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | None = None,
@@ -113,6 +123,8 @@ def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | Non
         "val_accuracy": None if math.isnan(sel.val_accuracy) else sel.val_accuracy,  # strict JSON has no NaN
         "chosen": sel.chosen, "candidates": sel.candidates, "config": sel.config.to_dict(), "grid": grid,
         "n_views": spec.n_views if cls.trains else 0, "templates": templates, "backbone": backbone.id,
+        "backbone_detail": backbone.describe() if hasattr(backbone, "describe") else {},
+        "text_features_sha256": text_fingerprint(text.features),
         "train_seconds": train_seconds, "predict_seconds": time.perf_counter() - t_pred,
         "total_seconds": time.perf_counter() - t_start, "dataset_source": dataset.source,
         "trainable_parameters": sel.model.num_trainable_parameters(),

@@ -346,6 +346,11 @@ class LiteBackbone(Backbone):
         emb = self.text_model.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
         return emb.float().cpu()
 
+    def describe(self) -> dict[str, Any]:
+        """The alignment recipe behind the text features (the image features depend on ``id`` alone)."""
+        return {"alignment_recipe": recipe_key(self.templates), "alignment_lambda": self.alignment.lam,
+                "alignment_templates": len(self.templates)}
+
     def imagenet_logits(self, features: torch.Tensor) -> torch.Tensor:
         """ImageNet-1k logits of image features from :meth:`encode_images` (the frozen head)."""
         return features.float() @ self.head_weight.T + self.head_bias

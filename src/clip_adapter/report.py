@@ -37,7 +37,7 @@ from typing import Any
 
 from .evaluation import mean_std
 
-__all__ = ["load_records", "merge_records", "summarize", "average_rows", "ablation_rows", "format_cell",
+__all__ = ["load_records", "merge_records", "text_prior_conflicts", "summarize", "average_rows", "ablation_rows", "format_cell",
            "markdown_summary", "markdown_comparison", "build_report", "plot_dataset", "plot_ablation", "add_subcommands", "AVERAGE"]
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,21 @@ def merge_records(outdirs: Sequence[str | Path]) -> list[dict]:
             seen[key] = rec["result_file"]
             out.append(rec)
     return out
+
+
+def text_prior_conflicts(records: Iterable[Mapping]) -> list[str]:
+    """One line per (dataset, backbone, templates) whose runs used different class text features (their
+    ``text_features_sha256`` differ): the same backbone id gave another zero-shot prior, so those runs do not
+    belong in one table. Records without the field (older runs) are not checked."""
+    seen: dict[tuple, dict[str, str]] = defaultdict(dict)
+    for r in records:
+        fp = r.get("text_features_sha256")
+        if fp:
+            key = (r["dataset"], str(r.get("backbone")), json.dumps(r.get("templates")))
+            seen[key].setdefault(fp, str(r.get("result_file", "?")))
+    return [f"{d} with {b}: runs used {len(fps)} different class text features (e.g. {', '.join(fps.values())}); "
+            f"the backbone's text side changed between them." for (d, b, _), fps in sorted(seen.items())
+            if len(fps) > 1]
 
 
 def _variant(rec: Mapping) -> str:
@@ -420,6 +435,8 @@ def build_report(outdir: str | Path, figures: bool = True,
     if not records:
         raise ValueError(f"No result files in {where}; expected <dataset>/<method>/shots<K>-seed<S>.json "
                          f"(written by 'clip-adapter experiment').")
+    for warning in text_prior_conflicts(records):
+        log.warning(warning)
     out: dict[str, Any] = {"figures": [], "n_runs": len(records)}
     if not inputs:
         rebuild_runs_jsonl(outdir)
