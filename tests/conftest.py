@@ -45,10 +45,9 @@ def tiny_backbone():
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models: extra OpenMP threads only add synchronisation (and stall on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    from clip_adapter.io import torch_threads
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

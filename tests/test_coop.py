@@ -80,12 +80,15 @@ def test_truncated_sequence_is_exact(backbone):
         assert torch.allclose(enc(ctx), ref, atol=1e-5, rtol=1e-5)
 
 
-def test_only_context_receives_gradients(backbone):
-    enc = PromptEncoder(backbone, NAMES, n_ctx=4)
+def _assert_only_context_gets_gradients(enc, frozen: torch.nn.Module) -> None:
     ctx = torch.nn.Parameter(enc.init_context(False))
     enc(ctx).pow(2).sum().backward()
     assert ctx.grad is not None and ctx.grad.abs().sum() > 0
-    assert all(p.grad is None and not p.requires_grad for p in backbone.model.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in frozen.parameters())
+
+
+def test_only_context_receives_gradients(backbone):
+    _assert_only_context_gets_gradients(PromptEncoder(backbone, NAMES, n_ctx=4), backbone.model)
 
 
 def test_fit_trains_context_only(tiny_backbone, task):
@@ -252,11 +255,7 @@ def test_lite_phrase_context_equals_encode_texts(lite_backbone, lite_encoder, cl
 
 def test_lite_only_context_receives_gradients(lite_backbone):
     from clip_adapter.methods.coop import prompt_encoder
-    enc = prompt_encoder(lite_backbone, NAMES, n_ctx=3)
-    ctx = torch.nn.Parameter(enc.init_context(False))
-    enc(ctx).pow(2).sum().backward()
-    assert ctx.grad is not None and ctx.grad.abs().sum() > 0
-    assert all(p.grad is None and not p.requires_grad for p in lite_backbone.text_model.parameters())
+    _assert_only_context_gets_gradients(prompt_encoder(lite_backbone, NAMES, n_ctx=3), lite_backbone.text_model)
 
 
 def test_lite_coop_learns(lite_backbone):

@@ -58,13 +58,7 @@ def _weights(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
             torch.randn(DIM, DIM // 4, generator=g) / (DIM // 4) ** 0.5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny matrices: a second thread only adds synchronisation, which costs seconds on a loaded 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: extra threads only add synchronisation
 
 
 @pytest.fixture(scope="module")

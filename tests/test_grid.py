@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from conftest import make_color_images
 from PIL import Image
@@ -29,12 +28,7 @@ SHOTS, SEEDS = [1, 2], [1, 2]
 N_RUNS = 2 * (1 + len(SHOTS) * len(SEEDS) * 2)   # 2 datasets x (zero-shot once + shots x seeds x 2 trained)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: extra threads only add synchronisation
 
 
 @pytest.fixture(scope="module")

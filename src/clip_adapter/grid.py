@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .io import torch_threads
+
 __all__ = ["ExperimentConfig", "DatasetEntry", "MethodEntry", "BackboneEntry", "AblationEntry", "PlannedRun",
            "ExperimentResult", "load_config", "parse_config", "plan_runs", "run_experiment", "claim_run",
            "read_result", "rebuild_runs_jsonl", "append_run", "add_subcommands", "main", "RUNS_FILE",
@@ -755,7 +757,7 @@ def run_experiment(config: ExperimentConfig | Mapping | str | Path, *, progress:
     rebuild_runs_jsonl(output)
 
     ctx = _Context(config, datasets, progress)
-    with _torch_threads(config.threads):
+    with torch_threads(config.threads):
         result = _run_all(config, runs, records, ctx, progress, t0, skipped)
     if config.report if report is None else report:
         from .report import build_report
@@ -765,20 +767,6 @@ def run_experiment(config: ExperimentConfig | Mapping | str | Path, *, progress:
                            f"{result.failed[0][1]}); the others are saved in {output}; rerun the same command to "
                            f"retry the failed ones.")
     return result
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    if not n:
-        yield
-        return
-    import torch
-    prev = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 def _run_all(config: ExperimentConfig, runs: list[PlannedRun], records: dict[str, dict], ctx: _Context,

@@ -1,4 +1,4 @@
-"""Small I/O helpers shared by every module: atomic writes, JSON, version stamps."""
+"""Small helpers shared by every module: atomic writes, JSON, version stamps, torch thread count."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_dir", "write_json", "read_json", "package_versions", "default_cache_dir"]
+__all__ = ["atomic_path", "atomic_dir", "write_json", "read_json", "package_versions", "default_cache_dir",
+           "torch_threads"]
 
 
 @contextlib.contextmanager
@@ -96,3 +97,21 @@ def default_cache_dir() -> Path:
     """Root of every cache (features, alignment maps): ``$CLIP_ADAPTER_CACHE`` or ``~/.cache/clip_adapter``."""
     env = os.environ.get("CLIP_ADAPTER_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "clip_adapter"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count (``None``/0: unchanged).
+
+    Small matrix products and LAPACK calls run faster single-threaded: on a busy machine each parallel region waits
+    for every OpenMP thread to get a time slice."""
+    if not n:
+        yield
+        return
+    import torch
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)

@@ -15,7 +15,6 @@ This pairs real features with a weak text prior; it demonstrates the pipeline, i
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -23,13 +22,13 @@ import os
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .backbone import Backbone, BackboneLoadError, build_transforms, register_backbone
-from .io import atomic_path, default_cache_dir
+from .io import atomic_path, default_cache_dir, torch_threads
 
 __all__ = ["LiteBackbone", "AlignmentMap", "fit_alignment", "rename_efficientnet_keys", "recipe_key",
            "imagenet_classnames", "ALIGN_TEMPLATES", "LAMBDA_GRID"]
@@ -197,18 +196,6 @@ class _Ridge:
         return w, self.y_mean - self.x_mean @ w
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run small LAPACK calls single-threaded: a 384 x 384 float64 eigh took 0.09 s on 1 thread but 13 s on 2 threads
-    of a busy 2-core machine (OpenMP threads waiting on each other)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _heldout_mrr(pred: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Reciprocal rank of row i among ``rows`` (cosine) for each predicted row i: a zero-shot proxy whose
     classifier is the predicted rows and whose "images" are the true head rows."""
@@ -225,7 +212,8 @@ def fit_alignment(text_emb: torch.Tensor, head_rows: torch.Tensor, lams: Sequenc
     row is ranked against the true head rows of its fold (100 classes for C=1000), and the mean reciprocal rank is
     kept (smoother than top-1, which ties neighbouring lambdas). Ties go to the larger lambda. Deterministic.
     """
-    with _one_thread():
+    # One thread: a 384 x 384 float64 eigh took 0.09 s on 1 thread but 13 s on 2 of a busy 2-core machine.
+    with torch_threads(1):
         return _fit_alignment(text_emb.double(), head_rows.double(), lams, folds, repeats, seed)
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import MethodConfig
+from .io import torch_threads
 
 __all__ = ["TrainingConfig", "train_loop", "lr_at_epoch"]
 
@@ -66,15 +67,8 @@ def cpu_threads(n: int, device: torch.device):
     """Run with ``n`` intra-op threads on the CPU, then restore. Adapter steps are tiny matrix products: extra
     threads only add synchronisation, and on a busy machine each parallel region waits for a time slice
     (measured here: 0.3-0.5 s per step with 2 threads under load, milliseconds with 1)."""
-    if device.type != "cpu":
+    with torch_threads(n if device.type == "cpu" else None):
         yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def train_loop(params: Iterable[torch.nn.Parameter], logits_fn: Callable[[torch.Tensor], torch.Tensor],
