@@ -94,3 +94,8 @@ def lite_backbone(lite_cache):
         mp.setenv("CLIP_ADAPTER_CACHE", str(lite_cache))
         mp.setattr(lite, "ALIGN_TEMPLATES", FAST_TEMPLATES)
         return load_backbone("lite")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite tests/golden/*.json from the current code (test_golden.py) instead of comparing.")
