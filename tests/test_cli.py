@@ -58,3 +58,18 @@ def test_help_explains_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     assert "--adapter" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("old, new, name", [
+    ("clip_adapter.backbone", "clip_adapter.backbones", "load_backbone"),
+    ("clip_adapter.data", "clip_adapter.datasets", "load_dataset"),
+    ("clip_adapter.predict", "clip_adapter.model", "AdaptedClassifier"),
+    ("clip_adapter.grid", "clip_adapter.experiment", "run_experiment"),
+])
+def test_old_import_paths_still_work_with_a_deprecation_warning(old, new, name):
+    import importlib
+    import sys
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
+        mod = importlib.import_module(old)
+    assert getattr(mod, name) is getattr(importlib.import_module(new), name)

@@ -220,7 +220,7 @@ def test_runs_through_run_one_and_reloads(tiny_backbone, color_dir, tmp_path):
     rec = run_one(ds, tiny_backbone, RunSpec("coop", shots=2, overrides={"epochs": 2, "n_ctx": 4}, n_views=1),
                   cache=cache, save_model=tmp_path / "model")
     assert rec["method"] == "coop" and rec["trainable_parameters"] == 4 * 64 and rec["chosen"] == {}
-    from clip_adapter.experiments import text_fingerprint
+    from clip_adapter.prompts import text_fingerprint
     prior = encode_class_texts(tiny_backbone, ds.classnames, ds.templates).features
     assert rec["text_features_sha256"] == text_fingerprint(prior) and rec["backbone_detail"] == {}
     assert text_fingerprint(prior * 2.0) == text_fingerprint(prior)            # scale-free: normalised first

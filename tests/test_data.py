@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from clip_adapter.data import Item, load_dataset, read_coop
+from clip_adapter.datasets import Item, load_dataset, read_coop
 from clip_adapter.fewshot import read_index_file, sample_k_shot, val_shots
-from clip_adapter.prompts import templates_for
+from clip_adapter.datasets.catalog import templates_for
 
 from conftest import SHARED, make_color_images, needs_shared
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from clip_adapter.data import load_dataset
+from clip_adapter.datasets import load_dataset
 from clip_adapter.features import FeatureCache
 
 

@@ -130,7 +130,7 @@ def test_golden_experiment_grid(tmp_path, update_golden, one_thread):
     experiment's own fields (variant, run_settings, ablation) and the summary table is built from them."""
     import csv
 
-    from clip_adapter.grid import run_experiment
+    from clip_adapter import run_experiment
     data = make_color_images(tmp_path / "colors", per_class=8, seed=5)
     config = {"name": "golden", "datasets": [str(data)], "shots": [2], "seeds": [1, 2], "n_views": 1,
               "backbone": {"name": "tiny-vit", "pretrained": None},

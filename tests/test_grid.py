@@ -1,4 +1,4 @@
-"""The experiment grid (clip_adapter.grid): end to end on generated images, resume after kill -9, no test leakage.
+"""The experiment grid (clip_adapter.experiment): end to end on generated images, resume after kill -9, no test leakage.
 
 Everything runs on the tiny random-init ``tiny-vit`` backbone (seeded by the grid, so every process builds the same
 model) with a few epochs; torch uses one thread here (on a shared 2-core machine that is several times faster).
@@ -6,6 +6,7 @@ model) with a few epochs; torch uses one thread here (on a shared 2-core machine
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -20,8 +21,8 @@ from conftest import make_color_images
 from PIL import Image
 
 from clip_adapter.evaluation import mean_std
-from clip_adapter.grid import (RUNS_FILE, claim_run, find_result_files, load_config, parse_config, plan_runs,
-                               run_experiment)
+from clip_adapter.experiment import load_config, parse_config, plan_runs, run_experiment
+from clip_adapter.results import RUNS_FILE, claim_run, find_result_files
 
 REPO = Path(__file__).resolve().parents[1]
 SHOTS, SEEDS = [1, 2], [1, 2]
@@ -139,7 +140,7 @@ def test_kill_midway_then_resume_gives_same_results_without_duplicates(datasets,
     cfg.write_text(yaml.safe_dump(small_config(datasets[:1], out, cache)))
     n_runs = N_RUNS // 2
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "clip_adapter.grid", str(cfg), "--no-progress", "--no-report"],
+    proc = subprocess.Popen([sys.executable, "-m", "clip_adapter.cli", "experiment", str(cfg), "--no-progress", "--no-report"],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:
@@ -221,14 +222,14 @@ def test_search_never_sees_test_labels(datasets, tmp_path):
 # -- config validation ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("change, message", [
     ({"seed": [1]}, r"unknown key 'seed' \(did you mean 'seeds'\?\)"),
-    ({"shots": [0, 2]}, r"'shots' must be a non-empty list of ints >= 1\. Got \[0, 2\]"),
+    ({"shots": [0, 2]}, r"'shots' must be a non-empty list of distinct ints >= 1\. Got \[0, 2\]"),
     ({"methods": {"clip_adaptor": {}}}, r"methods\.clip_adaptor: Unknown method 'clip_adaptor'.*did you mean 'clip_adapter'"),
     ({"methods": {"clip_adapter": {"overides": {}}}}, r"methods\.clip_adapter: unknown key 'overides' \(did you mean 'overrides'"),
-    ({"methods": {"clip_adapter": {"grid": {"alpah": [0.2]}}}}, r"'alpah' is not a ClipAdapterConfig field \(did you mean 'alpha'"),
+    ({"methods": {"clip_adapter": {"grid": {"alpah": [0.2]}}}}, r"methods\.clip_adapter\.grid: Unknown ClipAdapterConfig key 'alpah' \(did you mean 'alpha'"),
     ({"methods": {"clip_adapter": {"grid": {"alpha": [0.2, 1.5]}}}}, r"The 'alpha' parameter of ClipAdapterConfig must be a float in \[0, 1\]\. Got 1\.5"),
     ({"backbone": {"name": "RN50", "pretrain": "openai"}}, r"backbone: unknown key 'pretrain' \(did you mean 'pretrained'"),
     ({"datasets": []}, r"'datasets' must be a non-empty list"),
-    ({"ablation": {"method": "clip_adapter", "param": "alpah", "values": [0.2]}}, r"'param' 'alpah' is not a ClipAdapterConfig field"),
+    ({"ablation": {"method": "clip_adapter", "param": "alpah", "values": [0.2]}}, r"ablation: Unknown ClipAdapterConfig param 'alpah' \(did you mean 'alpha'"),
     ({"n_views": -1}, r"'n_views' must be an int >= 0\. Got -1"),
 ])
 def test_config_errors_are_one_line_and_name_the_key(change, message, tmp_path):
@@ -266,23 +267,21 @@ def test_shipped_configs_are_valid(name, monkeypatch):
 
 
 def test_experiment_and_report_commands(small_run, datasets, tmp_path, capsys):
-    import argparse
-
-    from clip_adapter import grid, report
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    grid.add_subcommands(sub)
-    report.add_subcommands(sub)
+    from clip_adapter.cli import main
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(small_config(datasets, small_run.output, small_run.config.cache_dir)))
-    args = parser.parse_args(["experiment", str(cfg), "--dry-run"])
-    assert args.func(args) == 0
+    assert main(["experiment", str(cfg), "--dry-run"]) == 0
     assert f"{N_RUNS} runs, {N_RUNS} done, 0 to go" in capsys.readouterr().out
     (small_run.output / "summary.md").unlink()
-    args = parser.parse_args(["report", str(small_run.output)])
-    assert args.func(args) == 0
+    assert main(["report", str(small_run.output)]) == 0
     assert "| colorsA" in capsys.readouterr().out and (small_run.output / "summary.md").is_file()
-    from clip_adapter.cli import build_parser
-    commands = build_parser()._subparsers._group_actions[0].choices
-    if "experiment" not in commands or "report" not in commands:
-        pytest.skip("cli.py does not list 'grid' and 'report' in _optional_command_modules yet")
+
+
+def test_config_reference_is_generated_from_the_key_table():
+    from clip_adapter.experiment.schema import ExperimentConfig, reference_markdown
+    doc = REPO / "docs" / "experiment-config.md"
+    assert doc.read_text() == reference_markdown(), (
+        "docs/experiment-config.md is stale; regenerate it: python -c \"from clip_adapter.experiment.schema import "
+        "reference_markdown as r; print(r(), end='')\" > docs/experiment-config.md")
+    yaml_keys = [f.metadata.get("key") or f.name for f in dataclasses.fields(ExperimentConfig) if f.metadata]
+    assert all(f"| `{k}` |" in doc.read_text() for k in yaml_keys)

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from clip_adapter import FeatureCache, RunSpec, load_dataset, run_one
-from clip_adapter.data import Dataset
+from clip_adapter.datasets import Dataset
 
 from conftest import FAST_TEMPLATES, SHARED, needs_shared
 
@@ -56,7 +56,7 @@ def test_imagenette_zero_shot_is_strong(lite):
 
 
 def test_demo_command_runs_offline(lite, tmp_path, capsys, monkeypatch):
-    from clip_adapter import lite as lite_module
+    from clip_adapter.backbones import lite as lite_module
     from clip_adapter.cli import main
     _, cache_root = lite
     # The CLI builds its own backbone: let it find the session's alignment map instead of refitting one.

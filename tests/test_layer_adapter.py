@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -148,7 +150,8 @@ def test_learns_generated_task(tiny_backbone, color_dir, tmp_path):
     for r in rows:
         assert r["accuracy"] >= 0.75, r
         assert r["n_train"] == 16 and r["n_test"] == len(ds.split("test")) and r["chosen"] == {"alpha": 0.6}
-        assert (tmp_path / "out" / ds.name / "clip_adapter_layer" / f"shots4-seed1-layer{r['layer']}.json").is_file()
+        assert Path(r["result_file"]) == tmp_path / "out" / ds.name / f"clip_adapter_layer-layer{r['layer']}" / \
+            "shots4-seed1.json" and Path(r["result_file"]).is_file()
     assert rows[0]["trainable_parameters"] == 2 * 64 * 16 and rows[1]["trainable_parameters"] == 2 * 32 * 8
 
 
@@ -194,7 +197,7 @@ def test_three_placements_run_through_run_one(tiny_backbone, color_dir, tmp_path
     specs = placement_specs(shots=2, seed=1, alphas=[0.2, 0.6], overrides={"epochs": 3}, n_views=1)
     assert [s.overrides["target"] for s in specs] == ["image", "text", "both"]
     assert specs[1] == RunSpec("clip_adapter", shots=2, seed=1, overrides={"epochs": 3, "target": "text"},
-                               grid={"alpha_text": [0.2, 0.6]}, n_views=1)
+                               grid={"alpha_text": [0.2, 0.6]}, n_views=1, variant="clip_adapter-text")
     rows = {s.overrides["target"]: run_one(ds, tiny_backbone, s, cache=cache) for s in specs}
     d = 32
     for target, n_adapters, n_points in (("image", 1, 2), ("text", 1, 2), ("both", 2, 4)):

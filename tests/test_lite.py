@@ -19,9 +19,9 @@ for _module, _package in [("timm", "timm"), ("sentence_transformers", "sentence-
 
 from skimage import data as skdata  # noqa: E402
 
-from clip_adapter import lite  # noqa: E402
-from clip_adapter.backbone import Backbone, BackboneLoadError, load_backbone  # noqa: E402
-from clip_adapter.lite import AlignmentMap, LiteBackbone, fit_alignment  # noqa: E402
+from clip_adapter.backbones import lite  # noqa: E402
+from clip_adapter.backbones import Backbone, BackboneLoadError, load_backbone  # noqa: E402
+from clip_adapter.backbones.lite import AlignmentMap, LiteBackbone, fit_alignment  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 from conftest import FAST_TEMPLATES  # noqa: E402
@@ -46,7 +46,7 @@ def test_interface(lite_backbone):
     assert bb.head_weight.shape == (1000, 1280) and bb.head_bias.shape == (1000,)
     assert not bb.image_model.training
     assert not any(p.requires_grad for p in bb.image_model.parameters())
-    from clip_adapter.lite import recipe_key
+    from clip_adapter.backbones.lite import recipe_key
     assert bb.describe() == {"alignment_recipe": recipe_key(bb.templates), "alignment_lambda": bb.alignment.lam,
                              "alignment_templates": 1}
 
@@ -151,7 +151,7 @@ def test_alignment_cache_rebuilt_when_unusable(lite_backbone, tmp_path, monkeypa
     # Refitting for real is covered by the session fixture; here only the decision to refit is under test.
     fits = []
     monkeypatch.setattr(LiteBackbone, "fit_alignment", lambda self: fits.append(1) or lite_backbone.alignment)
-    with caplog.at_level("WARNING", logger="clip_adapter.lite"):
+    with caplog.at_level("WARNING", logger="clip_adapter.backbones.lite"):
         bb = LiteBackbone()
     assert fits == [1]
     assert "unusable" in caplog.text

@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 from clip_adapter import FeatureCache, RunSpec, encode_class_texts, load_backbone, load_dataset, run_one
 from clip_adapter.cli import main
 from clip_adapter.methods import get_method
-from clip_adapter.predict import AdaptedClassifier, _spec_from_id, backbone_spec, expand_images, predict_to_jsonl
+from clip_adapter.backbones import BackboneSpec
+from clip_adapter.model import AdaptedClassifier, expand_images, predict_to_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,8 @@ def test_round_trip_predictions_are_identical(backbone, ckpt, color_dir, tmp_pat
     model.save_pretrained(tmp_path / "m", dataset=ds.name, shots=6)
     meta = json.loads((tmp_path / "m" / "adapter_config.json").read_text())
     assert meta["backbone"]["name"] == "tiny-vit" and meta["backbone"]["pretrained"] is None
-    assert meta["backbone"]["checkpoint_sha256"] and backbone.id.endswith(meta["backbone"]["checkpoint_sha256"])
+    sha = meta["backbone"]["checkpoint_sha256"]   # the full digest; the id carries its first 16 hex digits
+    assert len(sha) == 64 and backbone.id.endswith(sha[:16])
     assert meta["classnames"] == ds.classnames and meta["templates"] == ds.templates
     assert meta["method"] == "clip_adapter" and meta["config"]["alpha"] == 0.5 and "clip-adapter" in meta["versions"]
     assert "clip_adapter on colors" in (tmp_path / "m" / "README.md").read_text()
@@ -115,7 +117,7 @@ def test_random_init_backbone_is_passed_not_rebuilt(tiny_backbone, color_dir, tm
 
 def test_unregistered_architecture_is_rebuilt_from_the_saved_config(tmp_path):
     import open_clip
-    from clip_adapter.backbone import _PACKAGED_CONFIGS
+    from clip_adapter.backbones import PACKAGED_CONFIGS as _PACKAGED_CONFIGS
     arch = tmp_path / "my-arch.json"
     shutil.copy(_PACKAGED_CONFIGS / "tiny-vit.json", arch)
     ckpt = tmp_path / "w.pt"
@@ -186,13 +188,17 @@ def test_backbone_mismatch_and_checkpoint_checks(trained, ckpt, loaded, tiny_bac
     ("lite:efficientnet-lite0+minilm-l6", "lite", None, None),
     ("test:bb", "test", None, None),
 ])
-def test_backbone_spec_from_id(bid, name, pretrained, sha):
-    spec = _spec_from_id(bid, 32)
-    assert (spec["name"], spec["pretrained"], spec["checkpoint_sha256"]) == (name, pretrained, sha)
+def test_backbone_spec_parses_and_builds_ids(bid, name, pretrained, sha):
+    spec = BackboneSpec.parse(bid, 32)
+    assert (spec.name, spec.pretrained, spec.checkpoint_sha256) == (name, pretrained, sha)
+    assert spec.id == bid                                              # built back, the same string
+    d = spec.to_dict()
+    assert (d["name"], d["pretrained"], d["checkpoint_sha256"], d["id"]) == (name, pretrained, sha, bid)
+    assert BackboneSpec.from_dict(d) == spec
 
 
 def test_backbone_spec_stores_architecture(backbone):
-    spec = backbone_spec(backbone)
+    spec = backbone.spec.to_dict()
     assert spec["model_config"]["embed_dim"] == 32 and spec["id"] == backbone.id
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from clip_adapter.evaluation import mean_std
-from clip_adapter.experiments import result_path
+from clip_adapter.results import result_path
 from clip_adapter.report import (AVERAGE, ablation_rows, average_rows, build_report, format_cell, load_records,
                                  markdown_summary, summarize)
 

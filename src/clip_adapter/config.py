@@ -1,88 +1,293 @@
-"""Method configs: frozen dataclasses validated on construction, with sklearn-shaped error messages."""
+"""Declarative value constraints, the one error message shape, the one "did you mean", and :class:`MethodConfig`.
+
+Method configs (and the experiment schema, :mod:`clip_adapter.experiment.schema`) declare what each field accepts
+instead of hand-coding checks, scikit-learn style::
+
+    @dataclass(frozen=True)
+    class ClipAdapterConfig(TrainingConfig):
+        alpha: float = 0.2
+        constraints = {"alpha": Interval(float, 0, 1)}
+
+Every violation raises the same one-line ``ValueError``, e.g.
+``The 'alpha' parameter of ClipAdapterConfig must be a float in [0, 1]. Got 1.5 instead.``
+"""
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import json
+import math
 import warnings
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar, Iterable, Mapping
 
-__all__ = ["MethodConfig"]
+__all__ = ["Constraint", "Interval", "Options", "Bool", "Text", "NoneOr", "IntList", "Predicate", "closest", "suggest",
+           "unknown_key", "invalid_value", "check_keys", "MethodConfig"]
+
+
+# -- messages ------------------------------------------------------------------------------------------------
+def closest(key: object, valid: Iterable[str]) -> str | None:
+    """The entry of ``valid`` nearest to ``key`` (difflib's ratio >= 0.6), or None: the one "did you mean"."""
+    near = difflib.get_close_matches(str(key), list(valid), n=1)
+    return near[0] if near else None
+
+
+def suggest(key: object, valid: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``valid`` to ``key``, else ``""``."""
+    near = closest(key, valid)
+    return f" (did you mean {near!r}?)" if near else ""
+
+
+def unknown_key(what: str, key: object, valid: Iterable[str], where: str = "") -> ValueError:
+    """``[where: ]Unknown <what> 'key' (did you mean 'x'?). Valid: a, b, c.``"""
+    valid = sorted(valid)
+    prefix = f"{where}: " if where else ""
+    return ValueError(f"{prefix}Unknown {what} {key!r}{suggest(key, valid)}. Valid: {', '.join(valid)}.")
+
+
+def invalid_value(name: str, value: Any, expected: str, *, owner: str | None = None, where: str = "") -> ValueError:
+    """The one shape of a bad value: ``The 'name' parameter of Owner must be <expected>. Got <value> instead.``,
+    or ``<where>: 'name' must be <expected>. Got <value> instead.`` for settings that belong to a file."""
+    head = f"The {name!r} parameter of {owner}" if owner else (f"{where}: {name!r}" if where else repr(name))
+    return ValueError(f"{head} must be {expected}. Got {value!r} instead.")
+
+
+def check_keys(d: Mapping, valid: Iterable[str], where: str) -> None:
+    """Every key of ``d`` is one of ``valid``, else ``<where>: unknown key 'k' (did you mean ...). Valid keys: ...``."""
+    valid = list(valid)
+    for k in d:
+        if k not in valid:
+            raise ValueError(f"{where}: unknown key {k!r}{suggest(k, valid)}. Valid keys: {', '.join(valid)}.")
+
+
+# -- constraints ---------------------------------------------------------------------------------------------
+class Constraint:
+    """What a value must be: :meth:`ok` tests it, :meth:`describe` says it ("an int >= 1")."""
+
+    def ok(self, value: Any) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
-class MethodConfig:
-    """Base of every method config: a frozen dataclass validated on construction.
+class Interval(Constraint):
+    """A finite number in a range: ``Interval(int, 1)`` is "an int >= 1", ``Interval(float, 0, 1)`` "a float in
+    [0, 1]". ``closed`` says which ends are included ("both", "left", "right", "neither"); a float range accepts
+    ints too, never bools, NaN or infinities."""
 
-    Change a value with ``dataclasses.replace(cfg, alpha=0.6)`` (validates again).
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    closed: str = "both"
+    text: str | None = None   # the description, when the default wording does not fit
+
+    def ok(self, v: Any) -> bool:
+        if not (_is_int(v) if self.kind is int else _is_number(v)) or not math.isfinite(v):
+            return False
+        lo_in, hi_in = self.closed in ("both", "left"), self.closed in ("both", "right")
+        if self.low is not None and (v < self.low or (v == self.low and not lo_in)):
+            return False
+        return self.high is None or v < self.high or (v == self.high and hi_in)
+
+    def describe(self) -> str:
+        if self.text:
+            return self.text
+        name = "an int" if self.kind is int else "a float"
+        if self.low is None and self.high is None:
+            return name
+        lo_in, hi_in = self.closed in ("both", "left"), self.closed in ("both", "right")
+        if self.kind is int and self.high is None and self.low is not None:
+            return f"{name} {'>=' if lo_in else '>'} {self.low:g}"
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        return f"{name} in {'[' if lo_in and self.low is not None else '('}{lo}, {hi}" \
+               f"{']' if hi_in and self.high is not None else ')'}"
+
+
+@dataclass(frozen=True)
+class Options(Constraint):
+    """One of a fixed set of values: "one of 'image', 'text', 'both'"."""
+
+    values: tuple
+
+    def ok(self, v: Any) -> bool:
+        return any(v == x and type(v) is type(x) for x in self.values)
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(x) for x in self.values)
+
+
+@dataclass(frozen=True)
+class Bool(Constraint):
+    """``True`` or ``False`` (not 0/1, not "yes")."""
+
+    def ok(self, v: Any) -> bool:
+        return isinstance(v, bool)
+
+    def describe(self) -> str:
+        return "a bool"
+
+
+@dataclass(frozen=True)
+class Text(Constraint):
+    """A string; ``nonempty`` rejects "" (and whitespace), ``no_slash`` rejects "/" (names that become folders)."""
+
+    nonempty: bool = True
+    no_slash: bool = False
+    text: str | None = None
+
+    def ok(self, v: Any) -> bool:
+        return isinstance(v, str) and (not self.nonempty or bool(v.strip())) and not (self.no_slash and "/" in v)
+
+    def describe(self) -> str:
+        if self.text:
+            return self.text
+        what = "a non-empty string" if self.nonempty else "a string"
+        return what + (" without '/'" if self.no_slash else "")
+
+
+@dataclass(frozen=True)
+class NoneOr(Constraint):
+    """``None`` or a value that passes ``inner``: "an int >= 1 or null"."""
+
+    inner: Constraint
+    none: str = "null"
+
+    def ok(self, v: Any) -> bool:
+        return v is None or self.inner.ok(v)
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()} or {self.none}"
+
+
+@dataclass(frozen=True)
+class IntList(Constraint):
+    """A non-empty list of distinct ints (a single int is read as a one-element list by the parsers)."""
+
+    minimum: int | None = None
+
+    def ok(self, v: Any) -> bool:
+        return (isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(x) for x in v)
+                and (self.minimum is None or all(x >= self.minimum for x in v)) and len(set(v)) == len(v))
+
+    def describe(self) -> str:
+        bound = f" >= {self.minimum}" if self.minimum is not None else ""
+        return f"a non-empty list of distinct ints{bound}"
+
+
+@dataclass(frozen=True)
+class Predicate(Constraint):
+    """Any test with its own wording, for the rare constraint the others do not express."""
+
+    test: Any
+    text: str
+
+    def ok(self, v: Any) -> bool:
+        try:
+            return bool(self.test(v))
+        except (TypeError, ValueError):
+            return False
+
+    def describe(self) -> str:
+        return self.text
+
+
+# -- method configs ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method config: a frozen dataclass validated on construction against ``constraints``.
+
+    Subclasses declare ``constraints = {"field": Constraint, ...}`` (merged with their parents'); the rare check that
+    spans fields goes in :meth:`validate`. Change a value with ``dataclasses.replace(cfg, alpha=0.6)`` (validates
+    again).
     """
 
     seed: int = 1  # seeds weight init and batch order of trained methods
 
+    constraints: ClassVar[dict[str, Constraint]] = {"seed": Interval(int)}
+
     def __post_init__(self) -> None:
+        for name, constraint in self.all_constraints().items():
+            value = getattr(self, name)
+            if not constraint.ok(value):
+                raise invalid_value(name, value, constraint.describe(), owner=type(self).__name__)
         self.validate()
 
-    def validate(self) -> None:
-        """Raise ``ValueError`` with a one-line message for an invalid value; subclasses extend."""
+    @classmethod
+    def all_constraints(cls) -> dict[str, Constraint]:
+        """The constraints of this class and its bases (a subclass's entry wins)."""
+        out: dict[str, Constraint] = {}
+        for klass in reversed(cls.__mro__):
+            out.update(klass.__dict__.get("constraints", {}))
+        return out
 
-    def _check(self, name: str, ok: bool, expected: str) -> None:
-        if not ok:
-            raise ValueError(f"The {name!r} parameter of {type(self).__name__} must be {expected}. "
-                             f"Got {getattr(self, name)!r} instead.")
+    def validate(self) -> None:
+        """Checks that span several fields; raise :func:`invalid_value`. Nothing by default."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
+    def field_names(cls) -> list[str]:
+        return sorted(f.name for f in fields(cls))
+
+    @classmethod
+    def check_field_names(cls, names: Iterable[str], what: str = "key", where: str = "") -> None:
+        """Every name is a field of this config, else one line with the closest field and the valid ones."""
+        for k in names:
+            if k not in cls.field_names():
+                raise unknown_key(f"{cls.__name__} {what}", k, cls.field_names(), where)
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "MethodConfig":
         """Build from a dict; unknown keys (e.g. written by a newer version) are dropped with a warning."""
-        names = {f.name for f in fields(cls)}
+        names = set(cls.field_names())
         unknown = sorted(set(d) - names)
         if unknown:
             warnings.warn(f"{source}: ignoring unknown {cls.__name__} keys {unknown}.", stacklevel=2)
-        kw = {}
-        for f in fields(cls):
-            if f.name in d:
-                v = d[f.name]
-                kw[f.name] = tuple(v) if isinstance(v, list) else v
-        return cls(**kw)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
 
     @classmethod
     def parse_overrides(cls, pairs: list[str]) -> dict[str, Any]:
         """``["alpha=0.6", "epochs=50"]`` -> typed dict; an unknown key is an error with a suggestion."""
         out: dict[str, Any] = {}
-        types = {f.name: f for f in fields(cls)}
+        defaults = {f.name: f.default for f in fields(cls)}
         for pair in pairs:
             if "=" not in pair:
                 raise ValueError(f"Override {pair!r} must look like key=value.")
             k, v = pair.split("=", 1)
             k = k.strip().replace("-", "_")
-            if k not in types:
-                near = difflib.get_close_matches(k, list(types), n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                raise ValueError(f"Unknown {cls.__name__} key {k!r}{hint}. Valid keys: {', '.join(sorted(types))}.")
-            default = getattr(cls(), k) if _has_defaults(cls) else None
-            out[k] = _coerce(v.strip(), default)
+            cls.check_field_names([k])
+            out[k] = _coerce(k, v.strip(), defaults[k])
         return out
 
 
-def _has_defaults(cls) -> bool:
-    return all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-               for f in fields(cls))
-
-
-def _coerce(v: str, like: Any) -> Any:
+def _coerce(key: str, v: str, like: Any) -> Any:
+    """The string of a ``key=value`` override as the type of the field's default."""
     if isinstance(like, bool):
         if v.lower() in ("1", "true", "yes"):
             return True
         if v.lower() in ("0", "false", "no"):
             return False
-        raise ValueError(f"Expected true/false, got {v!r}.")
-    if isinstance(like, int):
-        return int(v)
-    if isinstance(like, float):
-        return float(v)
+        raise ValueError(f"Override {key}={v!r}: expected true or false.")
+    try:
+        if isinstance(like, int):
+            return int(v)
+        if isinstance(like, float):
+            return float(v)
+    except ValueError:
+        raise ValueError(f"Override {key}={v!r}: expected {'an int' if isinstance(like, int) else 'a number'}.") \
+            from None
     if like is None:
         try:
             return json.loads(v)

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,8 +31,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import Item
-from .io import atomic_path, default_cache_dir
+from .datasets.types import Item
+from .io import atomic_path, default_cache_dir, safe_name
 
 __all__ = ["FeatureCache", "ImageListDataset", "default_num_workers"]
 
@@ -78,10 +77,6 @@ class ImageListDataset(torch.utils.data.Dataset):
                 torch.manual_seed(_view_seed(path, v))
                 out.append(self.transform(img))
         return torch.stack(out)
-
-
-def _safe(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", s)[:80]
 
 
 def _image_key(path: str) -> str:
@@ -170,6 +165,9 @@ class _Store:
                 return None
         return self._loaded[shard]
 
+    def release(self) -> None:
+        self._loaded.clear()
+
     def put(self, keys: list[str], feats: torch.Tensor, meta: dict[str, str]) -> None:
         digest = _digest(keys)
         shard = self.folder / f"shard-{time.strftime('%Y%m%d%H%M%S')}-{digest[:16]}.safetensors"
@@ -207,7 +205,7 @@ class FeatureCache:
         """Where features of the ``kind`` ("test" or "train") transform and ``view`` live."""
         tf = hashlib.sha256(f"{CACHE_VERSION}|{self.backbone.transform_id(kind)}".encode()).hexdigest()[:16]
         tag = "test" if kind == "test" else f"train-{view}"
-        return self.root / _safe(self.backbone.id) / f"{kind}-{tf}" / tag
+        return self.root / safe_name(self.backbone.id) / f"{kind}-{tf}" / tag
 
     def _store(self, kind: str, view: int) -> _Store:
         key = (kind, str(view))
@@ -253,6 +251,11 @@ class FeatureCache:
             for v, t in zip(idx, enc):
                 stores[v].put(todo_keys, t, self._meta("train", v))
         return torch.stack([stores[v].get(keys)[0] for v in idx])
+
+    def release(self) -> None:
+        """Drop the shard tensors held in memory (they are read again on the next lookup)."""
+        for store in self._stores.values():
+            store.release()
 
     def _meta(self, kind: str, view: int) -> dict[str, str]:
         return {"backbone": self.backbone.id, "kind": kind, "view": str(view),

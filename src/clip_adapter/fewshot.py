@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from .data import Item
+from .datasets.types import Item
 
 __all__ = ["sample_k_shot", "fewshot_split", "read_index_file", "val_shots"]
 

@@ -1,18 +1,21 @@
-"""Small helpers shared by every module: atomic writes, JSON, version stamps, torch thread count."""
+"""Small helpers shared by every module: atomic writes, JSON, file digests, safe names, version stamps, the cache
+root and the torch thread count. The bottom layer: it imports nothing from the package."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_dir", "write_json", "read_json", "package_versions", "default_cache_dir",
-           "torch_threads"]
+__all__ = ["atomic_path", "atomic_dir", "write_json", "write_text", "read_json", "file_digest", "safe_name",
+           "package_versions", "default_cache_dir", "torch_threads"]
 
 
 @contextlib.contextmanager
@@ -68,6 +71,27 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (readers see the old file or the whole new one)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file (``sha256`` or ``md5``), read in 1 MiB blocks (checkpoints and archives are large)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def safe_name(name: str, default: str = "_") -> str:
+    """``name`` as one path component: runs of characters other than ``A-Za-z0-9._+-`` become ``_`` (80 at most)."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)[:80] or default
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .data import Item
+from .datasets.types import Item
 from .features import FeatureCache, ImageListDataset
 from .io import default_cache_dir
 
@@ -174,6 +174,12 @@ class ActivationCache:
         """Augmented-view activations ``(V, n, *shape)`` (the same seeded views as FeatureCache's)."""
         out = self._cache.views(items, views)
         return out.reshape(out.shape[0], out.shape[1], *self.shape)
+
+    def iter_features(self, items: Sequence[Item] | Sequence[str]) -> Iterator[torch.Tensor]:
+        """Activations of ``items`` in chunks, encoded on the fly and never stored (the test split): the cached
+        shards held in memory are released first."""
+        self._cache.release()
+        yield from encode_activations(self.view.backbone, items, self.layer, batch_size=self._cache.batch_size)
 
 
 @torch.no_grad()

@@ -1,55 +1,19 @@
-"""Prompt templates (as data) and class text features."""
+"""Class text features: the zero-shot head (:class:`ClassText`) from class names and prompt templates.
+
+The per-dataset templates are data in :mod:`clip_adapter.datasets.catalog` (``catalog.json``).
+"""
 from __future__ import annotations
 
-import re
+import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEFAULT_TEMPLATE", "DATASET_TEMPLATES", "templates_for", "ClassText", "encode_class_texts"]
+from .datasets.types import DEFAULT_TEMPLATE
 
-DEFAULT_TEMPLATE = "a photo of a {}."
-
-# CoOp's single hand-crafted template per dataset (CoOp trainers/zsclip.py CUSTOM_TEMPLATES), also used by
-# CLIP-Adapter's code. Keys are CoOp dataset names; lookup ignores case, "_"/"-" and a trailing count
-# (so "DescribableTextures10" and "dtd" both find the DTD template).
-DATASET_TEMPLATES: dict[str, str] = {
-    "OxfordPets": "a photo of a {}, a type of pet.",
-    "OxfordFlowers": "a photo of a {}, a type of flower.",
-    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
-    "DescribableTextures": "{} texture.",
-    "EuroSAT": "a centered satellite photo of {}.",
-    "StanfordCars": "a photo of a {}.",
-    "Food101": "a photo of {}, a type of food.",
-    "SUN397": "a photo of a {}.",
-    "Caltech101": "a photo of a {}.",
-    "UCF101": "a photo of a person doing {}.",
-    "ImageNet": "a photo of a {}.",
-}
-_ALIASES = {"dtd": "DescribableTextures", "flowers": "OxfordFlowers", "flowers102": "OxfordFlowers",
-            "oxfordflowers": "OxfordFlowers", "pets": "OxfordPets", "cars": "StanfordCars",
-            "aircraft": "FGVCAircraft", "fgvcaircraft": "FGVCAircraft", "food": "Food101", "sun": "SUN397",
-            "caltech": "Caltech101", "ucf": "UCF101", "eurosat": "EuroSAT", "imagenet": "ImageNet"}
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[\s_\-]", "", name).lower()
-
-
-def templates_for(dataset_name: str) -> list[str]:
-    """The CoOp template of a known dataset (matched on its name's prefix), else ``DEFAULT_TEMPLATE``."""
-    key = _norm(dataset_name)
-    table = {_norm(k): v for k, v in DATASET_TEMPLATES.items()}
-    table.update({a: DATASET_TEMPLATES[v] for a, v in _ALIASES.items()})
-    if key in table:
-        return [table[key]]
-    # "describabletextures10", "oxfordflowers89", "dtd10": longest known prefix wins.
-    for k in sorted(table, key=len, reverse=True):
-        if key.startswith(k) and key[len(k):].isdigit():
-            return [table[k]]
-    return [DEFAULT_TEMPLATE]
+__all__ = ["DEFAULT_TEMPLATE", "ClassText", "encode_class_texts", "text_fingerprint"]
 
 
 @dataclass
@@ -66,6 +30,18 @@ class ClassText:
         if self.features.shape[0] != len(self.classnames):
             raise ValueError(f"ClassText has {len(self.classnames)} class names but {self.features.shape[0]} "
                              f"feature rows.")
+
+    def fingerprint(self) -> str:
+        """See :func:`text_fingerprint`."""
+        return text_fingerprint(self.features)
+
+
+def text_fingerprint(features: torch.Tensor) -> str:
+    """First 16 hex digits of the sha256 of the class text features, L2-normalised and rounded to 1e-4 (so thread
+    counts and BLAS rounding do not change it): runs whose zero-shot prior differed show it even when the backbone
+    id is the same (e.g. a changed alignment recipe)."""
+    q = torch.round(F.normalize(features.detach().float().cpu(), dim=-1) * 1e4).to(torch.int32)
+    return hashlib.sha256(q.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def encode_class_texts(backbone, classnames: Sequence[str], templates: Sequence[str]) -> ClassText:

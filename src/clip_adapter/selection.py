@@ -63,10 +63,7 @@ def select(method: str, config: MethodConfig, grid: dict[str, list], train: Feat
     An empty grid fits ``config`` once.
     """
     cls = get_method_class(method)
-    valid = {f.name for f in dataclasses.fields(cls.config_cls)}
-    for k in grid:
-        if k not in valid:
-            raise ValueError(f"Grid key {k!r} is not a {cls.config_cls.__name__} field; valid: {', '.join(sorted(valid))}.")
+    cls.config_cls.check_field_names(grid, what="grid key")
     keys = list(grid)
     points = [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))] or [{}]
     if not cls.trains:

@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from .config import MethodConfig
+from .config import Interval, MethodConfig, Options, Text
 from .io import torch_threads
 
 __all__ = ["TrainingConfig", "train_loop", "lr_at_epoch"]
@@ -38,16 +38,11 @@ class TrainingConfig(MethodConfig):
     warmup_lr: float = 1e-5
     device: str = "cpu"
 
-    def validate(self) -> None:
-        super().validate()
-        self._check("epochs", isinstance(self.epochs, int) and self.epochs >= 1, "an int >= 1")
-        self._check("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "an int >= 1")
-        self._check("lr", self.lr > 0, "a float in (0, inf)")
-        self._check("optimizer", self.optimizer in ("sgd", "adamw"), "one of 'sgd', 'adamw'")
-        self._check("momentum", 0 <= self.momentum < 1, "a float in [0, 1)")
-        self._check("weight_decay", self.weight_decay >= 0, "a float in [0, inf)")
-        self._check("warmup_epochs", isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0, "an int >= 0")
-        self._check("warmup_lr", self.warmup_lr > 0, "a float in (0, inf)")
+    constraints = {"epochs": Interval(int, 1), "batch_size": Interval(int, 1),
+                   "lr": Interval(float, 0, closed="neither"), "optimizer": Options(("sgd", "adamw")),
+                   "momentum": Interval(float, 0, 1, closed="left"), "weight_decay": Interval(float, 0),
+                   "warmup_epochs": Interval(int, 0), "warmup_lr": Interval(float, 0, closed="neither"),
+                   "device": Text()}
 
 
 def lr_at_epoch(cfg: TrainingConfig, epoch: int) -> float:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import difflib
 import json
 import logging
 from pathlib import Path
@@ -24,12 +23,13 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import MethodConfig
+from ..backbones.base import check_backbone
+from ..config import MethodConfig, suggest
 from ..io import atomic_dir, package_versions
 from ..prompts import ClassText
 
 __all__ = ["MethodConfig", "FewShotMethod", "NotFittedError", "register_method", "get_method", "get_method_class",
-           "list_methods", "check_fitted", "CONFIG_NAME", "WEIGHTS_NAME"]
+           "list_methods", "check_fitted", "read_saved_config", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,7 @@ def list_methods() -> list[str]:
 def get_method_class(name: str) -> type["FewShotMethod"]:
     key = name.replace("-", "_").lower()
     if key not in _METHODS:
-        near = difflib.get_close_matches(key, list(_METHODS), n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ValueError(f"Unknown method {name!r}. Available: {', '.join(list_methods())}{hint}")
+        raise ValueError(f"Unknown method {name!r}. Available: {', '.join(list_methods())}{suggest(key, _METHODS)}")
     return _METHODS[key]
 
 
@@ -190,29 +188,15 @@ class FewShotMethod(abc.ABC):
         """Load a method saved by :meth:`save_pretrained` (never unpickles). Called on the base class, the
         method class is found by the saved name."""
         directory = Path(directory)
-        cfg_file, w_file = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        if not directory.is_dir():
-            raise FileNotFoundError(f"Model directory {directory} not found.")
-        for f in (cfg_file, w_file):
-            if not f.is_file():
-                raise FileNotFoundError(f"{f} not found; expected a folder written by save_pretrained.")
-        try:
-            meta = json.loads(cfg_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{cfg_file} is not valid JSON ({e}).") from None
-        for key in ("method", "config", "classnames", "embed_dim", "logit_scale"):
-            if key not in meta:
-                raise ValueError(f"{cfg_file} lacks the required key {key!r}.")
+        meta = read_saved_config(directory)
         klass = get_method_class(meta["method"]) if cls is FewShotMethod or not cls.name else cls
         if cls.name and meta["method"] != cls.name:
             raise ValueError(f"{directory} holds a {meta['method']!r} model, not {cls.name!r}.")
         if backbone is not None:
-            bid = meta.get("backbone_id")
-            if bid and bid != backbone.id or int(meta["embed_dim"]) != backbone.embed_dim:
-                raise ValueError(f"Adapter in {directory} was trained on {bid!r} (dim {meta['embed_dim']}); features "
-                                 f"come from {backbone.id!r} (dim {backbone.embed_dim}).")
-        config = klass.config_cls.from_dict(meta["config"], source=str(cfg_file))
+            check_backbone(meta.get("backbone_id"), meta["embed_dim"], backbone, where=f"Adapter in {directory}")
+        config = klass.config_cls.from_dict(meta["config"], source=str(directory / CONFIG_NAME))
         obj = klass(config, backbone=backbone)
+        w_file = directory / WEIGHTS_NAME
         try:
             tensors = load_file(str(w_file))
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
@@ -221,7 +205,37 @@ class FewShotMethod(abc.ABC):
         obj.templates_ = list(meta.get("templates") or [])
         obj.embed_dim_ = int(meta["embed_dim"])
         obj.logit_scale_ = float(meta["logit_scale"])
-        obj.load_state_tensors(tensors, meta)
+        try:
+            obj.load_state_tensors(tensors, meta)
+        except KeyError as e:
+            raise ValueError(f"{w_file} lacks the tensor {e.args[0]!r} of a {klass.name!r} model (it holds "
+                             f"{', '.join(sorted(tensors)) or 'no tensors'}); it was written by another method or "
+                             f"is damaged.") from None
         obj.fitted_ = True
         obj.metadata_ = meta
         return obj
+
+
+REQUIRED_KEYS = ("method", "config", "classnames", "embed_dim", "logit_scale")
+
+
+def read_saved_config(directory: str | Path) -> dict[str, Any]:
+    """The ``adapter_config.json`` of a saved model folder, checked; one-line errors name the file."""
+    directory = Path(directory)
+    cfg_file, w_file = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    if not directory.is_dir():
+        raise FileNotFoundError(f"Model directory {directory} not found.")
+    for f in (cfg_file, w_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} not found; expected a folder written by save_pretrained "
+                                    f"(clip-adapter run --save-model DIR).")
+    try:
+        meta = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_file} is not valid JSON ({e}).") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{cfg_file} must hold a JSON object; got {type(meta).__name__}.")
+    for key in REQUIRED_KEYS:
+        if key not in meta:
+            raise ValueError(f"{cfg_file} lacks the required key {key!r}.")
+    return meta

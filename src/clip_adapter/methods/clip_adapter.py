@@ -14,34 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import Bool, Interval, Options
 from ..prompts import ClassText
 from ..training import TrainingConfig, train_loop
 from .base import FewShotMethod, register_method
-from .zero_shot import cosine_logits
+from .common import Adapter, blend, cosine_logits
 
-__all__ = ["Adapter", "ClipAdapterConfig", "ClipAdapter"]
-
-
-class Adapter(nn.Module):
-    """The bottleneck MLP ``Linear(d, d/r) -> ReLU -> Linear(d/r, d) [-> ReLU]`` (no bias by default)."""
-
-    def __init__(self, dim: int, reduction: int = 4, bias: bool = False, final_relu: bool = True):
-        super().__init__()
-        hidden = max(1, dim // reduction)
-        layers: list[nn.Module] = [nn.Linear(dim, hidden, bias=bias), nn.ReLU(), nn.Linear(hidden, dim, bias=bias)]
-        if final_relu:
-            layers.append(nn.ReLU())
-        self.fc = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x)
-
-
-def blend(x: torch.Tensor, adapter: nn.Module | None, alpha: float) -> torch.Tensor:
-    """Residual blend ``alpha * adapter(x) + (1 - alpha) * x`` (identity without an adapter)."""
-    if adapter is None:
-        return x
-    return alpha * adapter(x) + (1 - alpha) * x
+__all__ = ["ClipAdapterConfig", "ClipAdapter"]
 
 
 @dataclass(frozen=True)
@@ -53,12 +32,9 @@ class ClipAdapterConfig(TrainingConfig):
     bias: bool = False
     final_relu: bool = True
 
-    def validate(self) -> None:
-        super().validate()
-        self._check("alpha", 0.0 <= self.alpha <= 1.0, "a float in [0, 1]")
-        self._check("alpha_text", 0.0 <= self.alpha_text <= 1.0, "a float in [0, 1]")
-        self._check("target", self.target in ("image", "text", "both"), "one of 'image', 'text', 'both'")
-        self._check("reduction", isinstance(self.reduction, int) and self.reduction >= 1, "an int >= 1")
+    constraints = {"alpha": Interval(float, 0, 1), "alpha_text": Interval(float, 0, 1),
+                   "target": Options(("image", "text", "both")), "reduction": Interval(int, 1),
+                   "bias": Bool(), "final_relu": Bool()}
 
 
 @register_method("clip_adapter")

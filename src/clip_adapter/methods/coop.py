@@ -29,10 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import Bool, Interval, NoneOr, Predicate
 from ..prompts import ClassText
 from ..training import TrainingConfig, train_loop
 from .base import FewShotMethod, register_method
-from .zero_shot import cosine_logits
+from .common import cosine_logits
 
 __all__ = ["CoOpConfig", "CoOp", "PromptEncoder", "LitePromptEncoder", "prompt_encoder", "epochs_for_shots",
            "text_tower"]
@@ -59,17 +60,10 @@ class CoOpConfig(TrainingConfig):
     class_specific: bool = False  # CSC: one context per class (C x M x width) instead of one unified context
     init_std: float = 0.02        # std of the random normal context init (without `init`)
 
-    def validate(self) -> None:
-        if self.epochs is None:
-            # TrainingConfig wants an int; validate every other field through a copy with a valid epoch count.
-            dataclasses.replace(self, epochs=1)
-        else:
-            super().validate()
-        self._check("n_ctx", isinstance(self.n_ctx, int) and self.n_ctx >= 1, "an int >= 1")
-        self._check("init", self.init is None or (isinstance(self.init, str) and self.init.strip() != ""),
-                    "None or a non-empty phrase such as 'a photo of a'")
-        self._check("class_specific", isinstance(self.class_specific, bool), "a bool")
-        self._check("init_std", self.init_std > 0, "a float in (0, inf)")
+    constraints = {"epochs": NoneOr(Interval(int, 1), none="None (by shots per class)"), "n_ctx": Interval(int, 1),
+                   "init": Predicate(lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
+                                     "None or a non-empty phrase such as 'a photo of a'"),
+                   "class_specific": Bool(), "init_std": Interval(float, 0, closed="neither")}
 
 
 # ---------------------------------------------------------------------------------------------- text encoder

@@ -3,7 +3,7 @@
     x_k' = alpha * A(x_k) + (1 - alpha) * x_k       (on the class token, or on every token)
     f = proj(ln_post(blocks_{k+1..L}(x_k'))[class token]),   logits = logit_scale * normalize(f) @ normalize(t).T
 
-``A`` is CLIP-Adapter's bottleneck MLP (:class:`~clip_adapter.methods.clip_adapter.Adapter`) at the tower's token
+``A`` is CLIP-Adapter's bottleneck MLP (:class:`~clip_adapter.methods.common.Adapter`) at the tower's token
 width; blocks ``k+1..L``, ``ln_post`` and ``proj`` are frozen and run once per forward. The inputs of ``fit`` /
 ``logits`` are the cached activations after block ``k`` (:mod:`clip_adapter.layers`), shape ``(n, T, width)``,
 not image features. At ``k = L`` (``layer=-1``, the default) the input is the image feature ``(n, dim)`` and this
@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
+from ..config import Bool, Interval, Options, Predicate
 from ..layers import ViTTail, activation_shape, block_activations, num_blocks
 from ..prompts import ClassText
 from ..training import TrainingConfig, train_loop
 from .base import FewShotMethod, check_fitted, register_method
-from .clip_adapter import Adapter, blend
-from .zero_shot import cosine_logits
+from .common import Adapter, blend, cosine_logits
 
 __all__ = ["LayerAdapterConfig", "LayerAdapter"]
 
@@ -40,13 +40,10 @@ class LayerAdapterConfig(TrainingConfig):
     bias: bool = False
     final_relu: bool = True
 
-    def validate(self) -> None:
-        super().validate()
-        self._check("layer", isinstance(self.layer, int) and not isinstance(self.layer, bool) and self.layer != 0,
-                    "a non-zero int (1..L, or negative from the end)")
-        self._check("alpha", 0.0 <= self.alpha <= 1.0, "a float in [0, 1]")
-        self._check("tokens", self.tokens in ("cls", "all"), "one of 'cls', 'all'")
-        self._check("reduction", isinstance(self.reduction, int) and self.reduction >= 1, "an int >= 1")
+    constraints = {"layer": Predicate(lambda v: isinstance(v, int) and not isinstance(v, bool) and v != 0,
+                                      "a non-zero int (1..L, or negative from the end)"),
+                   "alpha": Interval(float, 0, 1), "tokens": Options(("cls", "all")), "reduction": Interval(int, 1),
+                   "bias": Bool(), "final_relu": Bool()}
 
 
 @register_method("clip_adapter_layer")

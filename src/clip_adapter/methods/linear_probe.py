@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import MethodConfig
+from ..config import Interval, MethodConfig
 from ..prompts import ClassText
 from .base import FewShotMethod, register_method
 
@@ -18,9 +18,8 @@ class LinearProbeConfig(MethodConfig):
     C: float = 1.0          # inverse L2 regularisation strength; chosen on val by the experiment runner
     max_iter: int = 1000
 
-    def validate(self) -> None:
-        self._check("C", isinstance(self.C, (int, float)) and self.C > 0, "a float in the range (0, inf)")
-        self._check("max_iter", isinstance(self.max_iter, int) and self.max_iter >= 1, "an int >= 1")
+    constraints = {"C": Interval(float, 0, closed="neither", text="a float in the range (0, inf)"),
+                   "max_iter": Interval(int, 1)}
 
 
 @register_method("linear_probe")

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import MethodConfig
+from ..config import Interval, MethodConfig
 from ..prompts import ClassText
 from ..training import TrainingConfig, train_loop
 from .base import FewShotMethod, register_method
@@ -56,9 +56,7 @@ def tip_logits(features: torch.Tensor, text: torch.Tensor, keys: torch.Tensor, v
     return clip_logits + alpha * cache_logits
 
 
-def _check_alpha_beta(cfg) -> None:
-    cfg._check("alpha", isinstance(cfg.alpha, (int, float)) and cfg.alpha >= 0, "a float in [0, inf)")
-    cfg._check("beta", isinstance(cfg.beta, (int, float)) and cfg.beta >= 0, "a float in [0, inf)")
+ALPHA_BETA = {"alpha": Interval(float, 0), "beta": Interval(float, 0)}
 
 
 @dataclass(frozen=True)
@@ -66,9 +64,7 @@ class TipAdapterConfig(MethodConfig):
     alpha: float = 1.0   # weight of the cache logits (alpha = 0: zero-shot CLIP)
     beta: float = 5.5    # sharpness of the affinity exp(-beta * (1 - cos)); paper's ImageNet value
 
-    def validate(self) -> None:
-        super().validate()
-        _check_alpha_beta(self)
+    constraints = ALPHA_BETA
 
 
 @dataclass(frozen=True)
@@ -82,9 +78,7 @@ class TipAdapterFConfig(TrainingConfig):
     weight_decay: float = 0.01
     warmup_epochs: int = 0    # the official code has no warm-up
 
-    def validate(self) -> None:
-        super().validate()
-        _check_alpha_beta(self)
+    constraints = ALPHA_BETA
 
 
 @register_method("tip_adapter")

@@ -5,21 +5,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..config import MethodConfig
 from ..prompts import ClassText
 from .base import FewShotMethod, register_method
+from .common import cosine_logits
 
 
 @dataclass(frozen=True)
 class ZeroShotConfig(MethodConfig):
     """Zero-shot CLIP has no hyper-parameters."""
-
-
-def cosine_logits(image: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
-    """``scale * normalize(image) @ normalize(text).T``: CLIP's classifier."""
-    return scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
 
 
 @register_method("zero_shot")

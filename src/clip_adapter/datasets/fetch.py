@@ -8,12 +8,11 @@ The pieces, each usable on its own:
 * :func:`extract` unpacks a zip/tar(.gz) into a temporary folder next to the target, refuses members that would
   land outside it, then moves each wanted member into place with one ``os.replace``: a path under the dataset
   folder exists only once it is complete.
-* :func:`download_dataset` does all of that for every :class:`Resource` of a catalog entry and returns what is
-  still missing (files that need a manual step).
+* :func:`download_dataset` does all of that for every :class:`~clip_adapter.datasets.catalog.Resource` of a catalog
+  row and returns what is still missing (files that need a manual step); :func:`download` takes a dataset name.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,15 +25,13 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .io import atomic_path
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .catalog import DatasetInfo
+from ..io import atomic_path, file_digest
+from .catalog import DatasetInfo, Resource, get_info, resolve_root
 
 __all__ = ["Resource", "DownloadError", "ChecksumError", "UnsafeArchiveError", "DownloadResult", "fetch",
-           "file_digest", "check_digest", "extract", "download_dataset", "downloads_dir"]
+           "file_digest", "check_digest", "extract", "download_dataset", "download", "downloads_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -52,44 +49,6 @@ class ChecksumError(DownloadError):
 
 class UnsafeArchiveError(DownloadError):
     """An archive member would be written outside the extraction folder (path traversal, links, devices)."""
-
-
-@dataclass(frozen=True)
-class Resource:
-    """One file a dataset needs: where to get it, how to check it and where its content goes.
-
-    Attributes:
-        filename: name of the downloaded file (under ``<root>/.downloads/<dataset dir>/``).
-        urls: mirrors tried in order; empty when the file can only be fetched by hand (see ``manual``).
-        sha256, md5: published checksums; ``None`` when unknown (the sha256 is then recorded at first download
-            and later downloads must match it).
-        members: for archives, ``(path inside the archive, path under the dataset folder)`` pairs, moved into
-            place in this order (put the image folder last). Empty: a plain file placed at ``dest``.
-        dest: where a plain (non-archive) file goes under the dataset folder (default: ``filename``).
-        inner: an archive inside the archive to unpack instead (Caltech-101's zip holds a .tar.gz).
-        manual: how to get the file by hand when ``urls`` is empty or fails.
-    """
-
-    filename: str
-    urls: tuple[str, ...] = ()
-    sha256: str | None = None
-    md5: str | None = None
-    members: tuple[tuple[str, str], ...] = ()
-    dest: str | None = None
-    inner: str | None = None
-    manual: str = ""
-
-    @property
-    def is_archive(self) -> bool:
-        return bool(self.members)
-
-    @property
-    def targets(self) -> list[str]:
-        """Paths (relative to the dataset folder) this resource creates."""
-        return [d for _, d in self.members] if self.members else [self.dest or self.filename]
-
-    def present(self, dataset_dir: Path) -> bool:
-        return all((dataset_dir / t).exists() for t in self.targets)
 
 
 @dataclass
@@ -140,7 +99,6 @@ def fetch(url: str, dest: str | os.PathLike, *, session: Any = None, progress: b
     """
     import requests
     import urllib3
-    from tqdm.auto import tqdm
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -151,47 +109,12 @@ def fetch(url: str, dest: str | os.PathLike, *, session: Any = None, progress: b
                          backoff=backoff)
     last_error = ""
     for attempt in range(retries + 1):
-        offset = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            with session.get(url, headers=headers, stream=True, timeout=(15, timeout)) as r:
-                if offset and r.status_code == 416:
-                    # Nothing left to send: the .part may already be whole.
-                    if _content_range_total(r.headers.get("Content-Range")) == offset:
-                        os.replace(part, dest)
-                        return dest
-                    part.unlink()
-                    continue
-                if r.status_code == 206 and offset:
-                    start = (r.headers.get("Content-Range") or "").removeprefix("bytes ").split("-")[0]
-                    if start != str(offset):  # not the range we asked for: start over
-                        log.info("%s: server resumed at byte %r, not %d; restarting.", dest.name, start, offset)
-                        part.unlink()
-                        last_error = f"server resumed at byte {start!r}, expected {offset}"
-                        continue
-                    mode, total = "ab", _content_range_total(r.headers.get("Content-Range"))
-                elif r.status_code == 200:
-                    if offset:
-                        log.info("%s: server ignored the Range request; downloading from the start.", dest.name)
-                    offset, mode = 0, "wb"
-                    length = r.headers.get("Content-Length")
-                    total = int(length) if length and length.isdigit() else None
-                else:
-                    raise DownloadError(f"Download of {url} failed: HTTP {r.status_code} {r.reason}.")
-                if offset:
-                    log.info("%s: resuming at %d bytes.", dest.name, offset)
-                with part.open(mode) as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                                unit_divisor=1024, desc=dest.name, disable=not progress,
-                                                leave=False) as bar:
-                    for block in r.raw.stream(CHUNK, decode_content=False):
-                        f.write(block)
-                        bar.update(len(block))
-            size = part.stat().st_size
-            if total is not None and size != total:
-                last_error = f"got {size} of {total} bytes"
-                continue
-            os.replace(part, dest)
-            return dest
+            retry = _attempt(session, url, dest, part, timeout, progress)
+            if retry is None:
+                return dest
+            last_error = retry or last_error
+            continue
         # r.raw.stream raises urllib3's own errors (ProtocolError, ReadTimeoutError), not requests' wrappers.
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                 urllib3.exceptions.HTTPError, OSError) as e:
@@ -207,6 +130,55 @@ def fetch(url: str, dest: str | os.PathLike, *, session: Any = None, progress: b
     raise DownloadError(f"Download of {url} failed ({last_error}).")
 
 
+def _attempt(session: Any, url: str, dest: Path, part: Path, timeout: float, progress: bool) -> str | None:
+    """One GET that continues ``part``; None once ``dest`` is complete, else why to retry ("" for no new reason)."""
+    from tqdm.auto import tqdm
+
+    offset = part.stat().st_size if part.exists() else 0
+    with session.get(url, headers={"Range": f"bytes={offset}-"} if offset else {}, stream=True,
+                     timeout=(15, timeout)) as r:
+        plan = _resume_plan(r, url, dest, part, offset)
+        if not isinstance(plan, tuple):
+            return plan
+        mode, total, offset = plan
+        with part.open(mode) as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                                        desc=dest.name, disable=not progress, leave=False) as bar:
+            for block in r.raw.stream(CHUNK, decode_content=False):
+                f.write(block)
+                bar.update(len(block))
+    size = part.stat().st_size
+    if total is not None and size != total:
+        return f"got {size} of {total} bytes"
+    os.replace(part, dest)
+    return None
+
+
+def _resume_plan(r: Any, url: str, dest: Path, part: Path, offset: int) -> tuple[str, int | None, int] | str | None:
+    """How to write the response body: ``(file mode, total size, start offset)``; or None when the ``.part`` was
+    already whole (now ``dest``); or a retry reason after discarding a ``.part`` the server will not continue."""
+    if offset and r.status_code == 416:
+        # Nothing left to send: the .part may already be whole.
+        if _content_range_total(r.headers.get("Content-Range")) == offset:
+            os.replace(part, dest)
+            return None
+        part.unlink()
+        return ""
+    if r.status_code == 206 and offset:
+        start = (r.headers.get("Content-Range") or "").removeprefix("bytes ").split("-")[0]
+        if start != str(offset):  # not the range we asked for: start over
+            log.info("%s: server resumed at byte %r, not %d; restarting.", dest.name, start, offset)
+            part.unlink()
+            return f"server resumed at byte {start!r}, expected {offset}"
+        log.info("%s: resuming at %d bytes.", dest.name, offset)
+        return "ab", _content_range_total(r.headers.get("Content-Range")), offset
+    if r.status_code == 200:
+        if offset:
+            log.info("%s: server ignored the Range request; downloading from the start.", dest.name)
+        length = r.headers.get("Content-Length")
+        return "wb", int(length) if length and length.isdigit() else None, 0
+    raise DownloadError(f"Download of {url} failed: HTTP {r.status_code} {r.reason}.")
+
+
 def _short_error(e: BaseException) -> str:
     """urllib3 nests the useful part ('Failed to resolve host', 'Connection refused') deep in its message."""
     msg = " ".join(str(e).split())
@@ -219,15 +191,6 @@ def _short_error(e: BaseException) -> str:
 
 
 # -- checksums -----------------------------------------------------------------------------------------------
-def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    """Hex digest of a file, read in 1 MiB blocks."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_digest(path: str | os.PathLike, *, sha256: str | None = None, md5: str | None = None,
                  delete: bool = True) -> None:
     """Check ``path`` against its sha256 (preferred) or md5; on mismatch delete it (if ``delete``) and raise.
@@ -383,77 +346,130 @@ def download_dataset(info: DatasetInfo, root: str | os.PathLike, *, sources_dir:
     Raises:
         DownloadError / ChecksumError / UnsafeArchiveError: a file failed its checksum or could not be unpacked.
     """
-    root = Path(root).expanduser()
-    ds_dir = root / info.directory
-    dl_dir = downloads_dir(root, info)
-    record_file = root / ".downloads" / "recorded_sha256.json"
-    result = DownloadResult(info.name, ds_dir)
-    _clean_stale(ds_dir)
-    opened: list[Any] = []
-
-    def get_session() -> Any:  # one HTTP session for all files, opened only if something is fetched
-        nonlocal session
-        if session is None:
-            session = _session()
-            opened.append(session)
-        return session
-
+    job = _DatasetDownload(info, Path(root).expanduser(), sources_dir, keep_archives, progress, session)
     try:
         for res in info.resources:
-            if res.present(ds_dir):
-                result.present.extend(res.targets)
+            if res.present(job.ds_dir):
+                job.result.present.extend(res.targets)
                 continue
-            local = Path(sources_dir) / res.filename if sources_dir else None
-            downloaded = dl_dir / res.filename
-            if local is not None and local.is_file():
-                path, ours = local, False
-            elif downloaded.is_file():
-                path, ours = downloaded, True
-            elif res.urls:
-                path, ours, errors = None, True, []
-                for url in res.urls:
-                    try:
-                        log.info("%s: downloading %s", info.name, url)
-                        path = fetch(url, downloaded, session=get_session(), progress=progress)
-                        break
-                    except DownloadError as e:
-                        errors.append(str(e))
-                        log.warning("%s", e)
-                if path is None:
-                    hint = (res.manual or f"Download {res.urls[0]} by other means.").rstrip(".")
-                    result.manual.append(f"{res.filename}: {errors[-1]} {hint}; put the file at {downloaded} and "
-                                         f"rerun.")
-                    continue
-            else:
-                if not info.manual_steps:  # else the dataset's own steps explain these files
-                    result.manual.append(f"{res.filename}: {res.manual} Put the file at {downloaded} (or in the "
-                                         f"folder given by --from) and rerun.")
-                continue
-            key = f"{info.directory}/{res.filename}"
-            to_record = _check_known(path, res, record_file, key, delete=ours)
-            if res.is_archive:
-                log.info("%s: extracting %s", info.name, path.name)
-                result.placed.extend(extract(path, ds_dir, res.members, inner=res.inner))
-            else:
-                dest = ds_dir / res.targets[0]
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if ours:
-                    os.replace(path, dest)  # same filesystem (both under root): atomic
-                else:
-                    with atomic_path(dest) as tmp:  # never move the user's own file
-                        shutil.copyfile(path, tmp)
-                result.placed.append(res.targets[0])
-            if to_record:
-                _record(record_file, key, to_record)
-            if ours and not keep_archives and res.is_archive:
-                path.unlink(missing_ok=True)
+            found = job.locate(res)
+            if found is not None:
+                job.place(res, *found)
     finally:
-        for sess in opened:
-            sess.close()
-    missing = [r for r in info.required if not (ds_dir / r).exists()]
-    if missing:
-        steps = [s.replace("{root}", str(root)) for s in info.manual_steps]
-        result.manual.extend(s for s in steps if s not in result.manual)
-        if not result.manual:
-            result.manual.append(f"Still missing under {ds_dir}: {', '.join(missing)}.")
-    return result
+        job.close()
+    return job.finish()
+
+
+class _DatasetDownload:
+    """The state of one :func:`download_dataset` call: folders, the shared HTTP session, what was done."""
+
+    def __init__(self, info: DatasetInfo, root: Path, sources_dir, keep_archives: bool, progress: bool,
+                 session: Any):
+        self.info, self.root, self.keep_archives, self.progress = info, root, keep_archives, progress
+        self.sources_dir = Path(sources_dir) if sources_dir else None
+        self.ds_dir, self.dl_dir = root / info.directory, downloads_dir(root, info)
+        self.record_file = root / ".downloads" / "recorded_sha256.json"
+        self.result = DownloadResult(info.name, self.ds_dir)
+        self._session, self._own_session = session, False
+        _clean_stale(self.ds_dir)
+
+    def session(self) -> Any:
+        """One HTTP session for all files, opened only if something is fetched."""
+        if self._session is None:
+            self._session, self._own_session = _session(), True
+        return self._session
+
+    def close(self) -> None:
+        if self._own_session:
+            self._session.close()
+
+    def locate(self, res: Resource) -> tuple[Path, bool] | None:
+        """(the resource's file, whether it is ours to move/delete), fetching it if needed; None (and a manual step
+        in the result) when it cannot be had."""
+        downloaded = self.dl_dir / res.filename
+        if self.sources_dir is not None and (self.sources_dir / res.filename).is_file():
+            return self.sources_dir / res.filename, False
+        if downloaded.is_file():
+            return downloaded, True
+        if not res.urls:
+            if not self.info.manual_steps:  # else the dataset's own steps explain these files
+                self.result.manual.append(f"{res.filename}: {res.manual} Put the file at {downloaded} (or in the "
+                                          f"folder given by --from) and rerun.")
+            return None
+        errors = []
+        for url in res.urls:
+            try:
+                log.info("%s: downloading %s", self.info.name, url)
+                return fetch(url, downloaded, session=self.session(), progress=self.progress), True
+            except DownloadError as e:
+                errors.append(str(e))
+                log.warning("%s", e)
+        hint = (res.manual or f"Download {res.urls[0]} by other means.").rstrip(".")
+        self.result.manual.append(f"{res.filename}: {errors[-1]} {hint}; put the file at {downloaded} and rerun.")
+        return None
+
+    def place(self, res: Resource, path: Path, ours: bool) -> None:
+        """Check the file, then unpack it (archives) or move/copy it into the dataset folder."""
+        key = f"{self.info.directory}/{res.filename}"
+        to_record = _check_known(path, res, self.record_file, key, delete=ours)
+        if res.is_archive:
+            log.info("%s: extracting %s", self.info.name, path.name)
+            self.result.placed.extend(extract(path, self.ds_dir, res.members, inner=res.inner))
+        else:
+            dest = self.ds_dir / res.targets[0]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if ours:
+                os.replace(path, dest)  # same filesystem (both under root): atomic
+            else:
+                with atomic_path(dest) as tmp:  # never move the user's own file
+                    shutil.copyfile(path, tmp)
+            self.result.placed.append(res.targets[0])
+        if to_record:
+            _record(self.record_file, key, to_record)
+        if ours and not self.keep_archives and res.is_archive:
+            path.unlink(missing_ok=True)
+
+    def finish(self) -> DownloadResult:
+        """The result, with the dataset's own manual steps when required paths are still missing."""
+        missing = [r for r in self.info.required if not (self.ds_dir / r).exists()]
+        if missing:
+            steps = [s.replace("{root}", str(self.root)) for s in self.info.manual_steps]
+            self.result.manual.extend(s for s in steps if s not in self.result.manual)
+            if not self.result.manual:
+                self.result.manual.append(f"Still missing under {self.ds_dir}: {', '.join(missing)}.")
+        return self.result
+
+
+def _write_imagenet_classnames(root: Path) -> bool:
+    """Write ``imagenet/classnames.txt`` from open_clip's CLIP class names (the list CoOp's file copies), paired
+    with the sorted wnid folders of ``images/train``. Returns False when that is not possible yet."""
+    ds_dir = root / "imagenet"
+    target, train_dir = ds_dir / "classnames.txt", ds_dir / "images" / "train"
+    if target.exists() or not train_dir.is_dir():
+        return False
+    wnids = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
+    try:
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+    except ImportError:
+        log.warning("open_clip is not installed; get classnames.txt from CoOp (see the manual steps).")
+        return False
+    if len(wnids) != len(IMAGENET_CLASSNAMES):
+        log.warning("%s has %d class folders; expected %d, classnames.txt not written.", train_dir, len(wnids),
+                    len(IMAGENET_CLASSNAMES))
+        return False
+    with atomic_path(target) as tmp:
+        tmp.write_text("".join(f"{w} {c}\n" for w, c in zip(wnids, IMAGENET_CLASSNAMES)))
+    log.info("Wrote %s (CLIP's ImageNet class names).", target)
+    return True
+
+
+def download(name_or_info: str | DatasetInfo, root: str | os.PathLike | None = None, *,
+             sources_dir: str | os.PathLike | None = None, keep_archives: bool = False,
+             progress: bool = True) -> DownloadResult:
+    """Fetch everything that can be fetched for a dataset into ``<root>/<directory>``; see
+    :func:`download_dataset`. ``result.manual`` lists the steps left to do by hand."""
+    info = get_info(name_or_info) if isinstance(name_or_info, str) else name_or_info
+    root = resolve_root(root)
+    if info.split_format == "imagenet":
+        _write_imagenet_classnames(root)
+    return download_dataset(info, root, sources_dir=sources_dir, keep_archives=keep_archives, progress=progress)

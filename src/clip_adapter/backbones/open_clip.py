@@ -1,0 +1,134 @@
+"""Any open_clip model as a frozen :class:`~clip_adapter.backbones.base.Backbone`: a name and a pretrained tag, a local
+checkpoint, or an architecture JSON (random init unless a checkpoint is given)::
+
+    load_backbone("RN50", pretrained="openai")          # any open_clip architecture/tag
+    load_backbone("ViT-B-32", checkpoint="vitb32.pt")   # a local checkpoint file
+    load_backbone("tests/tiny_clip.json")               # an architecture JSON, random init
+
+Tiny architectures for tests and speed benchmarks (``tiny-vit``, ``tiny-rn``) ship in ``model_configs/`` and are
+registered like open_clip's own.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..io import file_digest
+from .base import (OPEN_CLIP, Backbone, BackboneLoadError, BackboneSpec, build_transforms, register_backbone,
+                   unknown_backbone, weights_fingerprint)
+
+__all__ = ["OpenClipBackbone", "load_open_clip", "PACKAGED_CONFIGS"]
+
+log = logging.getLogger(__name__)
+
+PACKAGED_CONFIGS = Path(__file__).parent / "model_configs"
+
+
+class OpenClipBackbone(Backbone):
+    """Any open_clip model, frozen. Build it with :func:`~clip_adapter.backbones.load_backbone`."""
+
+    def __init__(self, model, tokenizer, spec: BackboneSpec, device: str | torch.device = "cpu"):
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.embed_dim = int(_embed_dim(model))
+        self._spec = replace(spec, embed_dim=self.embed_dim)
+        self.id = self._spec.id
+        self.logit_scale = float(model.logit_scale.exp().item())
+        visual = model.visual
+        size = visual.image_size
+        size = size[0] if isinstance(size, (tuple, list)) else int(size)
+        cfg = getattr(visual, "preprocess_cfg", {}) or {}
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+        mean = cfg.get("mean") or getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN
+        std = cfg.get("std") or getattr(visual, "image_std", None) or OPENAI_DATASET_STD
+        self.test_transform, self.train_transform = build_transforms(size, mean, std)
+
+    @property
+    def spec(self) -> BackboneSpec:
+        return self._spec
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        feats = self.model.encode_image(images.to(self.device), normalize=False)
+        return feats.float().cpu()
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        return self.model.encode_text(tokens, normalize=False).float().cpu()
+
+
+def _embed_dim(model) -> int:
+    if getattr(model, "text_projection", None) is not None:
+        proj = model.text_projection
+        return proj.shape[1] if isinstance(proj, torch.Tensor) else proj.out_features
+    return model.visual.output_dim
+
+
+def _open_clip():
+    import open_clip
+    # Tiny architectures (tiny-vit, tiny-rn) for tests and speed benchmarks, registered like open_clip's own.
+    if "tiny-vit" not in open_clip.list_models():
+        open_clip.add_model_config(PACKAGED_CONFIGS)
+    return open_clip
+
+
+def _architectures() -> list[str]:
+    return _open_clip().list_models()
+
+
+@register_backbone(OPEN_CLIP, family_names=_architectures)
+def load_open_clip(name: str, pretrained: str | None = "openai", checkpoint: str | None = None,
+                   device: str | torch.device = "cpu") -> OpenClipBackbone:
+    """An open_clip architecture (or architecture JSON path) with a pretrained tag, a checkpoint or random weights."""
+    open_clip = _open_clip()
+    if name.endswith(".json"):
+        cfg_path = Path(name)
+        if not cfg_path.is_file():
+            raise BackboneLoadError(f"Model config {cfg_path} not found; expected an open_clip architecture JSON.")
+        open_clip.add_model_config(cfg_path)
+        name = cfg_path.stem
+        if checkpoint is None:
+            pretrained = None
+    if name not in open_clip.list_models():
+        raise unknown_backbone(name)
+    if checkpoint is None and pretrained:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise BackboneLoadError(f"Unknown pretrained tag {pretrained!r} for open_clip model {name!r}. "
+                                    f"Available: {', '.join(tags) or 'none (use pretrained=None or a checkpoint)'}.")
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise BackboneLoadError(f"Checkpoint file {checkpoint} not found.")
+        weights, spec = str(checkpoint), BackboneSpec(name=name, checkpoint_sha256=file_digest(checkpoint))
+    else:
+        weights, spec = (pretrained or None), BackboneSpec(name=name, pretrained=pretrained or None)
+    model = _create(open_clip, name, weights, checkpoint, pretrained, device)
+    if weights is None:
+        # Random init is only meaningful for tests and speed benchmarks; make that visible. Two random inits
+        # differ, so the id carries a fingerprint of the weights (cached features must not be shared).
+        log.warning("open_clip model %s has random weights (pretrained=None).", name)
+        spec = BackboneSpec(name=name, fingerprint=weights_fingerprint(model))
+    spec = replace(spec, model_config=open_clip.get_model_config(name) or None)
+    return OpenClipBackbone(model, open_clip.get_tokenizer(name), spec, device=device)
+
+
+def _create(open_clip, name: str, weights: str | None, checkpoint: str | None, pretrained: str | None, device):
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
+    except Exception as e:  # noqa: BLE001 - open_clip raises many types for download/parse failures
+        if checkpoint is not None:
+            raise BackboneLoadError(f"Could not load checkpoint {checkpoint} into open_clip model {name!r}: "
+                                    f"{type(e).__name__}: {e}") from e
+        reason = (str(e).splitlines() or [""])[0][:160]
+        raise BackboneLoadError(
+            f"Could not load weights {pretrained!r} for open_clip model {name!r} ({type(e).__name__}: "
+            f"{reason}). If this machine is offline, download the checkpoint "
+            f"elsewhere and pass it with --checkpoint FILE (Python: load_backbone({name!r}, checkpoint=FILE)), "
+            f"or use the offline backbone --backbone lite.") from e
+    return model

@@ -1,0 +1,46 @@
+"""``clip-adapter experiment CONFIG.yaml``: a datasets x shots x seeds x methods grid, resumable."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from ..experiment import load_config, run_experiment
+
+
+def register(sub) -> None:
+    """``experiment``."""
+    p = sub.add_parser("experiment", help="run a datasets x shots x seeds x methods grid from a YAML config.",
+                       description="Run the few-shot protocol over every dataset, shot count, seed and method of "
+                                   "a YAML config (hyper-parameters chosen on val), then write tables and figures. "
+                                   "Rerunning the same command resumes: finished runs are skipped.")
+    p.add_argument("config", metavar="CONFIG.yaml", help="experiment config (see configs/*.yaml).")
+    p.add_argument("--output", default=None, help="results folder (default: the config's 'output').")
+    p.add_argument("--cache-dir", default=None, help="feature cache folder (default: the config's 'cache_dir').")
+    p.add_argument("--device", default=None, help="torch device, overriding the config's backbone.device.")
+    p.add_argument("--dry-run", action="store_true", help="validate the config and count runs done/left; run none.")
+    p.add_argument("--no-report", action="store_true", help="skip the tables and figures at the end.")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars.")
+    p.set_defaults(func=cmd_experiment)
+
+
+def cmd_experiment(args) -> int:
+    config = load_config(args.config, output=args.output, cache_dir=args.cache_dir)
+    if args.device:
+        config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, device=args.device))
+    try:
+        result = run_experiment(config, progress=not args.no_progress, report=False if args.no_report else None,
+                                dry_run=args.dry_run)
+    except KeyboardInterrupt:
+        print(f"interrupted; finished runs are kept in {config.output}. Rerun the same command to resume.",
+              file=sys.stderr)
+        return 130
+    if args.dry_run:
+        print(f"{config.name}: {result.planned} runs, {result.skipped} done, {result.planned - result.skipped} to go "
+              f"-> {config.output}")
+        return 0
+    if result.report.get("markdown"):
+        print(Path(result.report["markdown"]).read_text())
+    print(f"{result.ran} runs ran, {result.skipped} were already done, {result.seconds:.0f} s; "
+          f"results in {config.output}")
+    return 0

@@ -1,0 +1,141 @@
+"""``clip-adapter predict`` (classify images with a saved model) and ``clip-adapter evaluate`` (re-score it on a
+dataset split)."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import itertools
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..datasets import load_dataset
+from ..io import atomic_path, write_json
+from ..model import AdaptedClassifier, expand_images, predict_to_jsonl
+from ..report import format_table
+from .common import add_data_args, cache_from_args
+
+log = logging.getLogger(__name__)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a folder written by 'clip-adapter run --save-model DIR'.")
+    p.add_argument("--checkpoint", default=None,
+                   help="the local backbone checkpoint the model was trained on (needed, and sha256-checked, when "
+                        "it was trained on one).")
+    p.add_argument("--device", default="cpu", help="torch device for the image encoder, e.g. cpu, cuda (default: cpu).")
+
+
+def _infer_format(args) -> str:
+    if args.format:
+        return args.format
+    suffix = Path(args.out).suffix.lower() if args.out else ""
+    return {".json": "json", ".csv": "csv", ".jsonl": "jsonl"}.get(suffix, "table")
+
+
+def cmd_predict(args) -> int:
+    fmt = _infer_format(args)
+    model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint,
+                                              batch_size=args.batch_size)
+    paths, bad_args = expand_images(args.images)
+    for rec in bad_args:
+        log.warning("Skipped %s: %s", rec["path"], rec["error"])
+    if not paths and bad_args:
+        raise FileNotFoundError(f"No images found in {', '.join(map(str, args.images))}.")
+    k = args.top_k or min(5, len(model.classes_))
+    if k < 1:
+        raise ValueError(f"--top-k must be >= 1; got {k}.")
+    progress = not args.no_progress and len(paths) > args.batch_size
+    kw = {"top_k": k, "batch_size": args.batch_size, "num_workers": args.workers}
+
+    if fmt == "jsonl" and args.out:
+        counts = predict_to_jsonl(model, paths, args.out, progress=progress, extra_records=bad_args, **kw)
+        print(f"{args.out}: {counts['written']} new records ({counts['errors']} errors), "
+              f"{counts['skipped']} already done.", file=sys.stderr)
+        return 1 if counts["errors"] or any("error" in r for r in bad_args) else 0
+
+    stream = model.predict_stream(paths, progress=progress, **kw)
+    if fmt == "jsonl":  # to stdout, line by line
+        n_err = 0
+        for rec in itertools.chain(bad_args, stream):
+            print(json.dumps(rec), flush=True)
+            n_err += "error" in rec
+        return 1 if n_err else 0
+    records = [*bad_args, *stream]
+    n_err = sum("error" in r for r in records)
+    if fmt == "json":
+        text = json.dumps({"model": str(args.model_dir), "method": model.method.name, "backbone": model.backbone.id,
+                           "classes": model.classes_, "top_k": k, "n_images": len(records), "n_errors": n_err,
+                           "predictions": records}, indent=2) + "\n"
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "rank", "class", "probability", "error"])
+        for r in records:
+            if "error" in r:
+                w.writerow([r["path"], "", "", "", r["error"]])
+            else:
+                w.writerows([r["path"], j, t["class"], f"{t['probability']:.6f}", ""] for j, t in
+                            enumerate(r["top_k"], 1))
+        text = buf.getvalue()
+    else:
+        rows = [{"image": r["path"], "prediction": r.get("prediction", "(error)"), "probability": r.get("probability", ""),
+                 f"top-{k}": r["error"] if "error" in r else
+                 ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top_k"])} for r in records]
+        text = format_table(rows, ["image", "prediction", "probability", f"top-{k}"]) + "\n"
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text)
+        print(f"wrote {len(records)} predictions ({n_err} errors) to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if n_err:
+        bad = ", ".join(r["path"] for r in records if "error" in r)
+        print(f"{n_err} of {len(records)} images could not be read and were skipped: {bad}", file=sys.stderr)
+    return 1 if n_err else 0
+
+
+def cmd_evaluate(args) -> int:
+    model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint)
+    dataset = load_dataset(args.data, root=args.root)
+    result = {"model": str(args.model_dir), **model.evaluate(dataset, args.split, cache_from_args(args,
+                                                                                                      model.backbone))}
+    out = Path(args.out) if args.out else Path(args.model_dir) / f"eval-{dataset.name}-{args.split}.json"
+    write_json(out, result)
+    row = {"dataset": dataset.name, "split": args.split, "n": result["n"], "accuracy": result["accuracy"],
+           "macro-F1": result["macro_f1"]}
+    if isinstance(result["saved_test_accuracy"], float):
+        row["saved test acc"] = result["saved_test_accuracy"]
+    print(format_table([row], list(row)))
+    print(f"results: {out}")
+    return 0
+
+
+def register(sub) -> None:
+    """``predict`` and ``evaluate``."""
+    p = sub.add_parser("predict", help="classify images with a saved model (top-k classes and probabilities).",
+                       description="Classify image files, folders (recursive) and globs with a model saved by "
+                                   "'clip-adapter run --save-model DIR'. Unreadable images are reported and skipped "
+                                   "(exit status 1 if any). With --out FILE.jsonl, results are appended as they come "
+                                   "and a rerun skips the images already in the file.")
+    _add_model_args(p)
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders (searched recursively) or globs.")
+    p.add_argument("--top-k", type=int, default=None, help="classes per image (default: 5, or fewer classes).")
+    p.add_argument("--format", choices=["table", "json", "csv", "jsonl"], default=None,
+                   help="output format (default: from --out's extension, else table).")
+    p.add_argument("--out", default=None, help="write to FILE instead of stdout; FILE.jsonl streams and resumes.")
+    p.add_argument("--batch-size", type=int, default=32, help="images per encoder call (default: 32).")
+    p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: half the cores).")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar.")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="re-compute the accuracy of a saved model on a dataset split.",
+                       description="Accuracy and macro-F1 of a saved model on a dataset split (features from the "
+                                   "feature cache); the result is written as JSON.")
+    _add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--split", choices=["train", "val", "test"], default="test", help="split to score (default: test).")
+    p.add_argument("--out", default=None, help="result JSON (default: MODEL_DIR/eval-<dataset>-<split>.json).")
+    p.set_defaults(func=cmd_evaluate)

@@ -1,0 +1,87 @@
+"""``clip-adapter run``: one few-shot run (sample K shots, fit, select on val, score on test)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..datasets import SPLITS, load_dataset
+from ..fewshot import read_index_file
+from ..methods import get_method_class
+from ..protocol import RunSpec, run_one
+from ..report import format_table
+from .common import add_backbone_args, add_data_args, backbone_from_args, cache_from_args, parse_grid
+
+# Shortcut flags for CLIP-Adapter's fields: (flag, config key, args attribute).
+SHORTCUTS = (("--alpha", "alpha", "alpha"), ("--alpha-text", "alpha_text", "alpha_text"),
+             ("--adapter", "target", "adapter"), ("--epochs", "epochs", "epochs"))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="one few-shot run: sample K shots, fit, select on val, score on test.",
+                       description="Fit one method on K shots per class, choose its hyper-parameters on the "
+                                   "validation split, and report test accuracy. Features are cached.")
+    add_data_args(p)
+    add_backbone_args(p)
+    g = p.add_argument_group("method")
+    g.add_argument("--method", default="clip_adapter",
+                   help="zero_shot, linear_probe, clip_adapter, ... ('clip-adapter methods' lists them; '-' or '_').")
+    g.add_argument("--shots", type=int, default=16, help="training images per class (default: 16).")
+    g.add_argument("--seed", type=int, default=1, help="few-shot sampling and training seed (default: 1).")
+    g.add_argument("--alpha", type=float, default=None,
+                   help="CLIP-Adapter residual ratio of the image adapter; fixes it (default: searched on val).")
+    g.add_argument("--alpha-text", type=float, default=None, help="residual ratio of the text adapter.")
+    g.add_argument("--adapter", choices=["image", "text", "both"], default=None,
+                   help="where CLIP-Adapter's adapter sits (default: image).")
+    g.add_argument("--epochs", type=int, default=None, help="training epochs (CLIP-Adapter default: 200).")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any method config field, e.g. --set lr=1e-3 --set optimizer=adamw.")
+    g.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                   help="values searched on val, e.g. --grid alpha=0.2,0.5,0.8 (default: the method's grid).")
+    g.add_argument("--views", type=int, default=10, help="cached augmented views per training image (default: 10).")
+    g.add_argument("--template", action="append", metavar="TEMPLATE",
+                   help="prompt template with {} (repeat for an ensemble; default: the dataset's).")
+    g.add_argument("--fewshot-index", default=None, help="a CoOp few-shot index file shot_K-seed_S.json.")
+    g.add_argument("--repeat-shots", action="store_true",
+                   help="sample with repetition when a class has fewer than --shots images.")
+    g.add_argument("--output", default="runs", help="results directory (default: runs).")
+    g.add_argument("--save-model", default=None, metavar="DIR", help="also save the fitted model to DIR.")
+    p.set_defaults(func=cmd_run)
+
+
+def _overrides(args: argparse.Namespace, cls) -> dict:
+    overrides = cls.config_cls.parse_overrides(args.set or [])
+    fields = cls.config_cls.field_names()
+    for flag, key, attr in SHORTCUTS:
+        value = getattr(args, attr)
+        if value is None:
+            continue
+        if key not in fields:
+            raise ValueError(f"{flag} does not apply to method {cls.name!r} (its config has no {key!r}).")
+        overrides[key] = value
+    return overrides
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cls = get_method_class(args.method)
+    overrides = _overrides(args, cls)
+    grid = parse_grid(args.grid) if args.grid else None
+    dataset = load_dataset(args.data, root=args.root)
+    backbone = backbone_from_args(args)
+    train_items = val_items = None
+    if args.fewshot_index:
+        idx = read_index_file(args.fewshot_index, {s: dataset.split(s) for s in SPLITS})
+        train_items, val_items = idx["train"], idx.get("val")
+    spec = RunSpec(method=cls.name, shots=args.shots, seed=args.seed, overrides=overrides, grid=grid,
+                   n_views=args.views, repeat_shots=args.repeat_shots, templates=args.template or None,
+                   train_items=train_items, val_items=val_items, device=args.device)
+    record = run_one(dataset, backbone, spec, cache=cache_from_args(args, backbone), output=args.output,
+                     save_model=args.save_model)
+    rows = [{"dataset": record["dataset"], "method": record["method"], "shots": record["shots"],
+             "seed": record["seed"], "chosen": json.dumps(record["chosen"]) if record["chosen"] else "-",
+             "val acc": record["val_accuracy"], "test acc": record["accuracy"], "macro-F1": record["macro_f1"],
+             "train s": round(record["train_seconds"], 2)}]
+    print(format_table(rows, list(rows[0])))
+    print(f"results: {record['result_file']}")
+    if args.save_model:
+        print(f"model: {record['model_dir']}")
+    return 0

@@ -1,0 +1,20 @@
+"""Datasets as data: readers for what is on disk (a CoOp folder, class folders, a CSV), the catalog of the 11
+benchmark datasets (``catalog.json``), their download and verification. A new dataset is a folder or a CSV.
+
+    types.py      Item, Dataset
+    catalog.py    the catalog rows (catalog.json), name lookup, CoOp prompt templates
+    readers.py    load_dataset and one reader per on-disk form (coop, folders, csv, fgvc, imagenet)
+    fetch.py      fetch, check and unpack a row's resources into its folder
+    verify.py     every image present and readable, counts as expected
+"""
+from .catalog import REGISTRY, DatasetInfo, Resource, dataset_names, get_info, list_datasets, resolve_root, \
+    templates_for
+from .fetch import DownloadError, download
+from .readers import load_dataset, read_builtin, read_coop, read_csv, read_image_folder
+from .types import DEFAULT_TEMPLATE, IMAGE_EXTENSIONS, SPLITS, Dataset, Item
+from .verify import VerifyReport, verify
+
+__all__ = ["Dataset", "Item", "DatasetInfo", "Resource", "REGISTRY", "SPLITS", "IMAGE_EXTENSIONS",
+           "DEFAULT_TEMPLATE", "load_dataset", "read_builtin", "read_coop", "read_csv", "read_image_folder",
+           "dataset_names", "get_info", "list_datasets", "resolve_root", "templates_for", "download",
+           "DownloadError", "verify", "VerifyReport"]

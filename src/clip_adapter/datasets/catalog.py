@@ -1,0 +1,222 @@
+"""The 11 benchmark datasets of CLIP-Adapter / CoOp as data: ``catalog.json`` read into :class:`DatasetInfo` rows.
+
+The rows (layout, sizes, prompt templates, aliases, download sources) are data, as open_clip keeps its architectures:
+adding or fixing a dataset is an edit of ``catalog.json``, never of code. The on-disk layout is CoOp's
+(``KaiyangZhou/CoOp/DATASETS.md``), so a ``$DATA`` folder prepared for CoOp/CLIP-Adapter works as is::
+
+    <root>/dtd/images/...              + split_zhou_DescribableTextures.json
+    <root>/oxford_flowers/jpg/...      + split_zhou_OxfordFlowers.json
+    <root>/fgvc_aircraft/images/...    + variants.txt, images_variant_{train,val,test}.txt
+    <root>/imagenet/images/{train,val}/<wnid>/...  + classnames.txt
+
+``root`` is the argument, else ``$CLIP_ADAPTER_DATA``, else ``~/data``. :func:`templates_for` gives the CoOp prompt
+template of any dataset name (a catalog name, alias or CoOp name, or one of those followed by a count: ``dtd10``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..config import closest
+from .types import DEFAULT_TEMPLATE
+
+__all__ = ["DatasetInfo", "Resource", "REGISTRY", "DATA_ENV", "CATALOG_FILE", "resolve_root", "get_info",
+           "dataset_names", "list_datasets", "templates_for"]
+
+DATA_ENV = "CLIP_ADAPTER_DATA"
+CATALOG_FILE = Path(__file__).with_name("catalog.json")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One file a dataset needs: where to get it, how to check it and where its content goes.
+
+    Attributes:
+        filename: name of the downloaded file (under ``<root>/.downloads/<dataset dir>/``).
+        urls: mirrors tried in order; empty when the file can only be fetched by hand (see ``manual``).
+        sha256, md5: published checksums; ``None`` when unknown (the sha256 is then recorded at first download
+            and later downloads must match it).
+        members: for archives, ``(path inside the archive, path under the dataset folder)`` pairs, moved into
+            place in this order (put the image folder last). Empty: a plain file placed at ``dest``.
+        dest: where a plain (non-archive) file goes under the dataset folder (default: ``filename``).
+        inner: an archive inside the archive to unpack instead (Caltech-101's zip holds a .tar.gz).
+        manual: how to get the file by hand when ``urls`` is empty or fails.
+    """
+
+    filename: str
+    urls: tuple[str, ...] = ()
+    sha256: str | None = None
+    md5: str | None = None
+    members: tuple[tuple[str, str], ...] = ()
+    dest: str | None = None
+    inner: str | None = None
+    manual: str = ""
+
+    @property
+    def is_archive(self) -> bool:
+        return bool(self.members)
+
+    @property
+    def targets(self) -> list[str]:
+        """Paths (relative to the dataset folder) this resource creates."""
+        return [d for _, d in self.members] if self.members else [self.dest or self.filename]
+
+    def present(self, dataset_dir: Path) -> bool:
+        return all((dataset_dir / t).exists() for t in self.targets)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One benchmark dataset (a ``catalog.json`` row): CoOp layout, split source, sizes, prompt, download sources.
+
+    Attributes:
+        name: short lowercase key (``dtd``); ``aliases`` are other accepted keys.
+        title: display name.
+        coop_name: CoOp's dataset name (``DescribableTextures``): split file ``split_zhou_<coop_name>.json``.
+        directory: folder under the data root (CoOp's: ``dtd``, ``caltech-101``, ``food-101``...).
+        image_dir: folder (relative to ``directory``) the split relpaths are relative to; ``""`` = ``directory``.
+        split_format: ``coop`` (split_zhou JSON), ``fgvc`` (FGVC-Aircraft txt files) or ``imagenet`` (folders).
+        num_classes, split_sizes: expected class count and (train, val, test) sizes (CoOp's Table; checked by
+            :func:`clip_adapter.datasets.verify`).
+        templates: CoOp's hand-crafted prompt template(s).
+        resources: files to fetch/unpack.
+        manual_steps: steps no resource covers (``{root}`` is replaced by the data root).
+        required: paths under ``directory`` that must exist for the dataset to load.
+        licence: terms of use of the images (not of this code).
+        homepage: where the dataset is described.
+        notes: anything that differs from the paper's protocol.
+    """
+
+    name: str
+    title: str
+    coop_name: str
+    directory: str
+    image_dir: str
+    split_format: str
+    num_classes: int
+    split_sizes: tuple[int, int, int]
+    resources: tuple[Resource, ...]
+    licence: str
+    homepage: str
+    templates: tuple[str, ...] = (DEFAULT_TEMPLATE,)
+    required: tuple[str, ...] = ()
+    manual_steps: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    notes: str = ""
+
+    @property
+    def split_file(self) -> str:
+        return f"split_zhou_{self.coop_name}.json"
+
+    @property
+    def download_mode(self) -> str:
+        """``auto`` (one command), ``partial`` (some files by hand) or ``manual``."""
+        fetchable = [bool(r.urls) for r in self.resources]
+        if fetchable and all(fetchable) and not self.manual_steps:
+            return "auto"
+        return "partial" if any(fetchable) else "manual"
+
+    def path(self, root: str | os.PathLike | None = None) -> Path:
+        """The dataset folder under ``root`` (resolved as in :func:`resolve_root`)."""
+        return resolve_root(root) / self.directory
+
+    def missing(self, root: str | os.PathLike | None = None) -> list[Path]:
+        """Required paths that do not exist under ``root``."""
+        d = self.path(root)
+        return [d / r for r in self.required if not (d / r).exists()]
+
+    def present(self, root: str | os.PathLike | None = None) -> bool:
+        return not self.missing(root)
+
+    def summary(self) -> dict[str, Any]:
+        tr, va, te = self.split_sizes
+        return {"name": self.name, "title": self.title, "directory": self.directory, "classes": self.num_classes,
+                "train": tr, "val": va, "test": te, "download": self.download_mode}
+
+
+def _resource(d: dict[str, Any]) -> Resource:
+    return Resource(d["filename"], urls=tuple(d.get("urls", ())), sha256=d.get("sha256"), md5=d.get("md5"),
+                    members=tuple(tuple(m) for m in d.get("members", ())), dest=d.get("dest"),
+                    inner=d.get("inner"), manual=d.get("manual", ""))
+
+
+def _row(d: dict[str, Any]) -> DatasetInfo:
+    tuples = ("split_sizes", "templates", "required", "manual_steps", "aliases")
+    kw = {k: tuple(v) if k in tuples else v for k, v in d.items() if k != "resources"}
+    return DatasetInfo(resources=tuple(_resource(r) for r in d.get("resources", ())), **kw)
+
+
+def read_catalog(path: str | os.PathLike = CATALOG_FILE) -> dict[str, DatasetInfo]:
+    """The rows of a catalog file, by name, in file order."""
+    rows = [_row(d) for d in json.loads(Path(path).read_text())["datasets"]]
+    return {row.name: row for row in rows}
+
+
+REGISTRY: dict[str, DatasetInfo] = read_catalog()
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name).lower()
+
+
+def dataset_names() -> list[str]:
+    """Canonical names of the built-in datasets, in the paper's order."""
+    return list(REGISTRY)
+
+
+def _keys(info: DatasetInfo) -> set[str]:
+    return {_norm(info.name), _norm(info.coop_name), *(_norm(a) for a in info.aliases)}
+
+
+def get_info(name: str) -> DatasetInfo:
+    """The row of ``name`` (canonical name, alias or CoOp name; case, ``-``/``_`` ignored).
+
+    Raises:
+        ValueError: unknown name, with the known names and the closest match.
+    """
+    key = _norm(name)
+    for info in REGISTRY.values():
+        if key in _keys(info):
+            return info
+    candidates = {n: info.name for info in REGISTRY.values() for n in (info.name, *info.aliases)}
+    near = closest(name.lower(), candidates)
+    hint = f"did you mean {candidates[near]!r}? " if near else ""
+    raise ValueError(f"Unknown dataset {name!r}; {hint}expected a folder, a .csv file or one of: "
+                     f"{', '.join(REGISTRY)}.")
+
+
+@lru_cache(maxsize=None)
+def _template_table() -> dict[str, tuple[str, ...]]:
+    return {k: info.templates for info in REGISTRY.values() for k in _keys(info)}
+
+
+def templates_for(dataset_name: str) -> list[str]:
+    """CoOp's template(s) of a known dataset, matched on its name (``dtd``, ``DescribableTextures``, an alias) or on
+    such a name followed by a count (``dtd10``, ``OxfordFlowers89``: the longest match wins); else the default."""
+    key, table = _norm(dataset_name), _template_table()
+    if key in table:
+        return list(table[key])
+    for k in sorted(table, key=len, reverse=True):
+        if key.startswith(k) and key[len(k):].isdigit():
+            return list(table[k])
+    return [DEFAULT_TEMPLATE]
+
+
+def resolve_root(root: str | os.PathLike | None = None) -> Path:
+    """Data root: ``root`` if given, else ``$CLIP_ADAPTER_DATA``, else ``~/data``."""
+    if root is None or str(root) == "":
+        root = os.environ.get(DATA_ENV) or "~/data"
+    return Path(root).expanduser()
+
+
+def list_datasets(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """One dict per built-in dataset: name, title, directory, classes, train/val/test sizes, download mode
+    (auto/partial/manual), ``present`` (its required files exist under ``root``) and ``path``."""
+    root = resolve_root(root)
+    return [{**info.summary(), "present": info.present(root), "path": str(info.path(root))}
+            for info in REGISTRY.values()]

@@ -1,0 +1,434 @@
+"""The experiment config: one table of keys drives validation, defaults, the resolved copy (``to_raw``) and the docs.
+
+The table is the dataclasses below: each field's metadata (made by :func:`setting`) says its YAML key, what it
+accepts (a :mod:`clip_adapter.config` constraint or a parser), whether it is a path, and what it means. Adding a
+config key is one field here (and its use in the runner); ``docs/experiment-config.md`` is generated from it
+(:func:`reference_markdown`) and a test keeps the two equal.
+
+    clip-adapter experiment configs/shared_lite.yaml
+    >>> from clip_adapter import run_experiment
+    >>> result = run_experiment("configs/shared_lite.yaml")     # a path, a dict or an ExperimentConfig
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import (Bool, Constraint, IntList, Interval, NoneOr, Predicate, Text, check_keys, invalid_value)
+from ..backbones.base import normalise_pretrained
+from ..methods import get_method_class
+
+__all__ = ["ExperimentConfig", "DatasetEntry", "MethodEntry", "BackboneEntry", "AblationEntry", "parse_config",
+           "load_config", "reference_markdown", "setting", "DEFAULT_SHOTS", "DEFAULT_SEEDS"]
+
+DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+DEFAULT_SEEDS = (1, 2, 3)
+
+
+class _Ctx:
+    """What parsers need besides the value: the config's name in errors, the folder paths are relative to, the
+    data root of built-in names, and whether method names must be registered."""
+
+    def __init__(self, source: str, base: Path, check_registry: bool):
+        self.source, self.base, self.check_registry = source, base, check_registry
+        self.root: str | None = None
+
+
+def setting(default: Any = dataclasses.MISSING, doc: str = "", check: Constraint | None = None, *,
+            key: str | None = None, path: bool = False, parse: Callable[[Any, str, _Ctx], Any] | None = None,
+            factory: Callable[[], Any] | None = None, shown: str | None = None, accepts: str | None = None) -> Any:
+    """A config field: ``check`` (or ``parse(value, where, ctx)``, described by ``accepts``) validates the YAML value,
+    ``path`` resolves it against the config's folder, ``key`` is its YAML name when it differs, ``shown`` its default
+    in the docs."""
+    meta = {"doc": doc, "check": check, "key": key, "path": path, "parse": parse, "shown": shown,
+            "accepts": accepts or (check.describe() if check is not None else None)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _resolve_path(p: str, base: Path) -> str:
+    path = Path(os.path.expanduser(str(p)))
+    return str(path if path.is_absolute() else (base / path))
+
+
+def _looks_like_path(s: str) -> bool:
+    return "/" in s or "\\" in s or s.startswith((".", "~")) or s.lower().endswith(".csv")
+
+
+def _yaml_keys(cls) -> list[str]:
+    return [f.metadata.get("key") or f.name for f in fields(cls) if "doc" in f.metadata]
+
+
+def _parse_fields(cls, raw: Mapping, where: str, ctx: _Ctx) -> dict[str, Any]:
+    """Keyword arguments of ``cls`` from ``raw``: unknown keys, constraints, parsers and paths, one line per error."""
+    check_keys(raw, _yaml_keys(cls), where)
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        meta = f.metadata
+        name = meta.get("key") or f.name
+        if "doc" not in meta or name not in raw:
+            continue
+        value = raw[name]
+        if meta["parse"] is not None:
+            value = meta["parse"](value, f"{where}.{name}" if where != ctx.source else f"{where}: {name!r}", ctx)
+        elif meta["check"] is not None and not meta["check"].ok(value):
+            raise invalid_value(name, value, meta["check"].describe(), where=where)
+        if meta["path"] and value:
+            value = _resolve_path(value, ctx.base)
+        out[f.name] = value
+    return out
+
+
+def _mapping(v: Any, what: str) -> dict:
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise ValueError(f"{what} must be a mapping (key: value). Got {v!r} instead.")
+    return dict(v)
+
+
+def _int_list(minimum: int | None) -> Callable[[Any, str, _Ctx], tuple[int, ...]]:
+    c = IntList(minimum)
+
+    def parse(v: Any, where: str, ctx: _Ctx) -> tuple[int, ...]:
+        vals = [v] if isinstance(v, int) and not isinstance(v, bool) else v
+        if not c.ok(vals):
+            raise ValueError(f"{where} must be {c.describe()}. Got {v!r} instead.")
+        return tuple(vals)
+    return parse
+
+
+def _method_class(name: str, where: str, ctx: _Ctx):
+    try:
+        return get_method_class(name)
+    except ValueError as e:
+        if ctx.check_registry:
+            raise ValueError(f"{where}: {e}") from None
+        return None
+
+
+def _check_method_values(cls, overrides: dict, grid: dict | None, where: str) -> None:
+    """Overrides and grid keys must be config fields (with a suggestion); every value must validate."""
+    if cls is None:
+        return
+    cls.config_cls.check_field_names(overrides, "key", f"{where}.overrides")
+    cls.config_cls.check_field_names(grid or {}, "key", f"{where}.grid")
+    points = [dict(overrides)]
+    for k, vals in (grid or {}).items():
+        if not isinstance(vals, (list, tuple)) or not vals:
+            raise ValueError(f"{where}.grid.{k} must be a non-empty list of values. Got {vals!r} instead.")
+        points += [{**overrides, k: v} for v in vals]
+    for point in points:
+        try:
+            cls.config_cls(**point)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}: {e}") from None
+
+
+def _grid(v: Any, where: str) -> dict[str, list] | None:
+    if v is None:
+        return None
+    return {k: list(x) if isinstance(x, (list, tuple)) else x for k, x in _mapping(v, where).items()}
+
+
+INTS = "a non-empty list of distinct ints"
+INTS_1 = INTS + " >= 1"
+FIELDS = "a mapping of method config fields"
+GRID = "a mapping of config fields to non-empty lists"
+
+
+# -- entries -------------------------------------------------------------------------------------------------
+_LABEL = Text(no_slash=True, text="a non-empty name without '/'")
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset: a path (resolved) or a built-in name, its root, and the label used in results."""
+
+    data: str = setting(doc="a path (CoOp folder, class folders, CSV) or a built-in name", check=Text())
+    root: str | None = setting(None, "where built-in names live (default: the top-level root)", NoneOr(Text()),
+                               path=True)
+    label: str | None = setting(None, "the dataset's name in results (default: its own name)", NoneOr(_LABEL))
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A method line of the grid: ``label`` names it in results (default: the method's registry name)."""
+
+    label: str
+    method: str = setting(doc="registered method name (default: the line's label)", check=Text())
+    overrides: dict[str, Any] = setting(doc="fixed config values", factory=dict, shown="{}", accepts=FIELDS)
+    grid: dict[str, list] | None = setting(None, "values searched on val (null: the method's default grid)",
+                                         accepts=GRID)
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    name: str = setting("RN50", "'lite', an open_clip architecture or an architecture JSON path", Text())
+    pretrained: str | None = setting("openai", "open_clip pretrained tag; null or 'none' for random init",
+                                     NoneOr(Text()))
+    checkpoint: str | None = setting(None, "local checkpoint file (offline use)", NoneOr(Text()), path=True)
+    device: str = setting("cpu", "torch device of encoders and training (cpu, cuda, cuda:1)", Text())
+
+
+@dataclass(frozen=True)
+class AblationEntry:
+    """Fixed values of one config field (``alpha``): each value is a run with that override.
+
+    The result is TEST accuracy per value, an analysis figure; it is never used to choose the value.
+    """
+
+    method: str = setting(doc="a trained method", check=Text())
+    param: str = setting(doc="the config field to fix", check=Text())
+    values: tuple = setting(doc="its values (one run each)", check=Predicate(
+        lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list"))
+    shots: tuple[int, ...] = setting((16,), "shot counts", parse=_int_list(1), accepts=INTS_1)
+    seeds: tuple[int, ...] | None = setting(None, "seeds (null: the experiment's)", parse=_int_list(None),
+                                            accepts=INTS + " or null")
+    overrides: dict[str, Any] = setting(doc="other fixed config values", factory=dict, shown="{}", accepts=FIELDS)
+    grid: dict[str, list] | None = setting(None, "other parameters still searched on val (null: method default)",
+                                         accepts=GRID)
+    label: str | None = setting(None, "result folder prefix (default '<method>-<param>')", NoneOr(_LABEL))
+
+    def variant(self, value: Any) -> str:
+        """The result folder of one value: ``clip_adapter-alpha0.2``."""
+        shown = format(value, "g") if isinstance(value, float) else str(value)
+        return f"{self.label or f'{self.method}-{self.param}'}{shown}"
+
+
+# -- parsers of the structured keys ----------------------------------------------------------------------------
+def _datasets(v: Any, where: str, ctx: _Ctx) -> tuple[DatasetEntry, ...]:
+    if not isinstance(v, list) or not v:
+        raise ValueError(f"{where} must be a non-empty list of paths or built-in names. Got {v!r}.")
+    out = []
+    for i, d in enumerate(v):
+        at = f"{ctx.source}: datasets[{i}]"
+        if isinstance(d, str):
+            d = {"data": d}
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{at} must be a path, a built-in name or a mapping with 'data'. Got {d!r}.")
+        if not isinstance(d.get("data"), str) or not d["data"]:
+            raise ValueError(f"{at}: 'data' (a path or a built-in name) is required. Got {d.get('data')!r}.")
+        kw = _parse_fields(DatasetEntry, {"root": ctx.root, **d}, at, ctx)
+        if _looks_like_path(kw["data"]):
+            kw["data"] = _resolve_path(kw["data"], ctx.base)
+        out.append(DatasetEntry(**kw))
+    return tuple(out)
+
+
+def _methods(v: Any, where: str, ctx: _Ctx) -> tuple[MethodEntry, ...]:
+    if isinstance(v, list):
+        if not all(isinstance(m, str) for m in v):
+            raise ValueError(f"{where} as a list must hold method names. Got {v!r}.")
+        v = {m: {} for m in v}
+    out = []
+    for label, spec in _mapping(v, where).items():
+        at = f"{ctx.source}: methods.{label}"
+        if not _LABEL.ok(label):
+            raise ValueError(f"{at}: a method label must be a non-empty name without '/'.")
+        spec = _mapping(spec, at)
+        kw = _parse_fields(MethodEntry, spec, at, ctx)
+        method = str(kw.get("method", label)).replace("-", "_").lower()
+        cls = _method_class(method, at, ctx)
+        overrides, grid = _mapping(kw.get("overrides"), f"{at}.overrides"), _grid(kw.get("grid"), f"{at}.grid")
+        _check_method_values(cls, overrides, grid, at)
+        out.append(MethodEntry(label=label, method=cls.name if cls else method, overrides=overrides, grid=grid))
+    return tuple(out)
+
+
+def _ablations(v: Any, where: str, ctx: _Ctx) -> tuple[AblationEntry, ...]:
+    items = [] if v is None else v if isinstance(v, list) else [v]
+    out = []
+    for i, a in enumerate(items):
+        at = f"{ctx.source}: ablation" + (f"[{i}]" if isinstance(v, list) else "")
+        a = _mapping(a, at)
+        for req in ("method", "param", "values"):
+            if req not in a:
+                raise ValueError(f"{at}: {req!r} is required (keys: {', '.join(_yaml_keys(AblationEntry))}).")
+        kw = _parse_fields(AblationEntry, a, at, ctx)
+        kw["method"] = str(kw["method"]).replace("-", "_").lower()
+        cls = _method_class(kw["method"], at, ctx)
+        kw["overrides"], kw["grid"] = _mapping(kw.get("overrides"), f"{at}.overrides"), _grid(kw.get("grid"), at)
+        if cls is not None:
+            cls.config_cls.check_field_names([kw["param"]], "param", at)
+            for value in kw["values"]:
+                _check_method_values(cls, {**kw["overrides"], kw["param"]: value}, kw["grid"], at)
+            if not cls.trains:
+                raise ValueError(f"{at}: method {kw['method']!r} does not train; an ablation needs a trained method.")
+            kw["method"] = cls.name
+        out.append(AblationEntry(**{**kw, "values": tuple(kw["values"])}))
+    return tuple(out)
+
+
+def _backbone(v: Any, where: str, ctx: _Ctx) -> BackboneEntry:
+    raw = _mapping({"name": v} if isinstance(v, str) else v, f"{ctx.source}: 'backbone'")
+    kw = _parse_fields(BackboneEntry, raw, f"{ctx.source}: backbone", ctx)
+    if "pretrained" in kw:
+        kw["pretrained"] = normalise_pretrained(kw["pretrained"])
+    if str(kw.get("name", "")).endswith(".json"):
+        kw["name"] = _resolve_path(kw["name"], ctx.base)
+    return BackboneEntry(**kw)
+
+
+def _templates(v: Any, where: str, ctx: _Ctx) -> tuple[str, ...] | None:
+    if v is None:
+        return None
+    v = [v] if isinstance(v, str) else v
+    if not isinstance(v, list) or not v or any(not isinstance(t, str) or t.count("{}") != 1 for t in v):
+        raise ValueError(f"{where} must be a list of strings each containing '{{}}' once. Got {v!r} instead.")
+    return tuple(v)
+
+
+def _root(v: Any, where: str, ctx: _Ctx) -> str | None:
+    if not NoneOr(Text()).ok(v):
+        raise ValueError(f"{where} must be a string or null. Got {v!r} instead.")
+    ctx.root = v
+    return v
+
+
+# -- the experiment ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A validated experiment; build it with :func:`load_config` (YAML) or :func:`parse_config` (dict).
+
+    Field order is the YAML order; each field's :func:`setting` is its row in the key table.
+    """
+
+    name: str = setting("", "the experiment's name", NoneOr(Text(no_slash=True)), shown="the config file's stem")
+    root: str | None = setting(None, "default data root of built-in names ($CLIP_ADAPTER_DATA, else ~/data)",
+                               parse=_root, path=True, accepts="a string or null")
+    datasets: tuple[DatasetEntry, ...] = setting((), "paths (CoOp folder, class folders, CSV) or built-in names; "
+                                                 "an entry may be {data, root, label}", parse=_datasets,
+                                                 shown="required", accepts="a non-empty list")
+    shots: tuple[int, ...] = setting(DEFAULT_SHOTS, "shot counts", parse=_int_list(1), accepts=INTS_1)
+    seeds: tuple[int, ...] = setting(DEFAULT_SEEDS, "seeds (few-shot sampling and training)", parse=_int_list(None),
+                                     accepts=INTS)
+    methods: tuple[MethodEntry, ...] = setting((), "label: {method, grid, overrides}; methods that do not train run "
+                                               "once per dataset (shots 0, first seed)", parse=_methods, shown="{}",
+                                               accepts="a mapping (or a list of method names)")
+    ablations: tuple[AblationEntry, ...] = setting((), "fixed values of one parameter, TEST accuracy for analysis: "
+                                                   "{method, param, values, shots, seeds, overrides, grid, label} "
+                                                   "or a list of them", key="ablation", parse=_ablations,
+                                                   shown="none", accepts="a mapping or a list of mappings")
+    backbone: BackboneEntry = setting(BackboneEntry(), "{name, pretrained, checkpoint, device} or a name",
+                                      parse=_backbone, shown="{name: RN50, pretrained: openai, device: cpu}",
+                                      accepts="a mapping or a name")
+    n_views: int = setting(10, "cached augmented views per training image", Interval(int, 0))
+    repeat_shots: bool = setting(False, "sample with repetition when a class has fewer images than shots", Bool())
+    templates: tuple[str, ...] | None = setting(None, "prompt templates with {} (null: each dataset's)",
+                                                parse=_templates, accepts="a list of strings with {} once, or null")
+    cache_dir: str | None = setting(None, "feature cache ($CLIP_ADAPTER_CACHE/features)", NoneOr(Text()),
+                                    path=True)
+    output: str = setting("", "results folder", Text(), path=True, shown="results/<name>")
+    batch_size: int = setting(32, "images per encoder call", Interval(int, 1))
+    workers: int | None = setting(None, "image-decoding processes (null: half the cores, at most 4)",
+                                  NoneOr(Interval(int, 0)))
+    threads: int | None = setting(None, "torch CPU threads (null: torch's default)", NoneOr(Interval(int, 1)))
+    report: bool = setting(True, "write tables and figures at the end", Bool())
+    source: str = "config"   # how errors name the config (its file name); not a YAML key
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_raw(self) -> dict[str, Any]:
+        """This config in the YAML schema (paths resolved): ``parse_config(cfg.to_raw())`` gives it back."""
+        raw = _raw(self)
+        raw["methods"] = {m.label: _raw(m) for m in self.methods}
+        return {k: v for k, v in raw.items() if v not in (None, [], {})}
+
+
+def _raw(obj: Any) -> dict[str, Any]:
+    """The YAML keys of a config dataclass with their values (tuples as lists, entries as mappings, no nulls)."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        if "doc" not in f.metadata:
+            continue
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = _raw(value) if not isinstance(value, BackboneEntry) else dataclasses.asdict(value)
+        elif isinstance(value, tuple):
+            value = [_raw(x) if dataclasses.is_dataclass(x) else x for x in value]
+        elif isinstance(value, dict):
+            value = dict(value)
+        if value is not None:
+            out[f.metadata.get("key") or f.name] = value
+    return out
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "config", base_dir: str | Path | None = None,
+                 check_registry: bool = True) -> ExperimentConfig:
+    """Validate a config mapping; every error is one line naming the key, the value and what was expected.
+
+    Args:
+        raw: the parsed YAML (or an equivalent dict).
+        source: how errors name the config (its file name).
+        base_dir: what relative paths are relative to (default: the current directory).
+        check_registry: also check that every method is registered (off: unknown methods are allowed, e.g. to
+            validate a config whose methods live in another branch).
+    """
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{source}: expected a mapping of settings at the top level. Got {type(raw).__name__}.")
+    ctx = _Ctx(source, Path(base_dir) if base_dir is not None else Path.cwd(), check_registry)
+    if "datasets" not in raw:
+        raise ValueError(f"{source}: 'datasets' must be a non-empty list of paths or built-in names. Got None.")
+    kw = _parse_fields(ExperimentConfig, raw, source, ctx)
+    kw["name"] = str(kw.get("name") or Path(source).stem or "experiment")
+    kw["output"] = kw.get("output") or _resolve_path(f"results/{kw['name']}", ctx.base)
+    if not kw.get("methods") and not kw.get("ablations"):
+        raise ValueError(f"{source}: nothing to run; give 'methods' (and/or an 'ablation').")
+    return ExperimentConfig(**kw, source=source)
+
+
+def load_config(path: str | Path, base_dir: str | Path | None = None, check_registry: bool = True,
+                **overrides: Any) -> ExperimentConfig:
+    """Read and validate a YAML experiment config; ``overrides`` replace top-level keys (e.g. ``output=...``)."""
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Experiment config {path} not found.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{path}:{at} is not valid YAML ({getattr(e, 'problem', None) or e}).") from None
+    if raw is None:
+        raise ValueError(f"{path} is empty; expected datasets, methods, ...")
+    if isinstance(raw, Mapping):
+        raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+        raw.setdefault("name", path.stem)
+    return parse_config(raw, source=str(path), base_dir=base_dir, check_registry=check_registry)
+
+
+def reference_markdown() -> str:
+    """The config reference (``docs/experiment-config.md``), generated from the key table."""
+    out = ["# Experiment config reference", "",
+           "Generated from the key table in `src/clip_adapter/experiment/schema.py` (a test keeps this file equal to "
+           "`reference_markdown()`). Relative paths are relative to the current directory.", ""]
+    for title, cls in (("Top level", ExperimentConfig), ("`datasets` entries", DatasetEntry),
+                       ("`methods` entries (`label: {...}`)", MethodEntry), ("`backbone`", BackboneEntry),
+                       ("`ablation`", AblationEntry)):
+        out += [f"## {title}", "", "| key | default | accepts | meaning |", "|---|---|---|---|"]
+        for f in fields(cls):
+            meta = f.metadata
+            if "doc" not in meta:
+                continue
+            default = meta["shown"] or ("required" if f.default is dataclasses.MISSING and
+                                        f.default_factory is dataclasses.MISSING else _shown(f.default))
+            out.append(f"| `{meta['key'] or f.name}` | {default} | {meta['accepts']} | {meta['doc']} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _shown(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(list(v)) if isinstance(v, tuple) else str(v)
+

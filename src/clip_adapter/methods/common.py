@@ -1,0 +1,35 @@
+"""Pieces several methods share: CLIP's cosine classifier, CLIP-Adapter's bottleneck MLP and its residual blend."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["cosine_logits", "Adapter", "blend"]
+
+
+def cosine_logits(image: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * normalize(image) @ normalize(text).T``: CLIP's classifier."""
+    return scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
+
+
+class Adapter(nn.Module):
+    """The bottleneck MLP ``Linear(d, d/r) -> ReLU -> Linear(d/r, d) [-> ReLU]`` (no bias by default)."""
+
+    def __init__(self, dim: int, reduction: int = 4, bias: bool = False, final_relu: bool = True):
+        super().__init__()
+        hidden = max(1, dim // reduction)
+        layers: list[nn.Module] = [nn.Linear(dim, hidden, bias=bias), nn.ReLU(), nn.Linear(hidden, dim, bias=bias)]
+        if final_relu:
+            layers.append(nn.ReLU())
+        self.fc = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+def blend(x: torch.Tensor, adapter: nn.Module | None, alpha: float) -> torch.Tensor:
+    """Residual blend ``alpha * adapter(x) + (1 - alpha) * x`` (identity without an adapter)."""
+    if adapter is None:
+        return x
+    return alpha * adapter(x) + (1 - alpha) * x

@@ -1,0 +1,252 @@
+"""The adapted model as an artefact: a frozen backbone plus a fitted method, saved to and loaded from one folder.
+
+    >>> from clip_adapter import AdaptedClassifier
+    >>> model = AdaptedClassifier.from_pretrained("models/dtd")    # + checkpoint=FILE for a local-checkpoint backbone
+    >>> model.predict(["a.jpg", "b.jpg"])                          # class names, one per image
+    >>> model.predict_proba(["a.jpg"])                             # (n, C) probabilities, columns = model.classes_
+    >>> for rec in model.predict_stream(paths): ...                # one dict per image, bounded memory
+
+A saved model is a folder, PEFT style:
+
+* ``adapter_config.json``: method, its hyper-parameters, class names, templates, feature dim, logit scale, package
+  versions, the backbone id and a ``"backbone"`` block that rebuilds it
+  (:meth:`~clip_adapter.backbones.BackboneSpec.to_dict`: ``name``, ``pretrained`` tag, ``checkpoint_sha256`` of a
+  local checkpoint, ``embed_dim``, and the open_clip architecture ``model_config``);
+* ``adapter_model.safetensors``: the learned tensors only, never the backbone;
+* ``README.md``: a short model card (dataset, shots, measured accuracy when known).
+
+Loading reads JSON and safetensors only: nothing is unpickled (weights of the backbone itself are open_clip's
+business). A model trained on a local checkpoint needs that file again (``checkpoint=``); its sha256 is checked.
+
+Inputs of :meth:`AdaptedClassifier.predict` / :meth:`~AdaptedClassifier.predict_proba`:
+
+* a path, a PIL image, or a list mixing them: decoded and preprocessed with the backbone's test transform;
+* a 4-D tensor ``(n, 3, H, W)`` (or 3-D ``(3, H, W)``): images **already preprocessed** with
+  ``model.transform`` (resized, cropped, normalised), sent to the image encoder;
+* a 2-D tensor ``(n, embed_dim)``: **raw image features** from ``backbone.encode_images`` (or the feature cache),
+  classified directly without running the encoder.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..backbones.base import BackboneSpec, check_backbone
+from ..evaluation import evaluate_predictions
+from ..features import FeatureCache, default_num_workers
+from ..io import package_versions
+from ..methods import FewShotMethod, check_fitted, read_saved_config
+from .card import model_card
+from .images import SafeImages, collate_safe, open_rgb
+
+__all__ = ["AdaptedClassifier"]
+
+log = logging.getLogger(__name__)
+
+
+class AdaptedClassifier:
+    """A frozen backbone plus a fitted few-shot method: an image classifier that saves to and loads from a folder.
+
+    Args:
+        backbone: the :class:`~clip_adapter.backbone.Backbone` the method was fitted on (checked by id and dim).
+        method: a fitted :class:`~clip_adapter.methods.FewShotMethod`.
+        info: extra facts kept with the model (``dataset``, ``shots``, ``seed``, ``test_accuracy``, ``model_card``).
+        batch_size: images per encoder call in ``predict*``.
+    """
+
+    def __init__(self, backbone, method: FewShotMethod, *, info: dict[str, Any] | None = None, batch_size: int = 32):
+        check_fitted(method)
+        check_backbone((getattr(method, "metadata_", None) or {}).get("backbone_id"), method.embed_dim_, backbone)
+        self.backbone = backbone
+        self.method = method
+        self.info = dict(info or {})
+        self.batch_size = batch_size
+
+    # -- facts --------------------------------------------------------------------------------------------------
+    @property
+    def classes_(self) -> list[str]:
+        """Class names; column ``j`` of :meth:`predict_proba` is ``classes_[j]``."""
+        return list(self.method.classes_)
+
+    @property
+    def transform(self):
+        """PIL image -> preprocessed tensor ``(3, H, W)``: the backbone's test transform."""
+        return self.backbone.test_transform
+
+    def __repr__(self) -> str:
+        return (f"AdaptedClassifier(method={self.method.name!r}, backbone={self.backbone.id!r}, "
+                f"classes={len(self.classes_)})")
+
+    # -- persistence --------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, *, model_card: str | None = None, **info: Any) -> Path:
+        """Write ``adapter_config.json``, ``adapter_model.safetensors`` and ``README.md`` into ``directory``
+        (atomically: the folder is replaced as a whole). ``info`` (e.g. ``dataset=``, ``test_accuracy=``) is
+        stored in the JSON and shown in the card."""
+        facts = {**{k: v for k, v in self.info.items() if k != "model_card"}, **info}
+        facts["backbone"] = self.backbone.spec.to_dict()
+        facts["model_card"] = model_card or self.info.get("model_card") or self.card(**facts)
+        return self.method.save_pretrained(directory, backbone_id=self.backbone.id, extra=facts)
+
+    def card(self, **facts: Any) -> str:
+        """The model card of this model (see :func:`~clip_adapter.model.card.model_card`)."""
+        return model_card(self.method.name, self.backbone.id, self.classes_,
+                          list(getattr(self.method, "templates_", [])), facts)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        checkpoint: str | os.PathLike | None = None, *, backbone=None,
+                        batch_size: int = 32) -> "AdaptedClassifier":
+        """Load a folder written by :meth:`save_pretrained` (or ``run_one(save_model=...)``); never unpickles.
+
+        The backbone is rebuilt from the saved description on ``device``, unless ``backbone`` is given (it is then
+        checked against the saved id and dim). A model trained on a local checkpoint needs ``checkpoint=FILE``;
+        the file's sha256 must match the saved one.
+        """
+        directory = Path(directory)
+        meta = read_saved_config(directory)
+        bid = meta.get("backbone_id")
+        if isinstance(meta.get("backbone"), dict):
+            spec = BackboneSpec.from_dict(meta["backbone"])
+        else:  # written before the "backbone" block existed: the id says enough for named backbones
+            spec = BackboneSpec.parse(str(bid), int(meta["embed_dim"])) if bid else BackboneSpec(family="")
+        if backbone is None:
+            backbone = spec.load(device, None if checkpoint is None else str(checkpoint), where=f"Model {directory}")
+        check_backbone(bid, meta["embed_dim"], backbone, where=f"Adapter in {directory}")
+        method = FewShotMethod.from_pretrained(directory, backbone=backbone)
+        keep = ("dataset", "shots", "seed", "test_accuracy", "model_card")
+        return cls(backbone, method, info={k: meta[k] for k in keep if k in meta}, batch_size=batch_size)
+
+    # -- prediction ---------------------------------------------------------------------------------------------
+    def features(self, images) -> torch.Tensor:
+        """Raw image features ``(n, embed_dim)`` of ``images`` (see the module docstring for accepted inputs).
+
+        Raises ``FileNotFoundError``/``OSError`` naming the file when an image cannot be read; use
+        :meth:`predict_stream` to skip bad images instead.
+        """
+        dim = int(self.backbone.embed_dim)
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            images = [images]
+        if isinstance(images, torch.Tensor):
+            if images.ndim == 2:
+                if images.shape[1] != dim:
+                    raise ValueError(f"A 2-D tensor is read as raw features (n, {dim}); got {tuple(images.shape)}. "
+                                     f"Preprocessed images must be (n, 3, H, W).")
+                return images.float().cpu()
+            if images.ndim == 3:
+                images = images.unsqueeze(0)
+            if images.ndim != 4 or images.shape[1] != 3:
+                raise ValueError(f"A tensor must be preprocessed images (n, 3, H, W) (model.transform of a PIL image) "
+                                 f"or raw features (n, {dim}); got {tuple(images.shape)}.")
+            return self._encode_tensor(images)
+        items = list(images)
+        out = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = [self._preprocess(x) for x in items[start:start + self.batch_size]]
+            out.append(self._encode(torch.stack(chunk)))
+        return torch.cat(out) if out else torch.zeros(0, dim)
+
+    def _preprocess(self, x) -> torch.Tensor:
+        if isinstance(x, Image.Image):
+            return self.transform(x.convert("RGB") if x.mode != "RGB" else x)
+        if isinstance(x, (str, os.PathLike)):
+            return self.transform(open_rgb(x))
+        if isinstance(x, torch.Tensor) and x.ndim == 3 and x.shape[0] == 3:
+            return x.float()
+        raise TypeError(f"Cannot classify a {type(x).__name__}; expected a path, a PIL image or a preprocessed "
+                        f"(3, H, W) tensor.")
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        """What the method consumes: raw features, or a layer adapter's activations (its own ``encode_images``)."""
+        encode = getattr(self.method, "encode_images", None) or self.backbone.encode_images
+        return encode(images).float().cpu()
+
+    def _encode_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        chunks = [self._encode(images[i:i + self.batch_size])
+                  for i in range(0, images.shape[0], self.batch_size)]
+        return torch.cat(chunks) if chunks else torch.zeros(0, int(self.backbone.embed_dim))
+
+    @torch.no_grad()
+    def logits(self, images) -> torch.Tensor:
+        """Class scores ``(n, C)``."""
+        return self.method.logits(self.features(images))
+
+    @torch.no_grad()
+    def predict_proba(self, images) -> torch.Tensor:
+        """Class probabilities ``(n, C)`` (softmax of the method's logits); column ``j`` is ``classes_[j]``."""
+        return self.method.predict_proba(self.features(images))
+
+    def predict(self, images) -> list[str]:
+        """The most likely class name of each image (a list, also for one image)."""
+        idx = self.method.predict(self.features(images))
+        return [self.method.classes_[i] for i in idx.tolist()]
+
+    def _records(self, probs: torch.Tensor, k: int) -> list[dict[str, Any]]:
+        vals, idx = probs.topk(min(k, probs.shape[1]), dim=1)
+        out = []
+        for v, i in zip(vals.tolist(), idx.tolist()):
+            top = [{"class": self.method.classes_[j], "probability": p} for j, p in zip(i, v)]
+            out.append({"prediction": top[0]["class"], "probability": top[0]["probability"], "top_k": top})
+        return out
+
+    def predict_stream(self, images: Sequence[str | os.PathLike], *, top_k: int = 5, batch_size: int | None = None,
+                       num_workers: int | None = None, progress: bool = False) -> Iterator[dict[str, Any]]:
+        """One record per image path, in input order, computed batch by batch (bounded memory).
+
+        A record is ``{"path", "prediction", "probability", "top_k": [{"class", "probability"}, ...]}``, or
+        ``{"path", "error"}`` for an image that cannot be read (logged as a warning, then skipped). Decoding runs in
+        ``num_workers`` DataLoader processes (default: half the cores, at most 4) while the encoder works.
+        """
+        paths = [str(p) for p in images]
+        if not paths:
+            return
+        bs = batch_size or self.batch_size
+        workers = default_num_workers() if num_workers is None else num_workers
+        workers = workers if len(paths) > bs else 0  # starting a process costs more than it saves on one batch
+        loader = DataLoader(SafeImages(paths, self.transform), batch_size=bs, shuffle=False, num_workers=workers,
+                            collate_fn=collate_safe)
+        with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, leave=False) as bar:
+            for idx, batch, errors in loader:
+                recs: list[tuple[int, dict[str, Any]]] = []
+                if batch is not None:
+                    probs = self.method.predict_proba(self._encode(batch))
+                    recs += [(i, {"path": paths[i], **r}) for i, r in zip(idx, self._records(probs, top_k))]
+                for i, err in errors:
+                    log.warning("Skipped %s: %s", paths[i], err)
+                    recs.append((i, {"path": paths[i], "error": err}))
+                bar.update(len(recs))
+                for _, rec in sorted(recs, key=lambda t: t[0]):
+                    yield rec
+
+    # -- evaluation ---------------------------------------------------------------------------------------------
+    def evaluate(self, dataset, split: str = "test", cache=None) -> dict[str, Any]:
+        """Accuracy, macro-F1 and per-class accuracy on ``dataset``'s ``split``, features through ``cache``
+        (a :class:`~clip_adapter.features.FeatureCache` of this backbone; a default one when ``None``)."""
+        items = dataset.split(split)
+        if not items:
+            raise ValueError(f"Split {split!r} of dataset {dataset.name} is empty.")
+        labels = torch.tensor([it.label for it in items], dtype=torch.long)
+        classes = self.classes_
+        if list(dataset.classnames) != classes:
+            unknown = sorted(set(dataset.classnames) - set(classes))
+            if unknown:
+                raise ValueError(f"Dataset {dataset.name} has classes the model does not know: {unknown[:10]}; "
+                                 f"the model's classes are {classes[:20]}.")
+            remap = torch.tensor([classes.index(c) for c in dataset.classnames])
+            labels = remap[labels]
+        cache = cache or FeatureCache(self.backbone)
+        if cache.backbone.id != self.backbone.id:
+            raise ValueError(f"The feature cache is for {cache.backbone.id!r}; the model uses {self.backbone.id!r}.")
+        pred = self.method.predict(cache.features(items))
+        m = evaluate_predictions(pred, labels, classes)
+        return {"dataset": dataset.name, "split": split, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                "per_class_accuracy": m["per_class_accuracy"], "n": m["n"], "method": self.method.name,
+                "backbone": self.backbone.id, "saved_test_accuracy": self.info.get("test_accuracy"),
+                "versions": package_versions(), "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -1,0 +1,216 @@
+"""The few-shot protocol of one run, and the only builder of a result record.
+
+One run = one ``(dataset, method, shots, seed)``: K images per class from train (seeded), validation subsampled to
+min(K, 4) per class, hyper-parameters chosen on that validation set only (:func:`~clip_adapter.selection.select`),
+then the full test split is encoded and scored once. :func:`run_one` does exactly that; ``clip-adapter run``,
+the experiment grid, the ablations and the demo all produce their records through it, so every record has the
+fields of :data:`RECORD_FIELDS` (plus the producer's own, listed in :data:`OPTIONAL_FIELDS`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .datasets.types import Dataset, Item
+from .evaluation import evaluate_predictions
+from .features import FeatureCache
+from .fewshot import sample_k_shot, val_shots
+from .io import package_versions, write_json
+from .config import MethodConfig
+from .methods import FewShotMethod, get_method_class
+from .model import AdaptedClassifier
+from .prompts import ClassText, encode_class_texts
+from .results import result_path
+from .selection import FeatureSplit, Selection, select
+
+__all__ = ["RunSpec", "run_one", "resolve_config", "RECORD_FIELDS", "OPTIONAL_FIELDS", "MEMORY_FIELDS"]
+
+log = logging.getLogger(__name__)
+
+# The record schema, written down once. Every record has these fields (values: JSON; never NaN).
+RECORD_FIELDS: dict[str, str] = {
+    "dataset": "dataset name (an experiment's label for it)",
+    "method": "registered method name",
+    "shots": "training images per class (0 for methods that do not train)",
+    "seed": "few-shot sampling and training seed",
+    "split": "the split scored: always 'test'",
+    "accuracy": "top-1 test accuracy in [0, 1]",
+    "macro_f1": "macro-F1 over the classes present in test (scikit-learn)",
+    "per_class_accuracy": "class name -> test accuracy",
+    "n_test": "test images scored",
+    "n_train": "few-shot training images (0 when the method does not train)",
+    "n_val": "validation images selection saw",
+    "val_accuracy": "validation accuracy of the chosen hyper-parameters (null when there is no validation)",
+    "chosen": "hyper-parameters chosen on validation",
+    "candidates": "every grid point with its validation accuracy",
+    "config": "the resolved method config of the chosen model",
+    "grid": "the grid searched on validation",
+    "n_views": "cached augmented views per training image (0 when the method does not train)",
+    "templates": "prompt templates of the class text features",
+    "backbone": "backbone id (see clip_adapter.backbones.BackboneSpec)",
+    "backbone_detail": "facts beyond the id that determine the features (lite: alignment recipe)",
+    "text_features_sha256": "fingerprint of the class text features (clip_adapter.prompts.text_fingerprint)",
+    "trainable_parameters": "parameters learned by fit",
+    "train_seconds": "fit and selection time (feature extraction excluded)",
+    "predict_seconds": "time to score the test split",
+    "total_seconds": "the run's wall time, feature extraction included",
+    "dataset_source": "the split file, folder or CSV the dataset was read from",
+    "versions": "versions of the packages that can change a result",
+    "time": "UTC time the run finished (ISO 8601)",
+}
+# Fields some producers add (each through run_one's ``extra``).
+OPTIONAL_FIELDS: dict[str, str] = {
+    "variant": "the method line's label in an experiment (the result folder name)",
+    "experiment": "the experiment's name",
+    "run_settings": "what makes an experiment run what it is (a result made with other settings is not reused)",
+    "ablation": "{param, value, method} of an ablation run (TEST accuracy at a fixed value)",
+    "target": "placement ablation: where the adapter sits",
+    "layer": "insertion-layer ablation: the block the adapter follows",
+    "num_blocks": "insertion-layer ablation: blocks of the ViT",
+}
+# Set on the record in memory, never written into its file.
+MEMORY_FIELDS: dict[str, str] = {"result_file": "where the record was written or read",
+                                 "model_dir": "where the fitted model was saved"}
+
+
+@dataclass
+class RunSpec:
+    """What one run needs besides the data and the backbone."""
+
+    method: str
+    shots: int = 16
+    seed: int = 1
+    overrides: dict[str, Any] = field(default_factory=dict)   # fixed config values
+    grid: dict[str, list] | None = None    # searched on val; None = the method's default grid
+    n_views: int = 10                      # cached augmented views per training image
+    repeat_shots: bool = False             # sample with repetition when a class is short
+    templates: list[str] | None = None     # prompt templates; None = the dataset's
+    train_items: list[Item] | None = None  # explicit few-shot train set (index file); overrides sampling
+    val_items: list[Item] | None = None
+    variant: str | None = None             # result folder name; None = the method's name
+    device: str | None = None              # training device of methods that have one (None: their default)
+
+
+def resolve_config(method: str, overrides: dict[str, Any], seed: int = 1,
+                   device: str | None = None) -> tuple[type[FewShotMethod], MethodConfig]:
+    """The method class and its validated config: ``seed``, then ``device`` (for methods that have one), then the
+    overrides; an unknown override key is a one-line error with the closest field."""
+    cls = get_method_class(method)
+    cls.config_cls.check_field_names(overrides, what="key", where=f"method {cls.name!r}")
+    base: dict[str, Any] = {"seed": seed}
+    if device is not None and "device" in cls.config_cls.field_names():
+        base["device"] = device
+    return cls, cls.config_cls(**{**base, **overrides})
+
+
+def _labels(items: Sequence[Item]) -> torch.Tensor:
+    return torch.tensor([it.label for it in items], dtype=torch.long)
+
+
+def _fewshot_items(dataset: Dataset, spec: RunSpec) -> tuple[list[Item], list[Item]]:
+    train = list(spec.train_items) if spec.train_items is not None else sample_k_shot(
+        dataset.split("train"), spec.shots, spec.seed, repeat=spec.repeat_shots, classnames=dataset.classnames)
+    val = list(spec.val_items) if spec.val_items is not None else sample_k_shot(
+        dataset.split("val"), val_shots(spec.shots), spec.seed, repeat=True, classnames=dataset.classnames)
+    return train, val
+
+
+def _select(dataset: Dataset, backbone, spec: RunSpec, cls, config: MethodConfig, grid: dict, cache,
+            text: ClassText) -> tuple[Selection, list[Item], list[Item]]:
+    """Fit and choose on train/val only (the cache is per image: other seeds and shot counts reuse it)."""
+    if not cls.trains:
+        empty = FeatureSplit(torch.zeros(0, text.features.shape[1]), torch.zeros(0, dtype=torch.long))
+        return select(spec.method, config, grid, empty, empty, text, backbone=backbone), [], []
+    train_items, val_items = _fewshot_items(dataset, spec)
+    views = cache.views(train_items, spec.n_views) if spec.n_views > 0 else None
+    train = FeatureSplit(cache.features(train_items), _labels(train_items), views)
+    val = FeatureSplit(cache.features(val_items), _labels(val_items))
+    return select(spec.method, config, grid, train, val, text, backbone=backbone), train_items, val_items
+
+
+def _predict_test(model: FewShotMethod, cache, items: list[Item]) -> tuple[torch.Tensor, float]:
+    """Predictions on the test split and the seconds spent predicting (extraction excluded); chunk by chunk when the
+    cache streams (block activations are too large to keep)."""
+    stream = getattr(cache, "iter_features", None)
+    if stream is None:
+        feats = cache.features(items)
+        t0 = time.perf_counter()
+        return model.predict(feats), time.perf_counter() - t0
+    chunks, seconds = [], 0.0
+    for x in stream(items):
+        t0 = time.perf_counter()
+        chunks.append(model.predict(x))
+        seconds += time.perf_counter() - t0
+    return (torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long)), seconds
+
+
+def _record(dataset: Dataset, backbone, spec: RunSpec, trains: bool, sel: Selection, metrics: dict,
+            text: ClassText, templates: list[str], grid: dict, sizes: tuple[int, int], seconds: dict) -> dict:
+    """The record: exactly the fields of :data:`RECORD_FIELDS`."""
+    record = {
+        "dataset": dataset.name, "method": spec.method, "shots": spec.shots if trains else 0, "seed": spec.seed,
+        "split": "test", "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+        "per_class_accuracy": metrics["per_class_accuracy"], "n_test": metrics["n"],
+        "n_train": sizes[0], "n_val": sizes[1],
+        "val_accuracy": None if math.isnan(sel.val_accuracy) else sel.val_accuracy,  # strict JSON has no NaN
+        "chosen": sel.chosen, "candidates": sel.candidates, "config": sel.config.to_dict(), "grid": grid,
+        "n_views": spec.n_views if trains else 0, "templates": templates, "backbone": backbone.id,
+        "backbone_detail": backbone.describe() if hasattr(backbone, "describe") else {},
+        "text_features_sha256": text.fingerprint(), "trainable_parameters": sel.model.num_trainable_parameters(),
+        "train_seconds": sel.seconds, **seconds, "dataset_source": dataset.source, "versions": package_versions(),
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    assert set(record) == set(RECORD_FIELDS), sorted(set(record) ^ set(RECORD_FIELDS))
+    return record
+
+
+def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | None = None,
+            output: str | Path | None = None, save_model: str | Path | None = None,
+            text: ClassText | None = None, extra: dict[str, Any] | None = None) -> dict:
+    """Fit ``spec.method`` on K shots, select on val, score on test; return (and optionally write) the record.
+
+    Args:
+        cache: where features come from (a :class:`~clip_adapter.features.FeatureCache` of ``backbone`` by default;
+            a :class:`~clip_adapter.layers.ActivationCache` for the insertion-layer adapter).
+        output: write the record to ``<output>/<dataset>/<variant>/shots<K>-seed<S>.json``.
+        save_model: also save the fitted model there (:class:`~clip_adapter.model.AdaptedClassifier`).
+        text: precomputed class text features (an experiment encodes them once per dataset).
+        extra: producer fields (:data:`OPTIONAL_FIELDS`) stored with the record.
+    """
+    cache = cache or FeatureCache(backbone)
+    cls, config = resolve_config(spec.method, spec.overrides, spec.seed, spec.device)
+    grid = dict(cls.default_grid if spec.grid is None else spec.grid)
+    grid = {k: v for k, v in grid.items() if k not in spec.overrides}  # a fixed value beats its grid
+    templates = spec.templates or dataset.templates
+    t_start = time.perf_counter()
+    if text is None:
+        text = encode_class_texts(backbone, dataset.classnames, templates)
+    sel, train_items, val_items = _select(dataset, backbone, spec, cls, config, grid, cache, text)
+    # -- test: encoded and scored once, after selection ----------------------------------------------------
+    test_items = dataset.split("test")
+    pred, predict_seconds = _predict_test(sel.model, cache, test_items)
+    metrics = evaluate_predictions(pred, _labels(test_items), dataset.classnames)
+    seconds = {"predict_seconds": predict_seconds, "total_seconds": time.perf_counter() - t_start}
+    record = _record(dataset, backbone, spec, cls.trains, sel, metrics, text, templates, grid,
+                     (len(train_items), len(val_items)), seconds)
+    record.update(extra or {})
+    if output is not None:
+        path = result_path(output, dataset.name, spec.variant or spec.method, record["shots"], spec.seed)
+        write_json(path, record)
+        record["result_file"] = str(path)
+    if save_model is not None:
+        model = AdaptedClassifier(backbone, sel.model)
+        facts = {"dataset": dataset.name, "shots": record["shots"], "seed": spec.seed,
+                 "test_accuracy": record["accuracy"]}
+        card = model.card(**facts, chosen=record["chosen"], val_accuracy=record["val_accuracy"],
+                          macro_f1=record["macro_f1"], n_test=record["n_test"])
+        model.save_pretrained(save_model, model_card=card, **facts)
+        record["model_dir"] = str(save_model)
+    return record

@@ -1,0 +1,111 @@
+"""Tables and figures from the result files of an experiment (``clip-adapter report OUTDIR``).
+
+Everything here is rebuilt from ``<OUTDIR>/<dataset>/<method>/shots<K>-seed<S>.json``, the records written by
+:mod:`clip_adapter.experiment` (``runs.jsonl`` is rebuilt from them too), so the report of an interrupted or
+half-finished experiment is always consistent with the runs that did finish.
+
+Written into ``OUTDIR``:
+
+* ``summary.md`` / ``summary.csv``: top-1 test accuracy (%) per dataset x method x shots, mean ± std over seeds
+  (hyper-parameters chosen on validation), plus an average-over-datasets row per method and shots. Zero-shot
+  does not train; it is one run per dataset, in column 0.
+* ``figures/<dataset>.png`` and ``figures/average.png``: accuracy vs shots (log2 x axis), one line per method
+  with std error bars, zero-shot as a horizontal line.
+* ``ablation.md`` / ``ablation.csv`` / ``figures/ablation_<method>_<param>_<K>shot.png`` when the experiment had
+  an ablation: TEST accuracy at each fixed value. It is an analysis figure: it shows how the value matters, and
+  is never used to choose it (the main table's values are chosen on validation).
+
+The std of the average row is the std over seeds of the per-seed average over datasets (seeds every dataset has).
+
+``clip-adapter report --into DIR OUTDIR [OUTDIR ...]`` merges several experiments (e.g. one per method family) into
+one report in ``DIR``; the same run in two folders is an error. ``summary.md`` ends with the methods side by side at
+the largest shot count: accuracy and mean training time per dataset.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..io import safe_name, write_text
+from ..results import RUNS_FILE, load_records, rebuild_runs_jsonl
+from .figures import plot_ablation, plot_dataset
+from .summary import (AVERAGE, ablation_rows, average_rows, merge_records, summarize, text_prior_conflicts)
+from .tables import (ABLATION_COLUMNS, SUMMARY_COLUMNS, csv_text, format_cell, format_table, markdown_ablation,
+                     markdown_comparison, markdown_summary)
+
+__all__ = ["build_report", "load_records", "merge_records", "text_prior_conflicts", "summarize", "average_rows",
+           "ablation_rows", "format_cell", "format_table", "markdown_summary", "markdown_comparison",
+           "markdown_ablation", "plot_dataset", "plot_ablation", "AVERAGE"]
+
+log = logging.getLogger(__name__)
+
+
+def build_report(outdir: str | Path, figures: bool = True,
+                 inputs: Sequence[str | Path] | None = None) -> dict[str, Any]:
+    """Rebuild ``runs.jsonl``, the summary tables, the figures (and the ablation outputs) of ``outdir``.
+
+    With ``inputs`` (experiment folders), their records are merged (:func:`merge_records`) and the report is
+    written into ``outdir`` (created), whose own result files and ``runs.jsonl`` are left alone.
+
+    Returns the written paths: ``markdown``, ``csv``, ``figures`` (list), ``runs`` (single folder only), and
+    ``ablation_markdown``, ``ablation_csv`` when there were ablation runs; ``n_runs`` counts the records used.
+    """
+    outdir = Path(outdir)
+    if inputs:
+        records = merge_records(inputs)
+        where = ", ".join(map(str, inputs))
+    else:
+        if not outdir.is_dir():
+            raise FileNotFoundError(f"Results folder {outdir} not found.")
+        records, where = load_records(outdir), str(outdir)
+    if not records:
+        raise ValueError(f"No result files in {where}; expected <dataset>/<method>/shots<K>-seed<S>.json "
+                         f"(written by 'clip-adapter experiment').")
+    for warning in text_prior_conflicts(records):
+        log.warning(warning)
+    out: dict[str, Any] = {"figures": [], "n_runs": len(records)}
+    if not inputs:
+        rebuild_runs_jsonl(outdir)
+        out["runs"] = str(outdir / RUNS_FILE)
+    out.update(_write_summary(outdir, records, figures))
+    out["figures"] += out.pop("summary_figures", [])
+    out.update(_write_ablation(outdir, records, figures))
+    out["figures"] += out.pop("ablation_figures", [])
+    return out
+
+
+def _write_summary(outdir: Path, records: list[dict], figures: bool) -> dict[str, Any]:
+    rows, avg = summarize(records), average_rows(records)
+    if not rows:
+        return {}
+    out: dict[str, Any] = {
+        "markdown": str(write_text(outdir / "summary.md", markdown_summary(rows, avg, records))),
+        "csv": str(write_text(outdir / "summary.csv", csv_text(rows + avg, SUMMARY_COLUMNS))), "summary_figures": []}
+    if figures:
+        backbone = ", ".join(sorted({str(r.get("backbone")) for r in records if not r.get("ablation")}))
+        for d in sorted({r["dataset"] for r in rows}):
+            out["summary_figures"].append(str(plot_dataset([r for r in rows if r["dataset"] == d], f"{d} ({backbone})",
+                                                           outdir / "figures" / f"{safe_name(d, 'dataset')}.png")))
+        if avg:
+            n = len({r["dataset"] for r in rows})
+            out["summary_figures"].append(str(plot_dataset(avg, f"Average over {n} datasets ({backbone})",
+                                                           outdir / "figures" / "average.png")))
+    return out
+
+
+def _write_ablation(outdir: Path, records: list[dict], figures: bool) -> dict[str, Any]:
+    ab = ablation_rows(records)
+    if not ab:
+        return {}
+    out: dict[str, Any] = {"ablation_markdown": str(write_text(outdir / "ablation.md", markdown_ablation(ab))),
+                           "ablation_csv": str(write_text(outdir / "ablation.csv", csv_text(ab, ABLATION_COLUMNS))),
+                           "ablation_figures": []}
+    if figures:
+        for (m, p, k) in sorted({(r["method"], r["param"], r["shots"]) for r in ab}, key=str):
+            sub = [r for r in ab if (r["method"], r["param"], r["shots"]) == (m, p, k)]
+            name = f"ablation_{safe_name(m, 'dataset')}_{safe_name(p, 'dataset')}_{k}shot.png"
+            out["ablation_figures"].append(str(plot_ablation(sub, m, p, k, outdir / "figures" / name)))
+    return out
+
