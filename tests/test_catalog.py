@@ -21,9 +21,9 @@ from PIL import Image
 
 from clip_adapter import datasets as data
 from clip_adapter.cli import datasets as datasets_cli
-from clip_adapter.datasets import catalog, readers
+from clip_adapter.datasets import builtin, catalog
 from clip_adapter.datasets import REGISTRY, DatasetInfo, get_info, verify
-from clip_adapter.datasets.readers import read_builtin as load_builtin
+from clip_adapter.datasets.builtin import read_builtin as load_builtin
 from clip_adapter.datasets.catalog import templates_for
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -181,11 +181,11 @@ def test_imagenet_reader_holds_val_out_of_train_never_test(tmp_path):
     ds = load_builtin("imagenet", tmp_path)
     assert ds.classnames == ["tench", "goldfish", "great white shark"] and ds.templates == ["a photo of a {}."]
     train, val, test = ({it.path for it in ds.split(s)} for s in data.SPLITS)
-    assert len(val) == 3 * min(readers.IMAGENET_VAL_PER_CLASS, 15 // 2) and len(train) + len(val) == 45
+    assert len(val) == 3 * min(builtin.IMAGENET_VAL_PER_CLASS, 15 // 2) and len(train) + len(val) == 45
     assert not train & val and all("/images/train/" in p for p in val)
     assert len(test) == 9 and all("/images/val/" in p for p in test)
     # fixed: the cached split is reused, and a rescan gives the same split
-    cache = ds_dir / readers.IMAGENET_SPLIT_CACHE
+    cache = ds_dir / builtin.IMAGENET_SPLIT_CACHE
     assert cache.is_file()
     cache.unlink()
     again = load_builtin("imagenet", tmp_path)

@@ -39,7 +39,7 @@ def test_coop_errors(tmp_path):
     folder = _coop(tmp_path)
     f = folder / "split_zhou_MyColors.json"
     data = json.loads(f.read_text())
-    data["train"][0][1] = 9
+    data["train"][0][1:] = [9, "ninth"]  # a new class with label 9: labels 4..8 are unused
     f.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"labels must be 0..9 without gaps; label 4 is unused"):
         read_coop(folder)
@@ -88,7 +88,9 @@ def test_csv_reader(color_dir, tmp_path):
     for i, p in enumerate(sorted(color_dir.rglob("*.png"))):
         rows.append(f"{p},{p.parent.name}_x,{['train', 'val', 'test'][i % 3]}")
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
-    ds = load_dataset(tmp_path / "d.csv")
+    with pytest.raises(ValueError, match=r"d.csv row 2: the path '.*blue_000.png' is absolute; .*--allow-outside-paths"):
+        load_dataset(tmp_path / "d.csv")   # absolute paths open files outside the CSV's folder: opt in
+    ds = load_dataset(tmp_path / "d.csv", allow_outside_paths=True)
     assert ds.classnames == ["blue x", "green x", "red x", "yellow x"]
     assert len(ds.split("train")) == 16
     (tmp_path / "bad.csv").write_text("file,y\na.png,1\n")
@@ -100,9 +102,10 @@ def test_csv_reader(color_dir, tmp_path):
 
 
 def test_csv_without_split_column(tmp_path, color_dir):
-    rows = ["path,label"] + [f"{p},{i % 4}" for i, p in enumerate(sorted(color_dir.rglob("*.png")))]
-    (tmp_path / "d.csv").write_text("\n".join(rows))
-    ds = load_dataset(tmp_path / "d.csv")
+    rows = ["path,label"] + [f"{p.relative_to(color_dir.parent)},{i % 4}"
+                             for i, p in enumerate(sorted(color_dir.rglob("*.png")))]
+    (color_dir.parent / "d.csv").write_text("\n".join(rows))
+    ds = load_dataset(color_dir.parent / "d.csv")
     assert sum(len(ds.split(s)) for s in ("train", "val", "test")) == 48
 
 

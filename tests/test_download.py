@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from clip_adapter import datasets as data
-from clip_adapter.datasets import catalog, readers
+from clip_adapter.datasets import builtin, catalog
 from clip_adapter.datasets import DatasetInfo
 from clip_adapter.datasets.fetch import (ChecksumError, DownloadError, Resource, UnsafeArchiveError, check_digest,
                                    download_dataset, extract, fetch)
@@ -264,7 +264,7 @@ def test_interrupted_extraction_leaves_nothing_that_looks_complete(tiny, tmp_pat
     assert not (ds_dir / "images").exists() and not list(ds_dir.glob(".extract-*"))
     monkeypatch.setitem(catalog.REGISTRY, "tiny", info)
     with pytest.raises(FileNotFoundError, match=r"tiny.*images is missing.*datasets download tiny --root"):
-        readers.read_builtin("tiny", tmp_path)
+        builtin.read_builtin("tiny", tmp_path)
     # a stale temporary folder of a killed run is removed; the kept archive is reused without a new request
     (ds_dir / ".extract-tiny.tar.gz-stale").mkdir()
     monkeypatch.setattr(dl, "_unpack", real_unpack)

@@ -101,7 +101,7 @@ def _check(case: str, produced: dict, update: bool) -> None:
     path = GOLDEN / f"{case}.json"
     if update:
         GOLDEN.mkdir(exist_ok=True)
-        path.write_text(json.dumps(produced, indent=1, sort_keys=True) + "\n")
+        path.write_text(json.dumps(produced, indent=1, sort_keys=True, allow_nan=False) + "\n")
         pytest.skip(f"wrote {path}")
     if not path.is_file():
         pytest.fail(f"golden file {path} is missing; create it with --update-golden")

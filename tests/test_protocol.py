@@ -23,7 +23,7 @@ def _check(rec: dict, producer_fields: set[str]) -> None:
     assert set(RECORD_FIELDS) <= set(rec), sorted(set(RECORD_FIELDS) - set(rec))
     extra = set(rec) - set(RECORD_FIELDS) - set(MEMORY_FIELDS)
     assert extra == producer_fields and extra <= set(OPTIONAL_FIELDS), sorted(extra)
-    json.dumps(rec)
+    json.dumps(rec, allow_nan=False)  # strict JSON: no NaN anywhere
     if "result_file" in rec:  # what is on disk is the record minus the in-memory fields
         on_disk = json.loads(Path(rec["result_file"]).read_text())
         assert set(on_disk) == set(rec) - set(MEMORY_FIELDS)

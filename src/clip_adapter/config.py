@@ -106,10 +106,11 @@ class Interval(Constraint):
         if self.low is None and self.high is None:
             return name
         lo_in, hi_in = self.closed in ("both", "left"), self.closed in ("both", "right")
+        fmt = (lambda v: str(int(v))) if self.kind is int else (lambda v: f"{v:g}")
         if self.kind is int and self.high is None and self.low is not None:
-            return f"{name} {'>=' if lo_in else '>'} {self.low:g}"
-        lo = "-inf" if self.low is None else f"{self.low:g}"
-        hi = "inf" if self.high is None else f"{self.high:g}"
+            return f"{name} {'>=' if lo_in else '>'} {fmt(self.low)}"
+        lo = "-inf" if self.low is None else fmt(self.low)
+        hi = "inf" if self.high is None else fmt(self.high)
         return f"{name} in {'[' if lo_in and self.low is not None else '('}{lo}, {hi}" \
                f"{']' if hi_in and self.high is not None else ')'}"
 
@@ -214,7 +215,8 @@ class MethodConfig:
 
     seed: int = 1  # seeds weight init and batch order of trained methods
 
-    constraints: ClassVar[dict[str, Constraint]] = {"seed": Interval(int)}
+    # numpy/scikit-learn seeds are 0..2**32-1
+    constraints: ClassVar[dict[str, Constraint]] = {"seed": Interval(int, 0, 2**32 - 1)}
 
     def __post_init__(self) -> None:
         for name, constraint in self.all_constraints().items():

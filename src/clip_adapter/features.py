@@ -29,12 +29,12 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from .config import invalid_value
 from .datasets.types import Item
-from .io import atomic_path, default_cache_dir, safe_name
+from .io import atomic_path, default_cache_dir, progress_bar, safe_name, worker_error
 
-__all__ = ["FeatureCache", "ImageListDataset", "default_num_workers"]
+__all__ = ["FeatureCache", "ImageListDataset", "default_num_workers", "iter_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -188,13 +188,21 @@ class FeatureCache:
         root: cache directory (default ``$CLIP_ADAPTER_CACHE/features`` or ``~/.cache/clip_adapter/features``).
         batch_size: images per encoder call.
         num_workers: DataLoader processes decoding images (0 = in the main process).
-        progress: show tqdm progress bars while encoding.
+        progress: show progress while encoding (a bar on a terminal, one line per stage in a log).
     """
 
     def __init__(self, backbone, root: str | os.PathLike | None = None, batch_size: int = 32,
                  num_workers: int | None = None, progress: bool = True):
+        for name, value, ok, expected in (("batch_size", batch_size, _is_int(batch_size) and batch_size >= 1,
+                                           "an int >= 1"),
+                                          ("num_workers", num_workers, num_workers is None or
+                                           (_is_int(num_workers) and num_workers >= 0), "an int >= 0 or None")):
+            if not ok:
+                raise invalid_value(name, value, expected, owner="FeatureCache")
         self.backbone = backbone
         self.root = Path(root) if root is not None else default_cache_dir() / "features"
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"The feature cache folder {self.root} is an existing file; expected a folder.")
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.progress = progress
@@ -270,9 +278,8 @@ class FeatureCache:
         loader = DataLoader(ds, batch_size=bs, num_workers=workers, shuffle=False,
                             generator=torch.Generator().manual_seed(0))
         chunks: list[torch.Tensor] = []
-        with tqdm(total=len(paths) * per_item, desc=desc, unit="img", disable=not self.progress,
-                  leave=False) as bar:
-            for batch in loader:
+        with progress_bar(len(paths) * per_item, desc, "img", enabled=self.progress) as bar:
+            for batch in iter_batches(loader):
                 flat = batch.reshape(-1, *batch.shape[-3:])
                 f = self.backbone.encode_images(flat).float().cpu()
                 chunks.append(f.reshape(batch.shape[0], per_item, -1))
@@ -280,6 +287,18 @@ class FeatureCache:
                 bar.update(flat.shape[0])
         feats = torch.cat(chunks)  # (n, V, d)
         return [feats[:, j].contiguous() for j in range(per_item)]
+
+
+def iter_batches(loader: DataLoader):
+    """The loader's batches; a worker's error (an unreadable image) comes out as its own one-line message."""
+    try:
+        yield from loader
+    except Exception as e:  # noqa: BLE001 - re-raised, shortened
+        raise worker_error(e) from None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _unique(paths: list[str]) -> list[str]:

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .datasets.types import Item
 
 __all__ = ["sample_k_shot", "fewshot_split", "read_index_file", "val_shots"]
+
+log = logging.getLogger(__name__)
 
 
 def _key(seed: int, path: str) -> str:
@@ -67,47 +70,88 @@ def fewshot_split(train: Sequence[Item], val: Sequence[Item], k: int, seed: int,
             sample_k_shot(val, val_shots(k), seed, repeat=True, classnames=classnames))
 
 
+def _index_entries(raw: Any, split: str, path: Path) -> list[tuple[str, int, str | None]]:
+    """(impath, label, classname) of one split of an index file, checked."""
+    block = raw[split]
+    entries = block.get("data") if isinstance(block, dict) else block
+    if not isinstance(entries, list):
+        raise ValueError(f"Few-shot index file {path}: {split!r} must be a list of entries or {{'data': [...]}}; got "
+                         f"{type(entries).__name__}.")
+    out = []
+    for i, e in enumerate(entries):
+        where = f"Few-shot index file {path}: {split}[{i}]"
+        if not isinstance(e, dict) or "impath" not in e or "label" not in e:
+            keys = sorted(e) if isinstance(e, dict) else type(e).__name__
+            raise ValueError(f"{where} must be an object with 'impath' and 'label' (and 'classname'); got {keys}.")
+        if not isinstance(e["impath"], str) or not e["impath"]:
+            raise ValueError(f"{where}: 'impath' must be a non-empty string. Got {e['impath']!r} instead.")
+        label = e["label"]
+        if not isinstance(label, int) or isinstance(label, bool) or label < 0:
+            raise ValueError(f"{where}: 'label' must be an int >= 0. Got {label!r} instead.")
+        name = e.get("classname")
+        out.append((e["impath"], label, name if isinstance(name, str) else None))
+    return out
+
+
+def _match(entry: tuple[str, int, str | None], split: str, lookup: dict[str, tuple[str, Item]],
+           label_map: dict[int, int] | None, classnames: Sequence[str] | None, where: str) -> Item | None:
+    """The dataset's item for an index entry; None for an image the dataset does not have."""
+    impath, label, name = entry
+    p = Path(impath)
+    hit = lookup.get(f"{p.parent.name}/{p.name}")
+    if hit is None:
+        return None
+    found_split, item = hit
+    if found_split != split:
+        raise ValueError(f"{where}: {impath} is in the dataset's {found_split!r} split, not {split!r}; a few-shot "
+                         f"{split} set must come from the {split} split (no leakage).")
+    same_name = name is not None and classnames is not None and \
+        name.replace("_", " ").strip().lower() == classnames[item.label].lower()
+    if (label_map.get(label) if label_map is not None else label) != item.label and not same_name:
+        raise ValueError(f"{where}: {impath} has label {label} ({name or 'no class name'}) in the index but "
+                         f"{item.label} ({classnames[item.label] if classnames else '?'}) in the dataset.")
+    return item
+
+
 def read_index_file(path: str | Path, dataset_items: dict[str, Sequence[Item]] | None = None,
-                    label_map: dict[int, int] | None = None) -> dict[str, list[Item]]:
+                    label_map: dict[int, int] | None = None,
+                    classnames: Sequence[str] | None = None) -> dict[str, list[Item]]:
     """Read a CoOp/cross_modal_adaptation few-shot index file (``shot_K-seed_S.json``).
 
-    The file lists ``{"train": {"data": [{"impath", "label", "classname"}]}, "val": {...}}``. Its ``impath``
-    values point to the original machine; they are matched to ``dataset_items`` (the dataset's own splits) by
-    the last two path components. Entries whose image is absent are dropped; ``label_map`` renumbers labels
-    (e.g. CoOp label -> flowers89 label) and drops labels it does not contain.
+    The file lists ``{"train": {"data": [{"impath", "label", "classname"}]}, "val": {...}}``. Its ``impath`` values
+    point to the original machine; they are matched to ``dataset_items`` (the dataset's own splits) by their last
+    two path components, and the dataset's item (its path and label) is returned. A ``train`` entry must be a train
+    image of the dataset (a val entry a val image); its label must be the dataset's (after ``label_map``, e.g. CoOp
+    label -> flowers89 label) unless its class name is the dataset's (``classnames``). Entries for images the dataset
+    does not have (a subset such as DTD-10) are dropped, and their number is logged. Without ``dataset_items`` the
+    entries are returned as they are.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Few-shot index file {path} not found.")
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"Few-shot index file {path} could not be read as JSON ({e}).") from None
-    lookup: dict[str, Item] = {}
-    if dataset_items is not None:
-        for its in dataset_items.values():
-            for it in its:
-                p = Path(it.path)
-                lookup[f"{p.parent.name}/{p.name}"] = it
+    if not isinstance(raw, dict) or "train" not in raw:
+        raise ValueError(f"Few-shot index file {path} must be a JSON object with a 'train' entry (and 'val').")
+    lookup = {f"{Path(it.path).parent.name}/{Path(it.path).name}": (s, it)
+              for s, its in (dataset_items or {}).items() for it in its}
     out: dict[str, list[Item]] = {}
     for split in ("train", "val"):
         if split not in raw:
             continue
-        entries = raw[split]["data"] if isinstance(raw[split], dict) else raw[split]
-        res: list[Item] = []
-        for e in entries:
-            label = int(e["label"])
-            if label_map is not None:
-                if label not in label_map:
-                    continue
-                label = label_map[label]
-            p = Path(e["impath"])
-            key = f"{p.parent.name}/{p.name}"
-            if dataset_items is not None:
-                if key not in lookup:
-                    continue
-                res.append(Item(lookup[key].path, label))
-            else:
-                res.append(Item(str(p), label))
-        out[split] = res
-    if "train" not in out:
-        raise ValueError(f"Few-shot index file {path} has no 'train' entry.")
+        entries = _index_entries(raw, split, path)
+        if dataset_items is None:
+            out[split] = [Item(impath, label) for impath, label, _ in entries]
+            continue
+        matched = [_match(e, split, lookup, label_map, classnames, f"Few-shot index file {path}: {split}[{i}]")
+                   for i, e in enumerate(entries)]
+        out[split] = [it for it in matched if it is not None]
+        if len(out[split]) < len(entries):
+            log.info("%s: %d of %d %s entries are images this dataset does not have; dropped.", path,
+                     len(entries) - len(out[split]), len(entries), split)
+        if entries and not out[split]:
+            raise ValueError(f"Few-shot index file {path}: none of its {len(entries)} {split} entries is an image of "
+                             f"this dataset (matched on <class folder>/<file name>).")
     return out

@@ -9,13 +9,15 @@ import os
 import platform
 import re
 import shutil
+import sys
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["atomic_path", "atomic_dir", "write_json", "write_text", "read_json", "file_digest", "safe_name",
-           "package_versions", "default_cache_dir", "torch_threads"]
+           "package_versions", "default_cache_dir", "torch_threads", "progress_bar", "worker_error"]
 
 
 @contextlib.contextmanager
@@ -67,9 +69,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as sorted, indented JSON, atomically."""
+    """Write ``obj`` as sorted, indented, strict JSON (NaN is refused, not written), atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str, allow_nan=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(text + "\n")
     return Path(path)
 
 
@@ -139,3 +142,57 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(prev)
+
+
+class _StageLine:
+    """A progress "bar" for logs: nothing while running, one line when the stage ends (``desc: n unit in t s``)."""
+
+    def __init__(self, total: int | None, desc: str, unit: str, initial: int = 0):
+        self.total, self.desc, self.unit, self.n = total, desc, unit, initial
+        self._t0, self._postfix = time.perf_counter(), ""
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        self._postfix = s
+
+    def close(self) -> None:
+        if self.desc is None:
+            return
+        of = f"/{self.total}" if self.total is not None and self.total != self.n else ""
+        more = f" ({self._postfix})" if self._postfix else ""
+        print(f"{self.desc}: {self.n}{of} {self.unit} in {time.perf_counter() - self._t0:.1f} s{more}",
+              file=sys.stderr, flush=True)
+        self.desc = None
+
+    def __enter__(self) -> "_StageLine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True, **kw: Any):
+    """A tqdm bar on a terminal; one line per finished stage when stderr is not one (CI logs, ``> log 2>&1``), so
+    logs do not fill with carriage-return frames; nothing when ``enabled`` is false. Use as a context manager with
+    ``update(n)``."""
+    if not enabled:
+        from tqdm.auto import tqdm
+        return tqdm(total=total, desc=desc, unit=unit, disable=True, **kw)
+    if not getattr(sys.stderr, "isatty", lambda: False)():
+        return _StageLine(total, desc, unit, kw.get("initial", 0))
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, **kw)
+
+
+def worker_error(e: BaseException) -> BaseException:
+    """A DataLoader worker's exception as one line: torch re-raises it as "Caught X in DataLoader worker process 0."
+    plus the worker's whole traceback; keep the original last line (our one-line message), with its type."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return e
+    last = [ln for ln in text.strip().splitlines() if ln.strip()][-1].strip()
+    name, sep, msg = last.partition(": ")
+    return type(e)(msg if sep and name.isidentifier() else last)
+

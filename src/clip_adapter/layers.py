@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .datasets.types import Item
-from .features import FeatureCache, ImageListDataset
+from .features import FeatureCache, ImageListDataset, iter_batches
 from .io import default_cache_dir
 
 __all__ = ["vit_tower", "num_blocks", "resolve_layer", "activation_shape", "block_activations", "ViTTail",
@@ -189,5 +189,5 @@ def encode_activations(backbone, items: Sequence[Item] | Sequence[str], layer: i
     paths = [it.path if isinstance(it, Item) else str(it) for it in items]
     loader = DataLoader(ImageListDataset(paths, backbone.test_transform), batch_size=batch_size,
                         num_workers=num_workers if len(paths) > batch_size else 0, shuffle=False)
-    for batch in loader:
+    for batch in iter_batches(loader):
         yield block_activations(backbone, batch, layer)

@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .datasets.checks import check_templates
 from .datasets.types import DEFAULT_TEMPLATE
 
 __all__ = ["DEFAULT_TEMPLATE", "ClassText", "encode_class_texts", "text_fingerprint"]
@@ -27,9 +28,11 @@ class ClassText:
     logit_scale: float = 100.0
 
     def __post_init__(self):
-        if self.features.shape[0] != len(self.classnames):
-            raise ValueError(f"ClassText has {len(self.classnames)} class names but {self.features.shape[0]} "
-                             f"feature rows.")
+        if self.features.ndim != 2 or self.features.shape[0] != len(self.classnames):
+            raise ValueError(f"ClassText has {len(self.classnames)} class names but features of shape "
+                             f"{tuple(self.features.shape)}; expected ({len(self.classnames)}, dim).")
+        if not torch.isfinite(self.features).all():
+            raise ValueError("ClassText features contain NaN or inf values; check the backbone's text encoder.")
 
     def fingerprint(self) -> str:
         """See :func:`text_fingerprint`."""
@@ -50,12 +53,9 @@ def encode_class_texts(backbone, classnames: Sequence[str], templates: Sequence[
     One template: the raw text feature of the prompt (what CLIP-Adapter's text adapter sees in the paper's
     code). Several templates: prompt ensembling, the mean of the L2-normalised features over templates.
     """
-    classnames, templates = list(classnames), list(templates)
-    if not templates:
-        raise ValueError("At least one prompt template is needed, e.g. 'a photo of a {}.'.")
-    for t in templates:
-        if "{}" not in t:
-            raise ValueError(f"Prompt template {t!r} has no '{{}}' placeholder for the class name.")
+    classnames, templates = list(classnames), check_templates(list(templates), "Prompt templates")
+    if not classnames or any(not isinstance(c, str) or not c.strip() for c in classnames):
+        raise ValueError(f"Class names must be non-empty strings; got {classnames[:5]!r}.")
     prompts = [t.format(c) for c in classnames for t in templates]
     feats = backbone.encode_texts(prompts).float().reshape(len(classnames), len(templates), -1)
     if len(templates) == 1:

@@ -23,8 +23,8 @@ from .evaluation import evaluate_predictions
 from .features import FeatureCache
 from .fewshot import sample_k_shot, val_shots
 from .io import package_versions, write_json
-from .config import MethodConfig
-from .methods import FewShotMethod, get_method_class
+from .config import Bool, Interval, MethodConfig, NoneOr, Text, invalid_value
+from .methods import FewShotMethod, check_save_target, get_method_class
 from .model import AdaptedClassifier
 from .prompts import ClassText, encode_class_texts
 from .results import result_path
@@ -97,6 +97,19 @@ class RunSpec:
     variant: str | None = None             # result folder name; None = the method's name
     device: str | None = None              # training device of methods that have one (None: their default)
 
+    constraints = {"method": Text(), "shots": Interval(int, 0), "seed": Interval(int, 0, 2**32 - 1),
+                   "n_views": Interval(int, 0), "repeat_shots": Bool(), "variant": NoneOr(Text(no_slash=True)),
+                   "device": NoneOr(Text())}
+
+    def __post_init__(self) -> None:
+        for name, c in self.constraints.items():
+            if not c.ok(getattr(self, name)):
+                raise invalid_value(name, getattr(self, name), c.describe(), owner="RunSpec")
+        for name in ("overrides", "grid"):
+            value = getattr(self, name)
+            if not (isinstance(value, dict) or (name == "grid" and value is None)):
+                raise invalid_value(name, value, "a mapping of config fields", owner="RunSpec")
+
 
 def resolve_config(method: str, overrides: dict[str, Any], seed: int = 1,
                    device: str | None = None) -> tuple[type[FewShotMethod], MethodConfig]:
@@ -108,6 +121,14 @@ def resolve_config(method: str, overrides: dict[str, Any], seed: int = 1,
     if device is not None and "device" in cls.config_cls.field_names():
         base["device"] = device
     return cls, cls.config_cls(**{**base, **overrides})
+
+
+def _check_targets(output: str | Path | None, save_model: str | Path | None) -> None:
+    """Fail before any work when the results folder or the model folder cannot be written."""
+    if output is not None and Path(output).exists() and not Path(output).is_dir():
+        raise ValueError(f"The results folder {output} is an existing file; expected a folder.")
+    if save_model is not None:
+        check_save_target(save_model)
 
 
 def _labels(items: Sequence[Item]) -> torch.Tensor:
@@ -184,6 +205,9 @@ def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | Non
         text: precomputed class text features (an experiment encodes them once per dataset).
         extra: producer fields (:data:`OPTIONAL_FIELDS`) stored with the record.
     """
+    _check_targets(output, save_model)
+    if not dataset.split("test"):
+        raise ValueError(f"Dataset {dataset.name} ({dataset.source}) has no test images; nothing to score.")
     cache = cache or FeatureCache(backbone)
     cls, config = resolve_config(spec.method, spec.overrides, spec.seed, spec.device)
     grid = dict(cls.default_grid if spec.grid is None else spec.grid)

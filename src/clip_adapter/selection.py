@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -64,10 +65,17 @@ def select(method: str, config: MethodConfig, grid: dict[str, list], train: Feat
     """
     cls = get_method_class(method)
     cls.config_cls.check_field_names(grid, what="grid key")
+    for k, vals in grid.items():
+        if not isinstance(vals, (list, tuple)) or not vals:
+            raise ValueError(f"The grid of {k!r} must be a non-empty list of values. Got {vals!r} instead.")
     keys = list(grid)
     points = [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))] or [{}]
     if not cls.trains:
         points = [{}]
+    if len(points) > 1 and not val.labels.numel():
+        raise ValueError(f"Cannot choose {', '.join(keys)} of {method!r} on validation: there are no validation "
+                         f"images. Fix the values instead (--set/--alpha, or overrides) or give the dataset a val "
+                         f"split.")
     t0 = time.perf_counter()
     best: tuple[float, FewShotMethod, MethodConfig, dict] | None = None
     candidates = []
@@ -75,7 +83,7 @@ def select(method: str, config: MethodConfig, grid: dict[str, list], train: Feat
         cfg = dataclasses.replace(config, **point)
         model = _fit(method, cfg, train, text, backbone)
         acc = float((model.predict(val.features) == val.labels).float().mean()) if val.labels.numel() else float("nan")
-        candidates.append({**point, "val_accuracy": acc})
+        candidates.append({**point, "val_accuracy": None if math.isnan(acc) else acc})  # strict JSON has no NaN
         log.debug("%s %s: val accuracy %.4f", method, point, acc)
         if best is None or acc > best[0]:
             best = (acc, model, cfg, point)

@@ -16,12 +16,20 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from .config import Interval, MethodConfig, Options, Text
+from .config import Interval, MethodConfig, Options, Predicate
 from .io import torch_threads
 
 __all__ = ["TrainingConfig", "train_loop", "lr_at_epoch"]
 
 log = logging.getLogger(__name__)
+
+
+def _is_device(v: object) -> bool:
+    try:
+        torch.device(v)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return isinstance(v, str)
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ class TrainingConfig(MethodConfig):
                    "lr": Interval(float, 0, closed="neither"), "optimizer": Options(("sgd", "adamw")),
                    "momentum": Interval(float, 0, 1, closed="left"), "weight_decay": Interval(float, 0),
                    "warmup_epochs": Interval(int, 0), "warmup_lr": Interval(float, 0, closed="neither"),
-                   "device": Text()}
+                   "device": Predicate(_is_device, "a torch device such as 'cpu', 'cuda' or 'cuda:1'")}
 
 
 def lr_at_epoch(cfg: TrainingConfig, epoch: int) -> float:

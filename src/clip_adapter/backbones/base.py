@@ -32,15 +32,16 @@ from torchvision import transforms as T
 from ..config import suggest
 from ..io import file_digest
 
-__all__ = ["Backbone", "BackboneLoadError", "BackboneSpec", "load_backbone", "register_backbone", "list_backbones",
-           "build_transforms", "weights_fingerprint", "check_backbone", "normalise_pretrained", "OPEN_CLIP",
-           "TRAIN_CROP_SCALE"]
+__all__ = [
+    "Backbone", "BackboneLoadError", "BackboneSpec", "load_backbone", "register_backbone", "list_backbones",
+    "build_transforms", "weights_fingerprint", "check_backbone", "check_device", "normalise_pretrained",
+    "OPEN_CLIP", "TRAIN_CROP_SCALE",
+]
 
 log = logging.getLogger(__name__)
 
-OPEN_CLIP = "open_clip"
-RANDOM_INIT = "random-init"
-SHA_PREFIX = "sha256:"
+# The parts of an open_clip id: open_clip:<arch>/<tag>, the tag being a pretrained name, sha256:<hex> or random-init.
+OPEN_CLIP, SHA_PREFIX, RANDOM_INIT = "open_clip", "sha256:", "random-init"
 # Tip-Adapter's augmentation: random resized crop (scale 0.5-1) + horizontal flip, bicubic.
 TRAIN_CROP_SCALE = (0.5, 1.0)
 
@@ -170,6 +171,7 @@ def load_backbone(name: str = "RN50", pretrained: str | None = "openai", checkpo
         device: where the encoders run; features always come back on the CPU.
     """
     pretrained = normalise_pretrained(pretrained)
+    check_device(device)
     factory = _REGISTRY.get(name)
     if factory is not None and factory.names is None:
         return factory.build(device=device)
@@ -177,6 +179,25 @@ def load_backbone(name: str = "RN50", pretrained: str | None = "openai", checkpo
     if family is None:  # pragma: no cover - clip_adapter.backbones registers it
         raise BackboneLoadError(f"Unknown backbone {name!r}; no open_clip family is registered.")
     return family.build(name, pretrained=pretrained, checkpoint=checkpoint, device=device)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device that exists on this machine; a one-line error otherwise."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise BackboneLoadError(f"Unknown device {device!r}; expected cpu, cuda, cuda:N or mps.") from None
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise BackboneLoadError(f"Device {device!r} asked, but torch sees no CUDA GPU here (a CPU-only build of "
+                                    f"torch, or no driver); use --device cpu.")
+        if d.index is not None and d.index >= n:
+            raise BackboneLoadError(f"Device {device!r} asked, but this machine has {n} CUDA GPU(s) "
+                                    f"(cuda:0..cuda:{n - 1}).")
+    if d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise BackboneLoadError(f"Device {device!r} asked, but MPS is not available here; use --device cpu.")
+    return d
 
 
 def normalise_pretrained(tag: str | None) -> str | None:

@@ -10,6 +10,7 @@ registered like open_clip's own.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -89,8 +90,7 @@ def load_open_clip(name: str, pretrained: str | None = "openai", checkpoint: str
     open_clip = _open_clip()
     if name.endswith(".json"):
         cfg_path = Path(name)
-        if not cfg_path.is_file():
-            raise BackboneLoadError(f"Model config {cfg_path} not found; expected an open_clip architecture JSON.")
+        _check_config_file(cfg_path)
         open_clip.add_model_config(cfg_path)
         name = cfg_path.stem
         if checkpoint is None:
@@ -118,14 +118,29 @@ def load_open_clip(name: str, pretrained: str | None = "openai", checkpoint: str
     return OpenClipBackbone(model, open_clip.get_tokenizer(name), spec, device=device)
 
 
+def _check_config_file(path: Path) -> None:
+    """An open_clip architecture JSON: an object with embed_dim, vision_cfg and text_cfg (open_clip skips others)."""
+    if not path.is_file():
+        raise BackboneLoadError(f"Model config {path} not found; expected an open_clip architecture JSON.")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BackboneLoadError(f"Model config {path} is not valid JSON ({e}).") from None
+    if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        found = sorted(cfg) if isinstance(cfg, dict) else type(cfg).__name__
+        raise BackboneLoadError(f"Model config {path} is not an open_clip architecture: expected the keys embed_dim, "
+                                f"vision_cfg and text_cfg; got {found}.")
+
+
 def _create(open_clip, name: str, weights: str | None, checkpoint: str | None, pretrained: str | None, device):
     try:
         model, _, _ = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
     except Exception as e:  # noqa: BLE001 - open_clip raises many types for download/parse failures
+        reason = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]
         if checkpoint is not None:
-            raise BackboneLoadError(f"Could not load checkpoint {checkpoint} into open_clip model {name!r}: "
-                                    f"{type(e).__name__}: {e}") from e
-        reason = (str(e).splitlines() or [""])[0][:160]
+            raise BackboneLoadError(f"Could not load checkpoint {checkpoint} into open_clip model {name!r} "
+                                    f"({type(e).__name__}: {reason}); expected an open_clip/OpenAI state dict or "
+                                    f"TorchScript file for this architecture.") from e
         raise BackboneLoadError(
             f"Could not load weights {pretrained!r} for open_clip model {name!r} ({type(e).__name__}: "
             f"{reason}). If this machine is offline, download the checkpoint "

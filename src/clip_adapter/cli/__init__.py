@@ -9,12 +9,12 @@
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from typing import Sequence
 
 from . import datasets, demo, experiment, info, predict, report, run
+from .common import Parser
 
 __all__ = ["main", "build_parser"]
 
@@ -23,8 +23,8 @@ log = logging.getLogger("clip_adapter")
 COMMANDS = (run, demo, experiment, report, predict, datasets, info)  # each has register(subparsers)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clip-adapter", description="Few-shot adaptation of frozen CLIP models.")
+def build_parser() -> Parser:
+    parser = Parser(prog="clip-adapter", description="Few-shot adaptation of frozen CLIP models.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
@@ -44,11 +44,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
-        if args.verbose >= 2:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - every error ends as one line; -vv shows the traceback
+        if args.verbose >= 2:
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    """Our errors are one line already; anything else (a bug) is named by its type, with how to see more."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, (ValueError, FileNotFoundError, OSError, RuntimeError)):
+        return text
+    return f"{type(e).__name__}: {text} (an unexpected error; rerun with -vv for the traceback and report it)"

@@ -3,12 +3,82 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Sequence
 
 from ..backbones import Backbone, load_backbone
 from ..features import FeatureCache
 
-__all__ = ["add_backbone_args", "add_data_args", "backbone_from_args", "cache_from_args", "parse_grid"]
+__all__ = ["Parser", "add_backbone_args", "add_data_args", "backbone_from_args", "cache_from_args", "parse_grid",
+           "count", "seed", "int_list", "parse_class_map"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block): ``clip-adapter run: error: argument --shots: ...``."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def count(low: int):
+    """An argparse type: an int >= ``low``, with the one error shape."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int >= {low}. Got {text!r} instead.") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an int >= {low}. Got {text!r} instead.")
+        return value
+    parse.__name__ = f"int>={low}"
+    return parse
+
+
+def seed(text: str) -> int:
+    """An argparse type: a seed in 0..2**32-1 (what numpy and scikit-learn accept)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an int in [0, {2**32 - 1}]. Got {text!r} instead.")
+    return value
+
+
+def int_list(low: int):
+    """An argparse type: ``"1,2,4"`` -> ``[1, 2, 4]``, each an int >= ``low``, none twice."""
+    one = count(low)
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [one(x.strip()) for x in text.split(",") if x.strip()]
+        except argparse.ArgumentTypeError:
+            values = []
+        if not values or len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"must be a comma-separated list of distinct ints >= {low}. Got "
+                                             f"{text!r} instead.")
+        return values
+    return parse
+
+
+def parse_class_map(text: str | None) -> dict[str, str] | str | None:
+    """``--class-map``: ``by-name``, a JSON file ``{dataset class: model class}``, or ``a=b,c=d``."""
+    if text is None or text == "by-name":
+        return text
+    if text.endswith(".json"):
+        try:
+            mapping = json.loads(Path(text).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--class-map {text}: could not be read as JSON ({e}).") from None
+    else:
+        pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+        if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+            raise ValueError(f"--class-map {text!r} must be 'by-name', FILE.json or dataset_class=model_class pairs "
+                             f"separated by commas.")
+        mapping = {a.strip(): b.strip() for a, b in pairs}
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise ValueError(f"--class-map {text}: expected an object of dataset class -> model class names.")
+    return mapping
 
 
 def add_backbone_args(p: argparse.ArgumentParser, default: str = "RN50") -> None:
@@ -33,8 +103,12 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--cache-dir", default=None,
                    help="feature cache directory (default: $CLIP_ADAPTER_CACHE/features or "
                         "~/.cache/clip_adapter/features).")
-    g.add_argument("--batch-size", type=int, default=32, help="images per encoder call (default: 32).")
-    g.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: half the cores).")
+    g.add_argument("--allow-outside-paths", action="store_true",
+                   help="let split-file/CSV entries point outside the dataset folder (absolute paths, '..'); refused "
+                        "by default.")
+    g.add_argument("--batch-size", type=count(1), default=32, help="images per encoder call (default: 32).")
+    g.add_argument("--workers", type=count(0), default=None,
+                   help="image-decoding processes (default: half the cores).")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars.")
 
 
@@ -54,6 +128,18 @@ def parse_grid(pairs: Sequence[str]) -> dict[str, list]:
         if "=" not in pair:
             raise ValueError(f"--grid {pair!r} must look like key=v1,v2,...")
         k, v = pair.split("=", 1)
-        grid[k.strip()] = [json.loads(x) if x.strip()[:1].isdigit() or x.strip()[:1] in "-." else x.strip()
-                           for x in v.split(",") if x.strip()]
+        values = [x.strip() for x in v.split(",") if x.strip()]
+        if not k.strip() or not values:
+            raise ValueError(f"--grid {pair!r} must look like key=v1,v2,... with at least one value.")
+        grid[k.strip()] = [_grid_value(x, pair) for x in values]
     return grid
+
+
+def _grid_value(x: str, pair: str):
+    if x[:1].isdigit() or x[:1] in "-.":
+        try:
+            return json.loads(x)
+        except json.JSONDecodeError:
+            raise ValueError(f"--grid {pair!r}: {x!r} is not a number.") from None
+    return {"true": True, "false": False, "null": None}.get(x.lower(), x)
+

@@ -6,7 +6,7 @@ import time
 
 from ..demo import demo_dataset, run_demo
 from ..report import format_table
-from .common import add_backbone_args, backbone_from_args
+from .common import add_backbone_args, backbone_from_args, int_list, seed
 
 
 def register(sub) -> None:
@@ -16,8 +16,9 @@ def register(sub) -> None:
     add_backbone_args(p, default="lite")
     p.add_argument("--output", default="runs/demo", help="output directory (default: runs/demo).")
     p.add_argument("--cache-dir", default=None, help="feature cache directory.")
-    p.add_argument("--shots", default="1,2,4,8,16", help="shots to run (default: 1,2,4,8,16).")
-    p.add_argument("--seed", type=int, default=1, help="seed (default: 1).")
+    p.add_argument("--shots", type=int_list(1), default=[1, 2, 4, 8, 16],
+                   help="shots to run, comma-separated (default: 1,2,4,8,16).")
+    p.add_argument("--seed", type=seed, default=1, help="seed (default: 1).")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars.")
     p.set_defaults(func=cmd_demo)
 
@@ -28,12 +29,11 @@ def _fmt(chosen: dict) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    shots = [int(s) for s in str(args.shots).split(",") if s.strip()]
     backbone = backbone_from_args(args)
     ds = demo_dataset()
     print(f"backbone {backbone.id}; dataset {ds.name}: {ds.num_classes} classes, "
           f"{len(ds.split('train'))}/{len(ds.split('val'))}/{len(ds.split('test'))} train/val/test images")
-    result = run_demo(backbone, shots, seed=args.seed, output=args.output, cache_dir=args.cache_dir,
+    result = run_demo(backbone, args.shots, seed=args.seed, output=args.output, cache_dir=args.cache_dir,
                       progress=not args.no_progress, device=args.device)
     zs = result.records[0]["accuracy"]
     rows = [{"method": r["method"], "shots": r["shots"], "chosen on val": _fmt(r["chosen"]),

@@ -15,7 +15,7 @@ from ..datasets import load_dataset
 from ..io import atomic_path, write_json
 from ..model import AdaptedClassifier, expand_images, predict_to_jsonl
 from ..report import format_table
-from .common import add_data_args, cache_from_args
+from .common import add_data_args, cache_from_args, count, parse_class_map
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,14 @@ def _infer_format(args) -> str:
     return {".json": "json", ".csv": "csv", ".jsonl": "jsonl"}.get(suffix, "table")
 
 
+def _check_out(out: str | None) -> None:
+    if out is not None and Path(out).is_dir():
+        raise ValueError(f"--out {out} is a folder; expected a file name (e.g. {Path(out) / 'predictions.jsonl'}).")
+
+
 def cmd_predict(args) -> int:
     fmt = _infer_format(args)
+    _check_out(args.out)
     model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint,
                                               batch_size=args.batch_size)
     paths, bad_args = expand_images(args.images)
@@ -45,17 +51,13 @@ def cmd_predict(args) -> int:
     if not paths and bad_args:
         raise FileNotFoundError(f"No images found in {', '.join(map(str, args.images))}.")
     k = args.top_k or min(5, len(model.classes_))
-    if k < 1:
-        raise ValueError(f"--top-k must be >= 1; got {k}.")
     progress = not args.no_progress and len(paths) > args.batch_size
     kw = {"top_k": k, "batch_size": args.batch_size, "num_workers": args.workers}
-
     if fmt == "jsonl" and args.out:
         counts = predict_to_jsonl(model, paths, args.out, progress=progress, extra_records=bad_args, **kw)
         print(f"{args.out}: {counts['written']} new records ({counts['errors']} errors), "
               f"{counts['skipped']} already done.", file=sys.stderr)
         return 1 if counts["errors"] or any("error" in r for r in bad_args) else 0
-
     stream = model.predict_stream(paths, progress=progress, **kw)
     if fmt == "jsonl":  # to stdout, line by line
         n_err = 0
@@ -65,26 +67,7 @@ def cmd_predict(args) -> int:
         return 1 if n_err else 0
     records = [*bad_args, *stream]
     n_err = sum("error" in r for r in records)
-    if fmt == "json":
-        text = json.dumps({"model": str(args.model_dir), "method": model.method.name, "backbone": model.backbone.id,
-                           "classes": model.classes_, "top_k": k, "n_images": len(records), "n_errors": n_err,
-                           "predictions": records}, indent=2) + "\n"
-    elif fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["path", "rank", "class", "probability", "error"])
-        for r in records:
-            if "error" in r:
-                w.writerow([r["path"], "", "", "", r["error"]])
-            else:
-                w.writerows([r["path"], j, t["class"], f"{t['probability']:.6f}", ""] for j, t in
-                            enumerate(r["top_k"], 1))
-        text = buf.getvalue()
-    else:
-        rows = [{"image": r["path"], "prediction": r.get("prediction", "(error)"), "probability": r.get("probability", ""),
-                 f"top-{k}": r["error"] if "error" in r else
-                 ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top_k"])} for r in records]
-        text = format_table(rows, ["image", "prediction", "probability", f"top-{k}"]) + "\n"
+    text = _render(fmt, records, model, args, k)
     if args.out:
         with atomic_path(args.out) as tmp:
             tmp.write_text(text)
@@ -97,11 +80,38 @@ def cmd_predict(args) -> int:
     return 1 if n_err else 0
 
 
+def _render(fmt: str, records: list[dict], model: AdaptedClassifier, args, k: int) -> str:
+    """The predictions as ``json``, ``csv`` or a Markdown ``table``."""
+    if fmt == "json":
+        n_err = sum("error" in r for r in records)
+        return json.dumps({"model": str(args.model_dir), "method": model.method.name, "backbone": model.backbone.id,
+                           "classes": model.classes_, "top_k": k, "n_images": len(records), "n_errors": n_err,
+                           "predictions": records}, indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "rank", "class", "probability", "error"])
+        for r in records:
+            if "error" in r:
+                w.writerow([r["path"], "", "", "", r["error"]])
+            else:
+                w.writerows([r["path"], j, t["class"], f"{t['probability']:.6f}", ""]
+                            for j, t in enumerate(r["top_k"], 1))
+        return buf.getvalue()
+    rows = [{"image": r["path"], "prediction": r.get("prediction", "(error)"),
+             "probability": r.get("probability", ""),
+             f"top-{k}": r["error"] if "error" in r else ", ".join(f"{t['class']} {t['probability']:.3f}"
+                                                                  for t in r["top_k"])} for r in records]
+    return format_table(rows, ["image", "prediction", "probability", f"top-{k}"]) + "\n"
+
+
 def cmd_evaluate(args) -> int:
+    _check_out(args.out)
+    class_map = parse_class_map(args.class_map)
     model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint)
-    dataset = load_dataset(args.data, root=args.root)
-    result = {"model": str(args.model_dir), **model.evaluate(dataset, args.split, cache_from_args(args,
-                                                                                                      model.backbone))}
+    dataset = load_dataset(args.data, root=args.root, allow_outside_paths=args.allow_outside_paths)
+    cache = cache_from_args(args, model.backbone)
+    result = {"model": str(args.model_dir), **model.evaluate(dataset, args.split, cache, class_map=class_map)}
     out = Path(args.out) if args.out else Path(args.model_dir) / f"eval-{dataset.name}-{args.split}.json"
     write_json(out, result)
     row = {"dataset": dataset.name, "split": args.split, "n": result["n"], "accuracy": result["accuracy"],
@@ -122,12 +132,12 @@ def register(sub) -> None:
                                    "and a rerun skips the images already in the file.")
     _add_model_args(p)
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders (searched recursively) or globs.")
-    p.add_argument("--top-k", type=int, default=None, help="classes per image (default: 5, or fewer classes).")
+    p.add_argument("--top-k", type=count(1), default=None, help="classes per image (default: 5, or fewer classes).")
     p.add_argument("--format", choices=["table", "json", "csv", "jsonl"], default=None,
                    help="output format (default: from --out's extension, else table).")
     p.add_argument("--out", default=None, help="write to FILE instead of stdout; FILE.jsonl streams and resumes.")
-    p.add_argument("--batch-size", type=int, default=32, help="images per encoder call (default: 32).")
-    p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: half the cores).")
+    p.add_argument("--batch-size", type=count(1), default=32, help="images per encoder call (default: 32).")
+    p.add_argument("--workers", type=count(0), default=None, help="image-decoding processes (default: half the cores).")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar.")
     p.set_defaults(func=cmd_predict)
 
@@ -138,4 +148,8 @@ def register(sub) -> None:
     add_data_args(p)
     p.add_argument("--split", choices=["train", "val", "test"], default="test", help="split to score (default: test).")
     p.add_argument("--out", default=None, help="result JSON (default: MODEL_DIR/eval-<dataset>-<split>.json).")
+    p.add_argument("--class-map", default=None, metavar="MAP",
+                   help="how the dataset's classes map to the model's when they differ: 'by-name' (a subset of the "
+                        "model's classes), FILE.json ({dataset class: model class}) or a=b,c=d (default: the classes "
+                        "must be the same).")
     p.set_defaults(func=cmd_evaluate)

@@ -9,7 +9,7 @@ from ..fewshot import read_index_file
 from ..methods import get_method_class
 from ..protocol import RunSpec, run_one
 from ..report import format_table
-from .common import add_backbone_args, add_data_args, backbone_from_args, cache_from_args, parse_grid
+from .common import add_backbone_args, add_data_args, backbone_from_args, cache_from_args, count, parse_grid, seed
 
 # Shortcut flags for CLIP-Adapter's fields: (flag, config key, args attribute).
 SHORTCUTS = (("--alpha", "alpha", "alpha"), ("--alpha-text", "alpha_text", "alpha_text"),
@@ -25,19 +25,20 @@ def register(sub) -> None:
     g = p.add_argument_group("method")
     g.add_argument("--method", default="clip_adapter",
                    help="zero_shot, linear_probe, clip_adapter, ... ('clip-adapter methods' lists them; '-' or '_').")
-    g.add_argument("--shots", type=int, default=16, help="training images per class (default: 16).")
-    g.add_argument("--seed", type=int, default=1, help="few-shot sampling and training seed (default: 1).")
+    g.add_argument("--shots", type=count(1), default=16, help="training images per class (default: 16).")
+    g.add_argument("--seed", type=seed, default=1, help="few-shot sampling and training seed (default: 1).")
     g.add_argument("--alpha", type=float, default=None,
                    help="CLIP-Adapter residual ratio of the image adapter; fixes it (default: searched on val).")
     g.add_argument("--alpha-text", type=float, default=None, help="residual ratio of the text adapter.")
     g.add_argument("--adapter", choices=["image", "text", "both"], default=None,
                    help="where CLIP-Adapter's adapter sits (default: image).")
-    g.add_argument("--epochs", type=int, default=None, help="training epochs (CLIP-Adapter default: 200).")
+    g.add_argument("--epochs", type=count(1), default=None, help="training epochs (CLIP-Adapter default: 200).")
     g.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any method config field, e.g. --set lr=1e-3 --set optimizer=adamw.")
     g.add_argument("--grid", action="append", metavar="KEY=V1,V2",
                    help="values searched on val, e.g. --grid alpha=0.2,0.5,0.8 (default: the method's grid).")
-    g.add_argument("--views", type=int, default=10, help="cached augmented views per training image (default: 10).")
+    g.add_argument("--views", type=count(0), default=10,
+                   help="cached augmented views per training image (default: 10).")
     g.add_argument("--template", action="append", metavar="TEMPLATE",
                    help="prompt template with {} (repeat for an ensemble; default: the dataset's).")
     g.add_argument("--fewshot-index", default=None, help="a CoOp few-shot index file shot_K-seed_S.json.")
@@ -65,11 +66,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     cls = get_method_class(args.method)
     overrides = _overrides(args, cls)
     grid = parse_grid(args.grid) if args.grid else None
-    dataset = load_dataset(args.data, root=args.root)
+    dataset = load_dataset(args.data, root=args.root, allow_outside_paths=args.allow_outside_paths)
     backbone = backbone_from_args(args)
     train_items = val_items = None
     if args.fewshot_index:
-        idx = read_index_file(args.fewshot_index, {s: dataset.split(s) for s in SPLITS})
+        idx = read_index_file(args.fewshot_index, {s: dataset.split(s) for s in SPLITS},
+                              classnames=dataset.classnames)
         train_items, val_items = idx["train"], idx.get("val")
     spec = RunSpec(method=cls.name, shots=args.shots, seed=args.seed, overrides=overrides, grid=grid,
                    n_views=args.views, repeat_shots=args.repeat_shots, templates=args.template or None,

@@ -3,18 +3,24 @@ benchmark datasets (``catalog.json``), their download and verification. A new da
 
     types.py      Item, Dataset
     catalog.py    the catalog rows (catalog.json), name lookup, CoOp prompt templates
-    readers.py    load_dataset and one reader per on-disk form (coop, folders, csv, fgvc, imagenet)
+    checks.py     what every reader checks: paths inside the folder, labels, no image twice (no leakage)
+    readers.py    one reader per on-disk form (CoOp split file, class folders, CSV)
+    builtin.py    the catalog's datasets under a data root (CoOp layout, FGVC lists, ImageNet folders)
+    load.py       load_dataset: which reader for what the user points at
     fetch.py      fetch, check and unpack a row's resources into its folder
     verify.py     every image present and readable, counts as expected
 """
 from .catalog import REGISTRY, DatasetInfo, Resource, dataset_names, get_info, list_datasets, resolve_root, \
     templates_for
 from .fetch import DownloadError, download
-from .readers import load_dataset, read_builtin, read_coop, read_csv, read_image_folder
+from .builtin import read_builtin
+from .checks import DataError
+from .load import load_dataset
+from .readers import read_coop, read_csv, read_image_folder
 from .types import DEFAULT_TEMPLATE, IMAGE_EXTENSIONS, SPLITS, Dataset, Item
 from .verify import VerifyReport, verify
 
 __all__ = ["Dataset", "Item", "DatasetInfo", "Resource", "REGISTRY", "SPLITS", "IMAGE_EXTENSIONS",
            "DEFAULT_TEMPLATE", "load_dataset", "read_builtin", "read_coop", "read_csv", "read_image_folder",
            "dataset_names", "get_info", "list_datasets", "resolve_root", "templates_for", "download",
-           "DownloadError", "verify", "VerifyReport"]
+           "DownloadError", "DataError", "verify", "VerifyReport"]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..io import atomic_path, file_digest
+from ..io import atomic_path, file_digest, progress_bar
 from .catalog import DatasetInfo, Resource, get_info, resolve_root
 
 __all__ = ["Resource", "DownloadError", "ChecksumError", "UnsafeArchiveError", "DownloadResult", "fetch",
@@ -132,8 +132,6 @@ def fetch(url: str, dest: str | os.PathLike, *, session: Any = None, progress: b
 
 def _attempt(session: Any, url: str, dest: Path, part: Path, timeout: float, progress: bool) -> str | None:
     """One GET that continues ``part``; None once ``dest`` is complete, else why to retry ("" for no new reason)."""
-    from tqdm.auto import tqdm
-
     offset = part.stat().st_size if part.exists() else 0
     with session.get(url, headers={"Range": f"bytes={offset}-"} if offset else {}, stream=True,
                      timeout=(15, timeout)) as r:
@@ -141,8 +139,8 @@ def _attempt(session: Any, url: str, dest: Path, part: Path, timeout: float, pro
         if not isinstance(plan, tuple):
             return plan
         mode, total, offset = plan
-        with part.open(mode) as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                                        desc=dest.name, disable=not progress, leave=False) as bar:
+        with part.open(mode) as f, progress_bar(total, dest.name, "B", enabled=progress, initial=offset,
+                                                unit_scale=True, unit_divisor=1024) as bar:
             for block in r.raw.stream(CHUNK, decode_content=False):
                 f.write(block)
                 bar.update(len(block))

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from ..io import progress_bar
 from .catalog import get_info
-from .readers import load_dataset, read_builtin, read_coop
+from .builtin import read_builtin
+from .load import load_dataset
+from .readers import read_coop
 from .types import SPLITS
 
 __all__ = ["VerifyReport", "verify"]
@@ -96,13 +97,30 @@ def _guess_image_dir(folder: Path, split_file: Path, sample: int = 50) -> Path:
     return candidates[max(range(len(candidates)), key=hits.__getitem__)]
 
 
+def _load(name_or_path: str | os.PathLike, root: str | os.PathLike | None):
+    """(dataset, its folder, expected split counts, expected classes, its name): expectations for built-in names."""
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        info = get_info(str(name_or_path))
+        return (read_builtin(info.name, root), info.path(root), dict(zip(SPLITS, info.split_sizes)),
+                info.num_classes, info.name)
+    split_files = sorted(path.glob("split_zhou_*.json")) if path.is_dir() else []
+    if len(split_files) == 1:
+        # read_coop locates the image folder from the first entries of each split, which is exactly what may be
+        # missing here; vote over a larger sample instead.
+        ds = read_coop(path, split_file=split_files[0], image_dir=_guess_image_dir(path, split_files[0]))
+    else:
+        ds = load_dataset(path)
+    return ds, path if path.is_dir() else path.parent, None, None, ds.name
+
+
 def verify(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None, *, full: bool = False,
            workers: int | None = None, progress: bool = True) -> VerifyReport:
     """Check that every image of every split exists and opens, and that the counts are the expected ones.
 
     Args:
         name_or_path: a built-in name (counts checked against the registry) or a dataset folder/CSV in any form
-            :func:`clip_adapter.data.load_dataset` reads (counts then come from its split file only).
+            :func:`clip_adapter.datasets.load_dataset` reads (counts then come from its split file only).
         root: data root for names.
         full: decode every image (slower, catches truncated JPEGs) instead of PIL's ``verify()``.
         workers: threads opening images (default: up to 8).
@@ -110,25 +128,7 @@ def verify(name_or_path: str | os.PathLike, root: str | os.PathLike | None = Non
     Raises:
         ValueError / FileNotFoundError: unknown name, or the split file/required folders are missing.
     """
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        split_files = sorted(path.glob("split_zhou_*.json")) if path.is_dir() else []
-        if len(split_files) == 1:
-            # data.read_coop locates the image folder from the first entry of each split, which is exactly what
-            # may be missing here; vote over a larger sample instead.
-            ds = read_coop(path, split_file=split_files[0], image_dir=_guess_image_dir(path, split_files[0]))
-        else:
-            ds = load_dataset(path)
-        folder = path if path.is_dir() else path.parent
-        expected_counts = expected_classes = None
-        label = ds.name
-    else:
-        info = get_info(str(name_or_path))
-        ds = read_builtin(info.name, root)
-        folder = info.path(root)
-        expected_counts = dict(zip(SPLITS, info.split_sizes))
-        expected_classes = info.num_classes
-        label = info.name
+    ds, folder, expected_counts, expected_classes, label = _load(name_or_path, root)
     counts = {s: len(ds.splits.get(s, [])) for s in SPLITS}
     report = VerifyReport(label, str(folder), counts, ds.num_classes, expected_counts, expected_classes)
     if expected_counts and counts != expected_counts:
@@ -149,10 +149,11 @@ def verify(name_or_path: str | os.PathLike, root: str | os.PathLike | None = Non
     check: Callable[[str], str | None] = lambda p: _check_image(p, full)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(check, paths, chunksize=64)
-        for p, err in tqdm(zip(paths, results), total=len(paths), desc=f"verify {label}", unit="img",
-                           disable=not progress, leave=False):
-            if err == "missing":
-                report.missing.append(rel(p))
-            elif err:
-                report.corrupt.append((rel(p), err))
+        with progress_bar(len(paths), f"verify {label}", "img", enabled=progress) as bar:
+            for p, err in zip(paths, results):
+                bar.update(1)
+                if err == "missing":
+                    report.missing.append(rel(p))
+                elif err:
+                    report.corrupt.append((rel(p), err))
     return report

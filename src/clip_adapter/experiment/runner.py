@@ -23,13 +23,12 @@ from typing import Any
 
 import torch
 import yaml
-from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..backbones import load_backbone
 from ..datasets import load_dataset
 from ..features import FeatureCache
-from ..io import torch_threads, write_text
+from ..io import progress_bar, torch_threads, write_text
 from ..prompts import encode_class_texts
 from ..protocol import RunSpec, run_one
 from ..report import build_report
@@ -138,7 +137,7 @@ def load_datasets(config: ExperimentConfig) -> list:
     """The config's datasets, each named by its label when it has one."""
     out = []
     for entry in config.datasets:
-        ds = load_dataset(entry.data, root=entry.root)
+        ds = load_dataset(entry.data, root=entry.root, allow_outside_paths=entry.allow_outside_paths)
         if entry.label:
             ds.name = entry.label
         out.append(ds)
@@ -225,8 +224,8 @@ class _Progress:
 def _run_all(config: ExperimentConfig, runs: list[PlannedRun], records: dict[str, dict], ctx: _Context,
              progress: bool, t0: float, skipped: int) -> ExperimentResult:
     todo = [r for r in runs if r.path not in records]
-    with logging_redirect_tqdm(), tqdm(total=len(runs), initial=skipped, unit="run", desc=config.name,
-                                       disable=not progress, dynamic_ncols=True) as bar:
+    with logging_redirect_tqdm(), progress_bar(len(runs), config.name, "run", enabled=progress,
+                                               initial=skipped) as bar:
         state = _Progress(config, records, ctx, bar)
         busy = [run for run in todo if not state.do(run, wait=False)]  # held by another process: come back later
         for run in busy:

@@ -154,6 +154,7 @@ class DatasetEntry:
     root: str | None = setting(None, "where built-in names live (default: the top-level root)", NoneOr(Text()),
                                path=True)
     label: str | None = setting(None, "the dataset's name in results (default: its own name)", NoneOr(_LABEL))
+    allow_outside_paths: bool = setting(False, "let split-file/CSV entries point outside the dataset folder", Bool())
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from ..io import atomic_dir, package_versions
 from ..prompts import ClassText
 
 __all__ = ["MethodConfig", "FewShotMethod", "NotFittedError", "register_method", "get_method", "get_method_class",
-           "list_methods", "check_fitted", "read_saved_config", "CONFIG_NAME", "WEIGHTS_NAME"]
+           "list_methods", "check_fitted", "check_finite", "check_save_target", "read_saved_config", "CONFIG_NAME",
+           "WEIGHTS_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,30 @@ def get_method(name: str, config: MethodConfig | dict | None = None, **kwargs) -
     return cls(config, backbone=backbone)
 
 
+def _shape(x: Any) -> str:
+    return f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+
+
+def check_finite(x: torch.Tensor, what: str) -> None:
+    """A one-line error when ``x`` holds NaN or inf (they would give NaN probabilities, not an error)."""
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        rows = bad.reshape(bad.shape[0], -1).any(dim=1).nonzero().flatten().tolist() if x.ndim else []
+        raise ValueError(f"{what} contain {int(bad.sum())} non-finite values (NaN or inf), in rows {rows[:5]}"
+                         f"{'...' if len(rows) > 5 else ''}; expected finite image features.")
+
+
+def check_save_target(directory: str | Path) -> None:
+    """A model folder may replace a saved model, never a file or another folder with content."""
+    d = Path(directory)
+    if d.exists() and not d.is_dir():
+        raise ValueError(f"Cannot save the model to {d}: it is an existing file; expected a folder (new, or a saved "
+                         f"model to replace).")
+    if d.is_dir() and any(d.iterdir()) and not (d / CONFIG_NAME).is_file():
+        raise ValueError(f"Cannot save the model to {d}: it is a folder with other content (no {CONFIG_NAME}); "
+                         f"refusing to replace it. Choose a new folder.")
+
+
 def check_fitted(method: "FewShotMethod") -> None:
     if not getattr(method, "fitted_", False):
         raise NotFittedError(f"This {type(method).__name__} instance is not fitted yet; "
@@ -126,8 +151,13 @@ class FewShotMethod(abc.ABC):
     # -- shared behaviour ----------------------------------------------------------------------------------
     def _start_fit(self, features: torch.Tensor, labels: torch.Tensor, text: ClassText,
                    views: torch.Tensor | None) -> None:
-        if features.ndim != 2:
-            raise ValueError(f"features must be (n, dim); got shape {tuple(features.shape)}.")
+        if not isinstance(features, torch.Tensor) or features.ndim != 2:
+            raise ValueError(f"features must be a (n, dim) tensor; got {_shape(features)}.")
+        check_finite(features, "features")
+        if views is not None:
+            check_finite(views, "views")
+        if not isinstance(labels, torch.Tensor) or labels.dtype in (torch.float16, torch.float32, torch.float64):
+            raise ValueError(f"labels must be an int64 tensor; got {_shape(labels)}.")
         if labels.shape != (features.shape[0],):
             raise ValueError(f"labels must be ({features.shape[0]},); got shape {tuple(labels.shape)}.")
         if text.features.shape[1] != features.shape[1]:
@@ -148,9 +178,10 @@ class FewShotMethod(abc.ABC):
 
     def _check_features(self, features: torch.Tensor) -> torch.Tensor:
         check_fitted(self)
-        if features.ndim != 2 or features.shape[1] != self.embed_dim_:
+        if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[1] != self.embed_dim_:
             raise ValueError(f"{type(self).__name__} expects features of shape (n, {self.embed_dim_}); "
-                             f"got {tuple(features.shape)}.")
+                             f"got {_shape(features)}.")
+        check_finite(features, "features")
         return features.float()
 
     @torch.no_grad()
@@ -170,6 +201,7 @@ class FewShotMethod(abc.ABC):
                         extra: dict[str, Any] | None = None) -> Path:
         """Write ``adapter_config.json`` + ``adapter_model.safetensors`` into ``directory`` atomically."""
         check_fitted(self)
+        check_save_target(directory)
         meta = {"method": self.name, "config": self.config.to_dict(), "classnames": self.classes_,
                 "templates": self.templates_, "embed_dim": self.embed_dim_, "logit_scale": self.logit_scale_,
                 "backbone_id": backbone_id or getattr(self.backbone, "id", None),
@@ -189,18 +221,29 @@ class FewShotMethod(abc.ABC):
         method class is found by the saved name."""
         directory = Path(directory)
         meta = read_saved_config(directory)
-        klass = get_method_class(meta["method"]) if cls is FewShotMethod or not cls.name else cls
+        cfg_file = directory / CONFIG_NAME
+        try:
+            klass = get_method_class(meta["method"]) if cls is FewShotMethod or not cls.name else cls
+        except ValueError as e:
+            raise ValueError(f"{cfg_file}: {e}") from None
         if cls.name and meta["method"] != cls.name:
             raise ValueError(f"{directory} holds a {meta['method']!r} model, not {cls.name!r}.")
         if backbone is not None:
             check_backbone(meta.get("backbone_id"), meta["embed_dim"], backbone, where=f"Adapter in {directory}")
-        config = klass.config_cls.from_dict(meta["config"], source=str(directory / CONFIG_NAME))
+        try:
+            config = klass.config_cls.from_dict(meta["config"], source=str(cfg_file))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{cfg_file}: {str(e).splitlines()[0]}") from None
         obj = klass(config, backbone=backbone)
         w_file = directory / WEIGHTS_NAME
         try:
             tensors = load_file(str(w_file))
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
             raise ValueError(f"{w_file} could not be read as safetensors ({e}).") from None
+        text = tensors.get("fixed.text_features")
+        if text is not None and (text.ndim != 2 or text.shape != (len(meta["classnames"]), int(meta["embed_dim"]))):
+            raise ValueError(f"{w_file}: its class text features have shape {tuple(text.shape)}, but {cfg_file} lists "
+                             f"{len(meta['classnames'])} classes of dim {meta['embed_dim']}.")
         obj.classes_ = list(meta["classnames"])
         obj.templates_ = list(meta.get("templates") or [])
         obj.embed_dim_ = int(meta["embed_dim"])
@@ -211,6 +254,9 @@ class FewShotMethod(abc.ABC):
             raise ValueError(f"{w_file} lacks the tensor {e.args[0]!r} of a {klass.name!r} model (it holds "
                              f"{', '.join(sorted(tensors)) or 'no tensors'}); it was written by another method or "
                              f"is damaged.") from None
+        except (RuntimeError, ValueError) as e:  # torch's load_state_dict: size mismatches, many lines
+            raise ValueError(f"{w_file} does not fit a {klass.name!r} model of dim {meta['embed_dim']} "
+                             f"({str(e).strip().splitlines()[-1].strip()}).") from None
         obj.fitted_ = True
         obj.metadata_ = meta
         return obj
@@ -238,4 +284,15 @@ def read_saved_config(directory: str | Path) -> dict[str, Any]:
     for key in REQUIRED_KEYS:
         if key not in meta:
             raise ValueError(f"{cfg_file} lacks the required key {key!r}.")
+    checks = {"method": isinstance(meta["method"], str), "config": isinstance(meta["config"], dict),
+              "classnames": isinstance(meta["classnames"], list) and bool(meta["classnames"])
+              and all(isinstance(c, str) for c in meta["classnames"]),
+              "embed_dim": isinstance(meta["embed_dim"], int) and not isinstance(meta["embed_dim"], bool)
+              and meta["embed_dim"] > 0,
+              "logit_scale": isinstance(meta["logit_scale"], (int, float)) and meta["logit_scale"] > 0}
+    expected = {"method": "a method name", "config": "an object", "classnames": "a non-empty list of strings",
+                "embed_dim": "an int > 0", "logit_scale": "a number > 0"}
+    for key, ok in checks.items():
+        if not ok:
+            raise ValueError(f"{cfg_file}: {key!r} must be {expected[key]}. Got {meta[key]!r} instead.")
     return meta

@@ -23,7 +23,7 @@ from ..config import Bool, Interval, Options, Predicate
 from ..layers import ViTTail, activation_shape, block_activations, num_blocks
 from ..prompts import ClassText
 from ..training import TrainingConfig, train_loop
-from .base import FewShotMethod, check_fitted, register_method
+from .base import FewShotMethod, check_finite, check_fitted, register_method
 from .common import Adapter, blend, cosine_logits
 
 __all__ = ["LayerAdapterConfig", "LayerAdapter"]
@@ -80,7 +80,10 @@ class LayerAdapter(FewShotMethod):
             raise ValueError(f"Text features have dim {text.features.shape[1]}, the backbone "
                              f"{self.backbone.embed_dim}.")
         # The generic checks (labels, classes) on a stand-in of the image-feature shape.
-        super()._start_fit(torch.empty(features.shape[0], text.features.shape[1]), labels, text, None)
+        check_finite(features, "activations")
+        if views is not None:
+            check_finite(views, "views")
+        super()._start_fit(torch.zeros(features.shape[0], text.features.shape[1]), labels, text, None)
         self.input_shape_ = shape
         self.layer_ = self.tail_.layer
         self.num_blocks_ = self.tail_.n_blocks
@@ -90,6 +93,7 @@ class LayerAdapter(FewShotMethod):
         if tuple(features.shape[1:]) != tuple(self.input_shape_):
             raise ValueError(f"clip_adapter_layer (layer {self.layer_}) expects activations of shape "
                              f"(n, {', '.join(map(str, self.input_shape_))}); got {tuple(features.shape)}.")
+        check_finite(features, "activations")
         return features.float()
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:

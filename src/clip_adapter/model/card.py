@@ -27,8 +27,8 @@ def model_card(method: str, backbone_id: str, classes: Sequence[str], templates:
     if isinstance(acc, (int, float)) and "macro_f1" in facts:
         test += f", macro-F1 {_num(facts['macro_f1'])} ({facts.get('n_test', '?')} images)"
     lines += [f"- test accuracy: {test}", f"- templates: {list(templates)}", "",
-              "Load with `clip_adapter.AdaptedClassifier.from_pretrained(dir)` or `clip-adapter predict DIR IMAGES...`.",
-              ""]
+              "Load with `clip_adapter.AdaptedClassifier.from_pretrained(dir)` or "
+              "`clip-adapter predict DIR IMAGES...`.", ""]
     return "\n".join(lines)
 
 

@@ -37,12 +37,12 @@ from typing import Any, Iterator, Sequence
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..backbones.base import BackboneSpec, check_backbone
+from ..config import invalid_value
 from ..evaluation import evaluate_predictions
 from ..features import FeatureCache, default_num_workers
-from ..io import package_versions
+from ..io import package_versions, progress_bar
 from ..methods import FewShotMethod, check_fitted, read_saved_config
 from .card import model_card
 from .images import SafeImages, collate_safe, open_rgb
@@ -65,6 +65,7 @@ class AdaptedClassifier:
     def __init__(self, backbone, method: FewShotMethod, *, info: dict[str, Any] | None = None, batch_size: int = 32):
         check_fitted(method)
         check_backbone((getattr(method, "metadata_", None) or {}).get("backbone_id"), method.embed_dim_, backbone)
+        _check_count("batch_size", batch_size, 1)
         self.backbone = backbone
         self.method = method
         self.info = dict(info or {})
@@ -205,6 +206,11 @@ class AdaptedClassifier:
         ``num_workers`` DataLoader processes (default: half the cores, at most 4) while the encoder works.
         """
         paths = [str(p) for p in images]
+        _check_count("top_k", top_k, 1)
+        if batch_size is not None:
+            _check_count("batch_size", batch_size, 1)
+        if num_workers is not None:
+            _check_count("num_workers", num_workers, 0)
         if not paths:
             return
         bs = batch_size or self.batch_size
@@ -212,7 +218,7 @@ class AdaptedClassifier:
         workers = workers if len(paths) > bs else 0  # starting a process costs more than it saves on one batch
         loader = DataLoader(SafeImages(paths, self.transform), batch_size=bs, shuffle=False, num_workers=workers,
                             collate_fn=collate_safe)
-        with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, leave=False) as bar:
+        with progress_bar(len(paths), "predict", "img", enabled=progress) as bar:
             for idx, batch, errors in loader:
                 recs: list[tuple[int, dict[str, Any]]] = []
                 if batch is not None:
@@ -226,27 +232,58 @@ class AdaptedClassifier:
                     yield rec
 
     # -- evaluation ---------------------------------------------------------------------------------------------
-    def evaluate(self, dataset, split: str = "test", cache=None) -> dict[str, Any]:
+    def evaluate(self, dataset, split: str = "test", cache=None,
+                 class_map: dict[str, str] | str | None = None) -> dict[str, Any]:
         """Accuracy, macro-F1 and per-class accuracy on ``dataset``'s ``split``, features through ``cache``
-        (a :class:`~clip_adapter.features.FeatureCache` of this backbone; a default one when ``None``)."""
+        (a :class:`~clip_adapter.features.FeatureCache` of this backbone; a default one when ``None``).
+
+        The dataset's classes must be the model's (in any order). Otherwise ``class_map`` says how they correspond:
+        ``{dataset class: model class}`` (classes it does not name map to the model class of the same name), or
+        ``"by-name"`` to score a dataset whose classes are a subset of the model's.
+        """
         items = dataset.split(split)
         if not items:
             raise ValueError(f"Split {split!r} of dataset {dataset.name} is empty.")
-        labels = torch.tensor([it.label for it in items], dtype=torch.long)
-        classes = self.classes_
-        if list(dataset.classnames) != classes:
-            unknown = sorted(set(dataset.classnames) - set(classes))
-            if unknown:
-                raise ValueError(f"Dataset {dataset.name} has classes the model does not know: {unknown[:10]}; "
-                                 f"the model's classes are {classes[:20]}.")
-            remap = torch.tensor([classes.index(c) for c in dataset.classnames])
-            labels = remap[labels]
+        remap = self.label_map(dataset, class_map)
+        labels = remap[torch.tensor([it.label for it in items], dtype=torch.long)]
         cache = cache or FeatureCache(self.backbone)
         if cache.backbone.id != self.backbone.id:
             raise ValueError(f"The feature cache is for {cache.backbone.id!r}; the model uses {self.backbone.id!r}.")
         pred = self.method.predict(cache.features(items))
-        m = evaluate_predictions(pred, labels, classes)
+        m = evaluate_predictions(pred, labels, self.classes_)
         return {"dataset": dataset.name, "split": split, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                 "per_class_accuracy": m["per_class_accuracy"], "n": m["n"], "method": self.method.name,
                 "backbone": self.backbone.id, "saved_test_accuracy": self.info.get("test_accuracy"),
+                "class_map": class_map if isinstance(class_map, (str, type(None))) else dict(class_map),
                 "versions": package_versions(), "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+    def label_map(self, dataset, class_map: dict[str, str] | str | None = None) -> torch.Tensor:
+        """Dataset label -> model label (a tensor indexed by the dataset's labels); see :meth:`evaluate`."""
+        model, data = self.classes_, list(dataset.classnames)
+        if class_map is None:
+            if sorted(data) != sorted(model):
+                only_data, only_model = sorted(set(data) - set(model)), sorted(set(model) - set(data))
+                raise ValueError(f"Dataset {dataset.name} and the model have different classes (only in the dataset: "
+                                 f"{only_data[:10] or 'none'}; only in the model: {only_model[:10] or 'none'}); map "
+                                 f"them explicitly: class_map={{dataset class: model class}}, or 'by-name' for a "
+                                 f"subset (CLI: --class-map FILE.json | a=b,c=d | by-name).")
+            class_map = "by-name"
+        if isinstance(class_map, str) and class_map != "by-name":
+            raise ValueError(f"class_map must be a mapping or 'by-name'. Got {class_map!r} instead.")
+        mapping = {} if class_map == "by-name" else dict(class_map)
+        unknown = sorted(set(mapping) - set(data))
+        if unknown:
+            raise ValueError(f"class_map names {unknown[0]!r}, which is not a class of dataset {dataset.name}.")
+        out = []
+        for c in data:
+            target = mapping.get(c, c)
+            if target not in model:
+                raise ValueError(f"Dataset class {c!r} maps to {target!r}, which is not a class of the model "
+                                 f"(its classes: {model[:20]}).")
+            out.append(model.index(target))
+        return torch.tensor(out, dtype=torch.long)
+
+
+def _check_count(name: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise invalid_value(name, value, f"an int >= {low}", owner="AdaptedClassifier")
