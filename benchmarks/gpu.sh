@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the three benchmarks on a CUDA machine with random-init RN50 (speed does not depend on weight values).
+# Run the benchmarks on a CUDA machine with random-init RN50 (speed does not depend on weight values): scaling,
+# extraction, training cost, and (with the ray extra installed) extraction and a grid on Ray, N GPUs -> N actors.
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]          # default OUT_DIR: benchmarks/results/gpu
 #   QUICK=1 bash benchmarks/gpu.sh /tmp/x     # smoke test (~1-2 min)
@@ -90,6 +91,19 @@ run extraction 150 "$PY" benchmarks/extraction.py "${BB[@]}" --synthetic --image
     --batch-sizes 32 128 256 --workers 0 4 8 --name extraction_rn50 $QUICK_FLAG
 run training_cost 180 "$PY" benchmarks/training_cost.py "${BB[@]}" --synthetic --synthetic-classes 100 \
     --seeds 1 --epochs 20 --views 1 5 10 20 --long-epochs 200 --num-workers 8 $QUICK_FLAG
+# -- Ray: N GPUs -> N encoder actors -------------------------------------------------------------------------------
+# Extraction images/s with 1..N encoder actors (one per GPU) vs the plain path, and a small grid plain vs Ray.
+# Expected: the Ray path scales with the number of GPUs until JPEG decoding (Ray Data CPU tasks, ~100-200 img/s per
+# core at 224 px) saturates the CPUs; with one GPU it matches the plain path minus the actors' start (seconds).
+if "$PY" -c "import ray, ray.data" 2>/dev/null; then
+    NGPU=$("$PY" -c "import torch; print(max(1, torch.cuda.device_count()))" 2>/dev/null || echo 1)
+    ACTORS=(1); n=2; while [ "$n" -le "$NGPU" ]; do ACTORS+=("$n"); n=$((n * 2)); done
+    [ "$DEVICE" = cpu ] && ACTORS=(1 2)
+    run ray_scaling 300 "$PY" benchmarks/ray_scaling.py --backbone "${BACKBONE:-RN50}" --pretrained none \
+        --device "$DEVICE" --images 4096 --batch-size 128 --workers 8 --actors "${ACTORS[@]}" --out "$OUT_DIR" $QUICK_FLAG
+else
+    say "Ray section skipped: ray is not installed (pip install 'clip-adapter[ray]')"
+fi
 say "done (status $status); results in $OUT_DIR:"
 ls -l "$OUT_DIR"
 exit $status

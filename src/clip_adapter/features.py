@@ -1,18 +1,21 @@
 """Feature cache: every image is encoded once per (backbone, transform, view); features live in safetensors.
 
 Layout: ``<root>/<backbone id>/<transform hash>/<view>/shard-*.safetensors``. Each shard is immutable and
-self-describing: a ``features`` tensor ``(n, dim)`` plus, in its header, the keys of its n images (absolute path
-and file size) and a checksum of the key list. Everything that changes a feature is in its address: the
-backbone id (architecture + weights identity), the transform (hash of its full description), the view
-(``test`` or ``train-<v>``, augmented view v) and the image key. A lookup encodes only the images no shard
+self-describing: a ``features`` tensor ``(n, dim)`` plus, in its header, the keys of its n images and a checksum of
+the key list. An image's key (:func:`image_key`) is its path relative to the folder above its dataset's folder
+(``dtd10/images/banded/banded_0001.jpg``), its size and a hash of its first 4 KiB: the same on every machine and
+mount point, so that workers on other nodes share one cache, and different files never share a key. Everything
+that changes a feature is in its address: the backbone id (architecture + weights identity), the transform (hash of
+its full description), the view (``test`` or ``train-<v>``, augmented view v) and the image key. A lookup encodes only the images no shard
 holds, and writes them as one new shard, so overlapping requests (other seeds, other shot counts, the
 whole split) reuse each other's work.
 
 Training augmentation is served from ``n_views`` cached views per image: view v of an image is the same
 random crop/flip on every machine (seeded by the image name and v), so adapter training never runs the encoder.
 
-Shards are written to a temporary name and renamed (readers never see half a file); a truncated, corrupt
-or inconsistent shard is detected on open, logged, deleted, and its images are re-encoded.
+Shards are written to a temporary name and renamed (readers never see half a file), so several writers (processes,
+Ray encoder actors) can fill one folder; a truncated, corrupt or inconsistent shard is detected on open, logged,
+deleted, and its images are re-encoded.
 """
 from __future__ import annotations
 
@@ -34,11 +37,12 @@ from .config import invalid_value
 from .datasets.types import Item
 from .io import atomic_path, default_cache_dir, progress_bar, safe_name, worker_error
 
-__all__ = ["FeatureCache", "ImageListDataset", "default_num_workers", "iter_batches"]
+__all__ = ["FeatureCache", "ImageListDataset", "default_num_workers", "iter_batches", "image_key", "load_image_views",
+           "write_shard"]
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"  # 3: image keys relative to the dataset, not absolute paths
 
 
 def default_num_workers() -> int:
@@ -52,6 +56,25 @@ def _view_seed(path: str, view: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def load_image_views(path: str, transform: Callable, views: Sequence[int] | None = None) -> torch.Tensor:
+    """An image through ``transform``: ``(3, H, W)``, or with ``views`` a stack ``(V, 3, H, W)`` of seeded augmented
+    views (view v of an image is the same crop/flip on every machine); one-line error for an unreadable file."""
+    try:
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
+        raise OSError(f"Image {path} could not be read ({type(e).__name__}: {e}).") from None
+    if views is None:
+        return transform(img)
+    out = []
+    for v in views:
+        # Seed per (image, view) so view v is reproducible; fork_rng keeps the caller's RNG untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_view_seed(path, v))
+            out.append(transform(img))
+    return torch.stack(out)
+
+
 class ImageListDataset(torch.utils.data.Dataset):
     """Images at ``paths`` through ``transform``; with ``views``, a stack of seeded augmented views per image."""
 
@@ -62,29 +85,44 @@ class ImageListDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        path = self.paths[i]
-        try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-            raise OSError(f"Image {path} could not be read ({type(e).__name__}: {e}).") from None
-        if self.views is None:
-            return self.transform(img)
-        out = []
-        for v in self.views:
-            # Seed per (image, view) so view v is reproducible; fork_rng keeps the caller's RNG untouched.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_view_seed(path, v))
-                out.append(self.transform(img))
-        return torch.stack(out)
+        return load_image_views(self.paths[i], self.transform, self.views)
 
 
-def _image_key(path: str) -> str:
+HEAD_BYTES = 4096
+_HEADS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> head hash, so a process reads each file once
+
+
+def image_key(item: Item | str) -> str:
+    """The cache key of an image: ``<rel>\\t<size>\\t<hash>``. With a dataset-relative ``rel`` (items from a reader)
+    the hash is of the first 4 KiB; a bare path, which has no such anchor, is keyed by the hash of its whole content.
+    A missing file gets a key no shard holds, so encoding it fails with a message naming it."""
+    path, rel = (item.path, item.rel) if isinstance(item, Item) else (str(item), "")
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
     except OSError:
-        size = -1
-    return f"{os.path.abspath(path)}\t{size}"
+        return f"missing:{os.path.abspath(path)}"
+    memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns, bool(rel))
+    head = _HEADS.get(memo)
+    if head is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            if rel:
+                h.update(f.read(HEAD_BYTES))
+            else:
+                while block := f.read(1 << 20):
+                    h.update(block)
+        head = _HEADS[memo] = h.hexdigest()[:16]
+    return f"{rel or '-'}\t{st.st_size}\t{head}"
+
+
+def write_shard(folder: Path, keys: list[str], feats: torch.Tensor, meta: dict[str, str]) -> Path:
+    """One immutable shard (features + the keys of its rows), written to a temporary name and renamed."""
+    digest = _digest(keys)
+    shard = folder / f"shard-{time.strftime('%Y%m%d%H%M%S')}-{digest[:16]}.safetensors"
+    with atomic_path(shard) as tmp:
+        save_file({"features": feats.contiguous()}, str(tmp), metadata={**meta, "keys": json.dumps(keys),
+                                                                         "digest": digest})
+    return shard
 
 
 def _digest(keys: Sequence[str]) -> str:
@@ -134,6 +172,10 @@ class _Store:
         self.index = {k: v for k, v in self.index.items() if v[0] != shard}
         self._loaded.pop(shard, None)
 
+    def absent(self, keys: Sequence[str]) -> list[int]:
+        """Indices of the keys no shard holds (the index only; no tensor is read)."""
+        return [i for i, k in enumerate(keys) if k not in self.index]
+
     def get(self, keys: Sequence[str]) -> tuple[torch.Tensor | None, list[int]]:
         """(features of the keys found, filled row by row; indices of the missing keys)."""
         out = torch.empty(len(keys), self.dim)
@@ -169,11 +211,7 @@ class _Store:
         self._loaded.clear()
 
     def put(self, keys: list[str], feats: torch.Tensor, meta: dict[str, str]) -> None:
-        digest = _digest(keys)
-        shard = self.folder / f"shard-{time.strftime('%Y%m%d%H%M%S')}-{digest[:16]}.safetensors"
-        with atomic_path(shard) as tmp:
-            save_file({"features": feats.contiguous()}, str(tmp),
-                      metadata={**meta, "keys": json.dumps(keys), "digest": digest})
+        shard = write_shard(self.folder, keys, feats, meta)
         self._seen.add(shard)
         self._loaded[shard] = feats
         for row, k in enumerate(keys):
@@ -229,43 +267,53 @@ class FeatureCache:
             return self.views(items, [view])[0]
         if kind != "test":
             raise ValueError(f"Unknown transform kind {kind!r}; expected 'test' or 'train'.")
-        paths = _paths(items)
-        keys = [_image_key(p) for p in paths]
+        keys = [image_key(it) for it in items]
         store = self._store("test", 0)
         out, missing = store.get(keys)
         if missing:
-            todo = _unique([paths[i] for i in missing])
-            feats = self._encode(todo, self.backbone.test_transform, None, desc=f"encode {len(todo)} images")[0]
-            store.put([_image_key(p) for p in todo], feats, self._meta("test", 0))
+            todo = _unique_by_key([items[i] for i in missing], [keys[i] for i in missing])
+            feats = self._encode(_paths(todo), self.backbone.test_transform, None,
+                                 desc=f"encode {len(todo)} images")[0]
+            store.put([image_key(it) for it in todo], feats, self.meta("test", 0))
             out, missing = store.get(keys)
             assert not missing
         return out
 
     def views(self, items: Sequence[Item] | Sequence[str], views: int | Sequence[int] = 10) -> torch.Tensor:
         """Augmented-view features ``(V, n, dim)``; ``views`` is a count (views 0..V-1) or explicit indices."""
-        paths = _paths(items)
-        keys = [_image_key(p) for p in paths]
+        keys = [image_key(it) for it in items]
         idx = list(range(views)) if isinstance(views, int) else list(views)
         stores = {v: self._store("train", v) for v in idx}
-        missing_any: set[str] = set()
+        missing_any: set[int] = set()
         for v in idx:
-            _, miss = stores[v].get(keys)
-            missing_any.update(paths[i] for i in miss)
+            missing_any.update(stores[v].get(keys)[1])
         if missing_any:
-            todo = _unique([p for p in paths if p in missing_any])
-            enc = self._encode(todo, self.backbone.train_transform, idx,
+            rows = sorted(missing_any)
+            todo = _unique_by_key([items[i] for i in rows], [keys[i] for i in rows])
+            enc = self._encode(_paths(todo), self.backbone.train_transform, idx,
                                desc=f"encode {len(todo)} images x {len(idx)} augmented views")
-            todo_keys = [_image_key(p) for p in todo]
+            todo_keys = [image_key(it) for it in todo]
             for v, t in zip(idx, enc):
-                stores[v].put(todo_keys, t, self._meta("train", v))
+                stores[v].put(todo_keys, t, self.meta("train", v))
         return torch.stack([stores[v].get(keys)[0] for v in idx])
+
+    def missing(self, items: Sequence[Item] | Sequence[str], kind: str = "test",
+                views: Sequence[int] = (0,)) -> list[Item | str]:
+        """The items (each once) that some requested view of ``kind`` does not hold yet: what an extraction job
+        must encode."""
+        keys = [image_key(it) for it in items]
+        rows: set[int] = set()
+        for v in (views if kind == "train" else (0,)):
+            rows.update(self._store(kind, v).absent(keys))
+        return _unique_by_key([items[i] for i in sorted(rows)], [keys[i] for i in sorted(rows)])
 
     def release(self) -> None:
         """Drop the shard tensors held in memory (they are read again on the next lookup)."""
         for store in self._stores.values():
             store.release()
 
-    def _meta(self, kind: str, view: int) -> dict[str, str]:
+    def meta(self, kind: str, view: int) -> dict[str, str]:
+        """The header fields every shard of ``(kind, view)`` carries."""
         return {"backbone": self.backbone.id, "kind": kind, "view": str(view),
                 "transform": self.backbone.transform_id(kind)[:4000], "cache_version": CACHE_VERSION}
 
@@ -301,8 +349,12 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _unique(paths: list[str]) -> list[str]:
-    return list(dict.fromkeys(paths))
+def _unique_by_key(items: list, keys: list[str]) -> list:
+    """``items`` with one entry per key (the first), in order."""
+    seen: dict[str, object] = {}
+    for it, k in zip(items, keys):
+        seen.setdefault(k, it)
+    return list(seen.values())
 
 
 def _paths(items: Sequence[Item] | Sequence[str]) -> list[str]:

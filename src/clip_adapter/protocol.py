@@ -30,7 +30,7 @@ from .prompts import ClassText, encode_class_texts
 from .results import result_path
 from .selection import FeatureSplit, Selection, select
 
-__all__ = ["RunSpec", "run_one", "resolve_config", "RECORD_FIELDS", "OPTIONAL_FIELDS", "MEMORY_FIELDS"]
+__all__ = ["RunSpec", "run_one", "resolve_config", "fewshot_items", "RECORD_FIELDS", "OPTIONAL_FIELDS", "MEMORY_FIELDS"]
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ def _labels(items: Sequence[Item]) -> torch.Tensor:
     return torch.tensor([it.label for it in items], dtype=torch.long)
 
 
-def _fewshot_items(dataset: Dataset, spec: RunSpec) -> tuple[list[Item], list[Item]]:
+def fewshot_items(dataset: Dataset, spec: RunSpec) -> tuple[list[Item], list[Item]]:
+    """The run's few-shot train and val items (the index file's when the spec has them, else seeded samples)."""
     train = list(spec.train_items) if spec.train_items is not None else sample_k_shot(
         dataset.split("train"), spec.shots, spec.seed, repeat=spec.repeat_shots, classnames=dataset.classnames)
     val = list(spec.val_items) if spec.val_items is not None else sample_k_shot(
@@ -149,7 +150,7 @@ def _select(dataset: Dataset, backbone, spec: RunSpec, cls, config: MethodConfig
     if not cls.trains:
         empty = FeatureSplit(torch.zeros(0, text.features.shape[1]), torch.zeros(0, dtype=torch.long))
         return select(spec.method, config, grid, empty, empty, text, backbone=backbone), [], []
-    train_items, val_items = _fewshot_items(dataset, spec)
+    train_items, val_items = fewshot_items(dataset, spec)
     views = cache.views(train_items, spec.n_views) if spec.n_views > 0 else None
     train = FeatureSplit(cache.features(train_items), _labels(train_items), views)
     val = FeatureSplit(cache.features(val_items), _labels(val_items))

@@ -8,12 +8,13 @@ Layout: ``<output>/<dataset>/<variant>/shots<K>-seed<S>.json`` (one record per r
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from .io import atomic_path
 
@@ -41,43 +42,38 @@ def read_result(path: str | Path) -> dict | None:
     return rec if isinstance(rec, dict) and "accuracy" in rec else None
 
 
+def _lock_file(output: Path, name: str) -> Path:
+    path = output / LOCK_DIR / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextlib.contextmanager
 def claim_run(output: str | Path, result_file: str | Path, wait: bool = False) -> Iterator[bool]:
-    """Hold an exclusive ``flock`` on the run's lock file; yields False when another process holds it.
+    """Hold the run's lock (``<output>/.locks/<run>.lock``, a ``filelock`` lock); yields False when another process
+    holds it and ``wait`` is false.
 
-    The kernel drops the lock when its holder exits, even by ``kill -9``, so a dead run never blocks a rerun.
+    The lock is an OS file lock (released by the kernel when its holder dies, even by ``kill -9``, so a dead run never
+    blocks a rerun), through ``filelock`` so that it also works on Windows.
     """
     rel = os.path.relpath(Path(result_file), Path(output))
-    lock = Path(output) / LOCK_DIR / (rel.replace(os.sep, "__") + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = FileLock(_lock_file(Path(output), rel.replace(os.sep, "__") + ".lock"))
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
     finally:
-        os.close(fd)
+        lock.release()
 
 
 @contextlib.contextmanager
 def _runs_lock(output: Path) -> Iterator[None]:
     """Serialise appends to and rebuilds of ``runs.jsonl`` between processes."""
-    (output / LOCK_DIR).mkdir(parents=True, exist_ok=True)
-    fd = os.open(output / LOCK_DIR / "runs.jsonl.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with FileLock(_lock_file(output, "runs.jsonl.lock")):
         yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _run_key(rec: Mapping) -> tuple:

@@ -5,8 +5,11 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from ..distributed import require_ray
 from ..experiment import load_config, run_experiment
+from ..experiment.schema import ExecutorEntry, RayEntry
 
+LOCAL = "local"  # --ray without an address
 
 def register(sub) -> None:
     """``experiment``."""
@@ -21,6 +24,12 @@ def register(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="validate the config and count runs done/left; run none.")
     p.add_argument("--no-report", action="store_true", help="skip the tables and figures at the end.")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars.")
+    p.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
+                   help="run on Ray: without ADDRESS a local cluster on this machine, 'auto' the running cluster "
+                        "(ray start), or host:port (overrides the config's executor).")
+    p.add_argument("--shard", default=None, metavar="i/N",
+                   help="run only every N-th planned run, from the i-th (0-based): one of N jobs sharing the output "
+                        "folder, e.g. a Slurm array task (then 'clip-adapter report OUTPUT').")
     p.set_defaults(func=cmd_experiment)
 
 
@@ -28,9 +37,16 @@ def cmd_experiment(args) -> int:
     config = load_config(args.config, output=args.output, cache_dir=args.cache_dir)
     if args.device:
         config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, device=args.device))
+    if args.ray is not None:
+        if args.shard:
+            raise ValueError("--ray and --shard are two ways to share the work; give one.")
+        ray = config.executor.ray or RayEntry()
+        ray = dataclasses.replace(ray, address=None if args.ray == LOCAL else args.ray)
+        config = dataclasses.replace(config, executor=ExecutorEntry(ray=ray))
+        require_ray()  # a one-line error now, not after loading the datasets
     try:
         result = run_experiment(config, progress=not args.no_progress, report=False if args.no_report else None,
-                                dry_run=args.dry_run)
+                                dry_run=args.dry_run, shard=args.shard)
     except KeyboardInterrupt:
         print(f"interrupted; finished runs are kept in {config.output}. Rerun the same command to resume.",
               file=sys.stderr)
@@ -43,4 +59,6 @@ def cmd_experiment(args) -> int:
         print(Path(result.report["markdown"]).read_text())
     print(f"{result.ran} runs ran, {result.skipped} were already done, {result.seconds:.0f} s; "
           f"results in {config.output}")
+    if args.shard:
+        print(f"shard {args.shard} done; once every shard is, build the tables: clip-adapter report {config.output}")
     return 0

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from ..datasets import load_dataset
 from ..io import atomic_path, write_json
+from ..distributed import check_shared_folder, connect, predict_on_ray
 from ..model import AdaptedClassifier, expand_images, predict_to_jsonl
+from ..model.stream import jsonl_to_parquet
 from ..report import format_table
 from .common import add_data_args, cache_from_args, count, parse_class_map
 
@@ -32,7 +34,37 @@ def _infer_format(args) -> str:
     if args.format:
         return args.format
     suffix = Path(args.out).suffix.lower() if args.out else ""
-    return {".json": "json", ".csv": "csv", ".jsonl": "jsonl"}.get(suffix, "table")
+    return {".json": "json", ".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}.get(suffix, "table")
+
+
+def _cmd_predict_stream(args, fmt: str) -> int:
+    """Predictions streamed into a JSON-lines file (``.parquet``: a JSON-lines journal converted at the end), here or
+    on Ray; a rerun resumes where it stopped."""
+    if not args.out or fmt not in ("jsonl", "parquet"):
+        raise ValueError("--ray and parquet output stream into a file: give --out FILE.jsonl or --out FILE.parquet.")
+    journal = Path(f"{args.out}.partial.jsonl") if fmt == "parquet" else Path(args.out)
+    paths, bad_args = expand_images(args.images)
+    if not paths and bad_args:
+        raise FileNotFoundError(f"No images found in {', '.join(map(str, args.images))}.")
+    kw = {"top_k": args.top_k or 5, "batch_size": args.batch_size, "extra_records": bad_args}
+    if args.ray is not None:
+        ray = connect(None if args.ray == "local" else args.ray)
+        check_shared_folder(ray, Path(args.model_dir), "model folder")
+        counts = predict_on_ray(args.model_dir, paths, journal, device=args.device, checkpoint=args.checkpoint,
+                                actors=args.actors, **kw)
+    else:
+        model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint,
+                                                  batch_size=args.batch_size)
+        kw["top_k"] = args.top_k or min(5, len(model.classes_))
+        counts = predict_to_jsonl(model, paths, journal, num_workers=args.workers,
+                                  progress=not args.no_progress, **kw)
+    if fmt == "parquet":
+        n = jsonl_to_parquet(journal, args.out)
+        journal.unlink()
+        print(f"wrote {n} predictions to {args.out}", file=sys.stderr)
+    print(f"{args.out}: {counts['written']} new records ({counts['errors']} errors), {counts['skipped']} already "
+          f"done.", file=sys.stderr)
+    return 1 if counts["errors"] else 0
 
 
 def _check_out(out: str | None) -> None:
@@ -43,6 +75,8 @@ def _check_out(out: str | None) -> None:
 def cmd_predict(args) -> int:
     fmt = _infer_format(args)
     _check_out(args.out)
+    if fmt == "parquet" or args.ray is not None:
+        return _cmd_predict_stream(args, fmt)
     model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint,
                                               batch_size=args.batch_size)
     paths, bad_args = expand_images(args.images)
@@ -133,12 +167,17 @@ def register(sub) -> None:
     _add_model_args(p)
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders (searched recursively) or globs.")
     p.add_argument("--top-k", type=count(1), default=None, help="classes per image (default: 5, or fewer classes).")
-    p.add_argument("--format", choices=["table", "json", "csv", "jsonl"], default=None,
+    p.add_argument("--format", choices=["table", "json", "csv", "jsonl", "parquet"], default=None,
                    help="output format (default: from --out's extension, else table).")
     p.add_argument("--out", default=None, help="write to FILE instead of stdout; FILE.jsonl streams and resumes.")
     p.add_argument("--batch-size", type=count(1), default=32, help="images per encoder call (default: 32).")
     p.add_argument("--workers", type=count(0), default=None, help="image-decoding processes (default: half the cores).")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar.")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="predict on Ray (needs --out FILE.jsonl or .parquet): without ADDRESS a local cluster, 'auto' "
+                        "the running cluster, or host:port.")
+    p.add_argument("--actors", type=count(1), default=None,
+                   help="with --ray: predictor actors (default: one per GPU with --device cuda, else 1).")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="re-compute the accuracy of a saved model on a dataset split.",

@@ -13,7 +13,7 @@ from ..io import atomic_path
 from .catalog import DatasetInfo, get_info, resolve_root
 from .checks import DataError, check_unique_images
 from .readers import read_coop
-from .types import SPLITS, Dataset, Item
+from .types import SPLITS, Dataset, Item, anchor
 
 __all__ = ["read_builtin", "read_fgvc", "read_imagenet", "IMAGENET_VAL_PER_CLASS", "IMAGENET_SPLIT_CACHE"]
 
@@ -83,7 +83,7 @@ def read_fgvc(info: DatasetInfo, ds_dir: Path) -> Dataset:
             items.append(Item(str(img_dir / f"{image_id}.jpg"), index[variant]))
         splits[s] = items
     check_unique_images(splits, str(ds_dir))
-    return Dataset(info.name, classnames, splits, list(info.templates), source=str(ds_dir))
+    return Dataset(info.name, classnames, anchor(splits, ds_dir), list(info.templates), source=str(ds_dir))
 
 
 def _read_classnames_txt(path: Path) -> dict[str, str]:
@@ -130,7 +130,8 @@ def read_imagenet(info: DatasetInfo, ds_dir: Path) -> Dataset:
         for _, y, c in raw[s]:
             names.setdefault(y, c)
     splits = {s: [Item(str(img_dir / rel), int(y)) for rel, y, _ in raw[s]] for s in SPLITS}
-    return Dataset(info.name, [names[i] for i in range(len(names))], splits, list(info.templates), source=str(cache))
+    return Dataset(info.name, [names[i] for i in range(len(names))], anchor(splits, ds_dir), list(info.templates),
+                   source=str(cache))
 
 
 def _scan_imagenet(img_dir: Path, wnid_to_name: dict[str, str]) -> dict[str, list]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from .catalog import templates_for
 from .checks import (DataError, check_label, check_label_names, check_no_gaps, check_templates, check_unique_images,
                      join_inside)
-from .types import IMAGE_EXTENSIONS, SPLITS, Dataset, Item, readable
+from .types import IMAGE_EXTENSIONS, SPLITS, Dataset, Item, anchor, readable
 
 __all__ = ["read_coop", "read_image_folder", "read_csv", "images_in"]
 
@@ -138,7 +138,7 @@ def read_coop(folder: str | Path, split_file: str | Path | None = None, image_di
     check_unique_images(splits, where)
     ds_name = name or split_file.stem.removeprefix("split_zhou_")
     classnames, templates = _extra_files(folder, classnames, ds_name)
-    return Dataset(ds_name, classnames, splits, templates, source=str(split_file))
+    return Dataset(ds_name, classnames, anchor(splits, folder), templates, source=str(split_file))
 
 
 # -- class folders -------------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ def read_image_folder(folder: str | Path, split_seed: int = 0) -> Dataset:
                             f"({', '.join(sorted(IMAGE_EXTENSIONS))}).")
         splits = _seeded_split(per_class, split_seed)
     classnames, templates = _extra_files(folder, [readable(c) for c in class_dirs], folder.name)
-    return Dataset(folder.name, classnames, splits, templates, source=str(folder))
+    return Dataset(folder.name, classnames, anchor(splits, folder), templates, source=str(folder))
 
 
 # -- CSV -------------------------------------------------------------------------------------------------------
@@ -261,4 +261,4 @@ def read_csv(csv_path: str | Path, split_seed: int = 0, allow_outside_paths: boo
     classnames, templates = _extra_files(base, classnames, csv_path.stem)
     if all(c.isdigit() for c in classnames):
         log.warning("%s: class names are numbers; add a classnames.txt next to it for meaningful prompts.", csv_path)
-    return Dataset(csv_path.stem, classnames, splits, templates, source=str(csv_path))
+    return Dataset(csv_path.stem, classnames, anchor(splits, base), templates, source=str(csv_path))

@@ -22,7 +22,8 @@ from ..config import (Bool, Constraint, IntList, Interval, NoneOr, Predicate, Te
 from ..backbones.base import normalise_pretrained
 from ..methods import get_method_class
 
-__all__ = ["ExperimentConfig", "DatasetEntry", "MethodEntry", "BackboneEntry", "AblationEntry", "parse_config",
+__all__ = ["ExperimentConfig", "DatasetEntry", "MethodEntry", "BackboneEntry", "AblationEntry", "ExecutorEntry",
+           "RayEntry", "parse_config",
            "load_config", "reference_markdown", "setting", "DEFAULT_SHOTS", "DEFAULT_SEEDS"]
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
@@ -202,6 +203,27 @@ class AblationEntry:
         return f"{self.label or f'{self.method}-{self.param}'}{shown}"
 
 
+@dataclass(frozen=True)
+class RayEntry:
+    """Run the grid on a Ray cluster (``clip-adapter experiment CONFIG --ray [ADDRESS]`` sets this too)."""
+
+    address: str | None = setting(None, "null: a local cluster on this machine; 'auto': the running cluster; or "
+                                  "host:port", NoneOr(Text()))
+    gpus_per_run: float | None = setting(None, "GPUs per run (null: 1 when backbone.device is cuda, else 0)",
+                                         NoneOr(Interval(float, 0)))
+    cpus_per_run: float = setting(1.0, "CPUs per run", Interval(float, 0, closed="neither"))
+    encoder_actors: int | None = setting(None, "feature-extraction actors (null: one per GPU, or 1 on the CPU)",
+                                         NoneOr(Interval(int, 1)))
+
+
+@dataclass(frozen=True)
+class ExecutorEntry:
+    """Where the runs execute: in this process (no ``ray``), or on Ray."""
+
+    ray: RayEntry | None = setting(None, "{address, gpus_per_run, cpus_per_run, encoder_actors}", parse=None,
+                                   accepts="a mapping or null")
+
+
 # -- parsers of the structured keys ----------------------------------------------------------------------------
 def _datasets(v: Any, where: str, ctx: _Ctx) -> tuple[DatasetEntry, ...]:
     if not isinstance(v, list) or not v:
@@ -285,6 +307,15 @@ def _templates(v: Any, where: str, ctx: _Ctx) -> tuple[str, ...] | None:
     return tuple(v)
 
 
+def _executor(v: Any, where: str, ctx: _Ctx) -> ExecutorEntry:
+    raw = _mapping(v, where)
+    check_keys(raw, _yaml_keys(ExecutorEntry), f"{ctx.source}: executor")
+    if raw.get("ray") is None:
+        return ExecutorEntry()
+    ray = _mapping(raw["ray"], f"{ctx.source}: executor.ray")
+    return ExecutorEntry(ray=RayEntry(**_parse_fields(RayEntry, ray, f"{ctx.source}: executor.ray", ctx)))
+
+
 def _root(v: Any, where: str, ctx: _Ctx) -> str | None:
     if not NoneOr(Text()).ok(v):
         raise ValueError(f"{where} must be a string or null. Got {v!r} instead.")
@@ -331,6 +362,9 @@ class ExperimentConfig:
                                   NoneOr(Interval(int, 0)))
     threads: int | None = setting(None, "torch CPU threads (null: torch's default)", NoneOr(Interval(int, 1)))
     report: bool = setting(True, "write tables and figures at the end", Bool())
+    executor: ExecutorEntry = setting(ExecutorEntry(), "where runs execute: {ray: {address, gpus_per_run, "
+                                      "cpus_per_run, encoder_actors}} for a Ray cluster (default: this process)",
+                                      parse=_executor, shown="this process", accepts="a mapping")
     source: str = "config"   # how errors name the config (its file name); not a YAML key
 
     def to_dict(self) -> dict[str, Any]:
@@ -350,7 +384,9 @@ def _raw(obj: Any) -> dict[str, Any]:
         if "doc" not in f.metadata:
             continue
         value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
+        if isinstance(value, ExecutorEntry):
+            value = {"ray": _raw(value.ray)} if value.ray is not None else None
+        elif dataclasses.is_dataclass(value):
             value = _raw(value) if not isinstance(value, BackboneEntry) else dataclasses.asdict(value)
         elif isinstance(value, tuple):
             value = [_raw(x) if dataclasses.is_dataclass(x) else x for x in value]
@@ -413,7 +449,7 @@ def reference_markdown() -> str:
            "`reference_markdown()`). Relative paths are relative to the current directory.", ""]
     for title, cls in (("Top level", ExperimentConfig), ("`datasets` entries", DatasetEntry),
                        ("`methods` entries (`label: {...}`)", MethodEntry), ("`backbone`", BackboneEntry),
-                       ("`ablation`", AblationEntry)):
+                       ("`ablation`", AblationEntry), ("`executor.ray`", RayEntry)):
         out += [f"## {title}", "", "| key | default | accepts | meaning |", "|---|---|---|---|"]
         for f in fields(cls):
             meta = f.metadata

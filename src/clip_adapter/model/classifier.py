@@ -151,7 +151,7 @@ class AdaptedClassifier:
         out = []
         for start in range(0, len(items), self.batch_size):
             chunk = [self._preprocess(x) for x in items[start:start + self.batch_size]]
-            out.append(self._encode(torch.stack(chunk)))
+            out.append(self.encode_batch(torch.stack(chunk)))
         return torch.cat(out) if out else torch.zeros(0, dim)
 
     def _preprocess(self, x) -> torch.Tensor:
@@ -164,13 +164,13 @@ class AdaptedClassifier:
         raise TypeError(f"Cannot classify a {type(x).__name__}; expected a path, a PIL image or a preprocessed "
                         f"(3, H, W) tensor.")
 
-    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_batch(self, images: torch.Tensor) -> torch.Tensor:
         """What the method consumes: raw features, or a layer adapter's activations (its own ``encode_images``)."""
         encode = getattr(self.method, "encode_images", None) or self.backbone.encode_images
         return encode(images).float().cpu()
 
     def _encode_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        chunks = [self._encode(images[i:i + self.batch_size])
+        chunks = [self.encode_batch(images[i:i + self.batch_size])
                   for i in range(0, images.shape[0], self.batch_size)]
         return torch.cat(chunks) if chunks else torch.zeros(0, int(self.backbone.embed_dim))
 
@@ -189,7 +189,8 @@ class AdaptedClassifier:
         idx = self.method.predict(self.features(images))
         return [self.method.classes_[i] for i in idx.tolist()]
 
-    def _records(self, probs: torch.Tensor, k: int) -> list[dict[str, Any]]:
+    def top_records(self, probs: torch.Tensor, k: int) -> list[dict[str, Any]]:
+        """One prediction record per row of ``probs``: the top class, its probability and the top ``k``."""
         vals, idx = probs.topk(min(k, probs.shape[1]), dim=1)
         out = []
         for v, i in zip(vals.tolist(), idx.tolist()):
@@ -222,8 +223,8 @@ class AdaptedClassifier:
             for idx, batch, errors in loader:
                 recs: list[tuple[int, dict[str, Any]]] = []
                 if batch is not None:
-                    probs = self.method.predict_proba(self._encode(batch))
-                    recs += [(i, {"path": paths[i], **r}) for i, r in zip(idx, self._records(probs, top_k))]
+                    probs = self.method.predict_proba(self.encode_batch(batch))
+                    recs += [(i, {"path": paths[i], **r}) for i, r in zip(idx, self.top_records(probs, top_k))]
                 for i, err in errors:
                     log.warning("Skipped %s: %s", paths[i], err)
                     recs.append((i, {"path": paths[i], "error": err}))

@@ -1,0 +1,142 @@
+"""Running planned runs in this process: the run context (backbone, cache, class texts, loaded once), one run
+through :func:`~clip_adapter.protocol.run_one`, and the loop that claims runs so that processes sharing an output
+folder never compute the same one."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from ..backbones import load_backbone
+from ..features import FeatureCache
+from ..io import progress_bar
+from ..prompts import encode_class_texts
+from ..protocol import RunSpec, run_one
+from ..results import append_run, claim_run, read_result
+from .plan import PlannedRun
+from .schema import ExperimentConfig
+
+__all__ = ["RunContext", "finished", "execute_run", "run_local"]
+
+log = logging.getLogger(__name__)
+
+
+class RunContext:
+    """Loads the backbone, the feature cache and the class-text embeddings on first use only."""
+
+    def __init__(self, config: ExperimentConfig, datasets: list, progress: bool):
+        self.config, self.datasets, self.progress = config, datasets, progress
+        self._backbone = self._cache = None
+        self._text: dict[int, Any] = {}
+
+    @property
+    def backbone(self):
+        if self._backbone is None:
+            b = self.config.backbone
+            log.info("loading backbone %s (pretrained=%s)", b.name, b.pretrained)
+            # Seeded, so that a random-init backbone (id ".../random-init", tests) is the same model in every
+            # process, as its feature-cache address assumes; pretrained weights are unaffected.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                self._backbone = load_backbone(b.name, pretrained=b.pretrained, checkpoint=b.checkpoint,
+                                               device=b.device)
+        return self._backbone
+
+    @property
+    def cache(self) -> FeatureCache:
+        if self._cache is None:
+            self._cache = FeatureCache(self.backbone, root=self.config.cache_dir, batch_size=self.config.batch_size,
+                                       num_workers=self.config.workers, progress=self.progress)
+        return self._cache
+
+    @property
+    def encoded_images(self) -> int:
+        return self._cache.encoded_images if self._cache is not None else 0
+
+    def text(self, di: int):
+        if di not in self._text:
+            ds = self.datasets[di]
+            self._text[di] = encode_class_texts(self.backbone, ds.classnames,
+                                                list(self.config.templates or ds.templates))
+        return self._text[di]
+
+
+def _check_settings(run: PlannedRun, rec: dict, config: ExperimentConfig) -> None:
+    want = run.settings(config)
+    have = rec.get("run_settings")
+    if have is None or have == want:
+        return
+    diff = next(k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k))
+    raise ValueError(f"Result {run.path} was made with other settings ({diff}: {have.get(diff)!r} there, "
+                     f"{want.get(diff)!r} in {config.source}); use another output folder or delete that file.")
+
+
+def finished(run: PlannedRun, config: ExperimentConfig) -> dict | None:
+    rec = read_result(run.path)
+    if rec is not None:
+        _check_settings(run, rec, config)
+        rec.setdefault("result_file", run.path)
+    return rec
+
+
+def execute_run(run: PlannedRun, ctx: RunContext) -> dict:
+    """Compute one planned run through :func:`~clip_adapter.protocol.run_one` and record it in ``runs.jsonl``."""
+    config = ctx.config
+    spec = RunSpec(method=run.method, shots=run.shots, seed=run.seed, overrides=dict(run.overrides), grid=run.grid,
+                   n_views=config.n_views, repeat_shots=config.repeat_shots, variant=run.variant,
+                   templates=list(config.templates) if config.templates else None, device=config.backbone.device)
+    extra: dict[str, Any] = {"variant": run.variant, "experiment": config.name, "run_settings": run.settings(config)}
+    if run.ablation is not None:
+        extra["ablation"] = dict(run.ablation)
+    record = run_one(ctx.datasets[run.dataset_index], ctx.backbone, spec, cache=ctx.cache, output=config.output,
+                     text=ctx.text(run.dataset_index), extra=extra)
+    append_run(config.output, record)
+    return record
+
+
+class _Progress:
+    """Claims, runs and counts planned runs for :func:`_run_all` (one per experiment)."""
+
+    def __init__(self, config: ExperimentConfig, records: dict[str, dict], ctx: RunContext, bar):
+        self.config, self.records, self.ctx, self.bar = config, records, ctx, bar
+        self.ran, self.failed = 0, []
+
+    def do(self, run: PlannedRun, wait: bool) -> bool:
+        """Run ``run`` unless another process holds it (False) or finished it meanwhile; errors are collected."""
+        with claim_run(self.config.output, run.path, wait=wait) as got:
+            if not got:
+                return False
+            rec = finished(run, self.config)  # another process may have finished it meanwhile
+            if rec is None:
+                self.bar.set_postfix_str(run.describe(), refresh=True)
+                try:
+                    rec = execute_run(run, self.ctx)
+                except Exception as e:  # one broken run must not stop the grid
+                    self.failed.append((run.describe(), f"{type(e).__name__}: {e}"))
+                    log.error("%s failed (%s: %s); continuing with the other runs", run.describe(),
+                              type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
+                    self.bar.update(1)
+                    return True
+                self.ran += 1
+                log.info("%s: accuracy %.4f (chosen on val: %s)", run.describe(), rec["accuracy"],
+                         rec.get("chosen") or "-")
+            self.records[run.path] = rec
+            self.bar.update(1)
+            return True
+
+
+def run_local(config: ExperimentConfig, runs: list[PlannedRun], records: dict[str, dict], ctx: RunContext,
+              progress: bool, skipped: int) -> tuple[int, list[tuple[str, str]]]:
+    """Run the unfinished ``runs`` here; returns (runs computed, failures); ``records`` gains every finished one."""
+    todo = [r for r in runs if r.path not in records]
+    with logging_redirect_tqdm(), progress_bar(len(runs), config.name, "run", enabled=progress,
+                                               initial=skipped) as bar:
+        state = _Progress(config, records, ctx, bar)
+        busy = [run for run in todo if not state.do(run, wait=False)]  # held by another process: come back later
+        for run in busy:
+            log.info("waiting for another process to finish %s", run.describe())
+            state.do(run, wait=True)
+        bar.set_postfix_str(f"done; {state.ran} ran, {skipped} skipped", refresh=True)
+    return state.ran, state.failed
