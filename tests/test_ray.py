@@ -75,7 +75,7 @@ def test_extraction_on_ray_fills_the_cache_like_the_plain_path(colors, tmp_path)
     cache = FeatureCache(backbone, root=tmp_path / "ray", progress=False, num_workers=0, batch_size=8)
     stats = extract_features(TINY, cache, [ExtractRequest(items, "test"),
                                            ExtractRequest(ds.split("train"), "train", (0, 1))], encoder_actors=2)
-    assert stats["encoded"] == len(items) + len(ds.split("train")) and stats["actors"] == 2
+    assert stats["encoded"] == len(items) + 2 * len(ds.split("train")) and stats["actors"] == 2  # 2 views
     again = extract_features(TINY, cache, [ExtractRequest(items, "test")])  # nothing left: nothing encoded
     assert again["encoded"] == 0
     fresh = FeatureCache(backbone, root=tmp_path / "ray", progress=False, num_workers=0)

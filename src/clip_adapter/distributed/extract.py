@@ -76,7 +76,7 @@ class _Encoder:
         keys = [str(k) for k in batch["key"]]
         for j, (folder, meta) in enumerate(zip(self.folders, self.metas)):
             write_shard(folder, keys, feats[:, j].contiguous(), meta)
-        return {"n": np.array([len(keys)])}
+        return {"n": np.array([len(keys) * per_item])}  # encodings, as FeatureCache.encoded_images counts them
 
 
 def _groups(cache: FeatureCache, requests: Sequence[ExtractRequest]) -> list[tuple[str, tuple[int, ...], list]]:
@@ -99,7 +99,8 @@ def extract_features(recipe: BackboneRecipe, cache: FeatureCache, requests: Sequ
         gpus_per_actor: GPUs per encoder actor (default 1 on CUDA, 0 on the CPU).
         batch_size: images per encoder call (default: the cache's).
 
-    Returns ``{"encoded": images encoded, "seconds": wall time, "actors": pool size}``.
+    Returns ``{"encoded": encoder passes (images x views, as FeatureCache counts them), "seconds": wall time,
+    "actors": pool size}``.
     """
     ray = require_ray()
     cuda = recipe.device.startswith("cuda")
