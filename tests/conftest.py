@@ -78,6 +78,19 @@ def clustered(n_classes: int = 5, per_class: int = 8, dim: int = 32, noise: floa
 FAST_TEMPLATES = ("a photo of a {}.",)
 
 
+def few_test_images(ds, per_class_test: int):
+    """The same dataset with only the first ``per_class_test`` test images of each class (train/val are sampled
+    from anyway), to keep encoding to seconds."""
+    import dataclasses
+    seen: dict[int, int] = {}
+    test = []
+    for it in ds.split("test"):
+        if seen.get(it.label, 0) < per_class_test:
+            test.append(it)
+            seen[it.label] = seen.get(it.label, 0) + 1
+    return dataclasses.replace(ds, splits={**ds.splits, "test": test})
+
+
 @pytest.fixture(scope="session")
 def lite_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("lite_cache")

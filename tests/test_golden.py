@@ -14,7 +14,6 @@ Regenerate (only when a change is *meant* to change numbers, and say so in the c
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -24,7 +23,7 @@ import pytest
 
 from clip_adapter import AdaptedClassifier, FeatureCache, RunSpec, load_dataset, run_one
 
-from conftest import SHARED, make_color_images, needs_shared, seeded_backbone
+from conftest import SHARED, few_test_images, make_color_images, needs_shared, seeded_backbone
 
 GOLDEN = Path(__file__).parent / "golden"
 TOL = 1e-6
@@ -38,17 +37,6 @@ METHODS: list[tuple[str, dict, dict | None]] = [
     ("clip_adapter", {"epochs": 20}, {"alpha": [0.2, 0.6]}),    # alpha searched on val
     ("tip_adapter", {}, None),                                   # alpha x beta searched on val (default grid)
 ]
-
-
-def _subset(ds, per_class_test: int):
-    """The dataset with only the first ``per_class_test`` test images of each class (train/val are sampled)."""
-    seen: dict[int, int] = {}
-    test = []
-    for it in ds.split("test"):
-        if seen.get(it.label, 0) < per_class_test:
-            test.append(it)
-            seen[it.label] = seen.get(it.label, 0) + 1
-    return dataclasses.replace(ds, splits={**ds.splits, "test": test})
 
 
 def _normalise(value: Any, key: str | None = None) -> Any:
@@ -116,13 +104,13 @@ def update_golden(request) -> bool:
 
 def test_golden_demo_lite(lite_backbone, tmp_path, update_golden, one_thread):
     from clip_adapter.demo import demo_dataset
-    ds = _subset(demo_dataset(), per_class_test=4)
+    ds = few_test_images(demo_dataset(), per_class_test=4)
     _check("demo_lite", _produce(ds, lite_backbone, tmp_path), update_golden)
 
 
 def test_golden_colors_tiny_vit(tmp_path, update_golden, one_thread):
     ds = load_dataset(make_color_images(tmp_path / "colors", per_class=12, seed=3))
-    _check("colors_tiny_vit", _produce(_subset(ds, 3), seeded_backbone("tiny-vit"), tmp_path), update_golden)
+    _check("colors_tiny_vit", _produce(few_test_images(ds, 3), seeded_backbone("tiny-vit"), tmp_path), update_golden)
 
 
 def test_golden_experiment_grid(tmp_path, update_golden, one_thread):
@@ -150,5 +138,5 @@ def test_golden_experiment_grid(tmp_path, update_golden, one_thread):
 
 @needs_shared
 def test_golden_dtd10_lite(lite_backbone, tmp_path, update_golden, one_thread):
-    ds = _subset(load_dataset(SHARED / "dtd10"), per_class_test=4)
+    ds = few_test_images(load_dataset(SHARED / "dtd10"), per_class_test=4)
     _check("dtd10_lite", _produce(ds, lite_backbone, tmp_path), update_golden)

@@ -10,9 +10,8 @@ import json
 import pytest
 
 from clip_adapter import FeatureCache, RunSpec, load_dataset, run_one
-from clip_adapter.datasets import Dataset
 
-from conftest import FAST_TEMPLATES, SHARED, needs_shared
+from conftest import FAST_TEMPLATES, SHARED, few_test_images, needs_shared
 
 
 @pytest.fixture(scope="module")
@@ -20,21 +19,10 @@ def lite(lite_backbone, lite_cache):
     return lite_backbone, lite_cache
 
 
-def _small(ds: Dataset, per_class_test: int) -> Dataset:
-    """The same dataset with a few test images per class, to keep encoding to seconds."""
-    seen: dict[int, int] = {}
-    test = []
-    for it in ds.split("test"):
-        if seen.get(it.label, 0) < per_class_test:
-            test.append(it)
-            seen[it.label] = seen.get(it.label, 0) + 1
-    return Dataset(ds.name, ds.classnames, {**ds.splits, "test": test}, ds.templates, ds.source)
-
-
 @needs_shared
 def test_dtd10_real_features_beat_chance_and_adapter_learns(lite, tmp_path):
     bb, cache_root = lite
-    ds = _small(load_dataset(SHARED / "dtd10"), per_class_test=8)
+    ds = few_test_images(load_dataset(SHARED / "dtd10"), per_class_test=8)
     cache = FeatureCache(bb, root=cache_root / "features", progress=False)
     zs = run_one(ds, bb, RunSpec("zero_shot"), cache)
     lp = run_one(ds, bb, RunSpec("linear_probe", shots=4, seed=1), cache)
@@ -50,7 +38,7 @@ def test_dtd10_real_features_beat_chance_and_adapter_learns(lite, tmp_path):
 def test_imagenette_zero_shot_is_strong(lite):
     """Imagenette's classes are ImageNet classes, which the alignment was fitted on: zero-shot is near perfect."""
     bb, cache_root = lite
-    ds = _small(load_dataset(SHARED / "imagenette"), per_class_test=4)
+    ds = few_test_images(load_dataset(SHARED / "imagenette"), per_class_test=4)
     zs = run_one(ds, bb, RunSpec("zero_shot"), FeatureCache(bb, root=cache_root / "features", progress=False))
     assert zs["accuracy"] >= 0.85
 
