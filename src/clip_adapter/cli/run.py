@@ -7,7 +7,7 @@ import json
 from ..datasets import SPLITS, load_dataset
 from ..fewshot import read_index_file
 from ..methods import check_overrides, get_method_class
-from ..protocol import RunSpec, run_one
+from ..protocol import HP_SELECTION, RunSpec, run_one
 from ..report import format_table
 from .common import add_backbone_args, add_data_args, backbone_from_args, cache_from_args, count, parse_grid, seed
 
@@ -37,6 +37,9 @@ def register(sub) -> None:
                    help="override any method config field, e.g. --set lr=1e-3 --set optimizer=adamw.")
     g.add_argument("--grid", action="append", metavar="KEY=V1,V2",
                    help="values searched on val, e.g. --grid alpha=0.2,0.5,0.8 (default: the method's grid).")
+    g.add_argument("--hp-selection", choices=HP_SELECTION, default="few_shot_val",
+                   help="where hyper-parameters are chosen: few_shot_val (min(K, 4) val images per class; default), "
+                        "full_val (the whole val split) or none (no search: the config's values).")
     g.add_argument("--views", type=count(0), default=10,
                    help="cached augmented views per training image (default: 10).")
     g.add_argument("--template", action="append", metavar="TEMPLATE",
@@ -76,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         train_items, val_items = idx["train"], idx.get("val")
     spec = RunSpec(method=cls.name, shots=args.shots, seed=args.seed, overrides=overrides, grid=grid,
                    n_views=args.views, repeat_shots=args.repeat_shots, templates=args.template or None,
-                   train_items=train_items, val_items=val_items, device=args.device)
+                   train_items=train_items, val_items=val_items, device=args.device, hp_selection=args.hp_selection)
     record = run_one(dataset, backbone, spec, cache=cache_from_args(args, backbone), output=args.output,
                      save_model=args.save_model)
     rows = [{"dataset": record["dataset"], "method": record["method"], "shots": record["shots"],

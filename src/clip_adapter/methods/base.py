@@ -17,7 +17,8 @@ The method contract (what a new method declares and implements; everything else 
   ``trains`` (False: ``fit`` ignores the labelled data, zero-shot), ``needs_backbone`` (True: built with
   ``backbone=bb`` because it runs the encoders, e.g. CoOp), ``trainable`` (which of its :meth:`state_tensors` ``fit``
   learns, as fnmatch patterns; the others are copied from the data or the text), ``drop_last`` (trained methods:
-  whether an epoch drops its last partial batch, as the authors' code does);
+  whether an epoch drops its last partial batch, as the authors' code does), ``logit_params`` (config fields that
+  enter only ``logits``, not ``fit``: a search over them fits once and rescores, e.g. Tip-Adapter's alpha, beta);
 * ``_fit(features, labels, *, text, views)``: the method's own learning. :meth:`FewShotMethod.fit` runs the shared
   checks (shapes, dtypes, finiteness, label range, dims; then the method's :meth:`check_train_data`), records the
   class names / dim / logit scale, calls ``_fit`` and marks the model fitted. ``_fit`` returns nothing;
@@ -166,6 +167,8 @@ class FewShotMethod(abc.ABC):
     trainable: ClassVar[tuple[str, ...]] = ()
     #: trained methods: an epoch drops its last partial batch (when n >= batch size), as the authors' code does
     drop_last: ClassVar[bool] = True
+    #: config fields that only ``logits`` reads (``fit`` ignores them): a search over them fits once
+    logit_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: MethodConfig | None = None, *, backbone=None):
         if config is not None and not isinstance(config, self.config_cls):

@@ -66,6 +66,7 @@ class GDA(FewShotMethod):
 
     config_cls = GDAConfig
     default_grid = {"alpha": ALPHA_GRID}
+    logit_params = ("alpha",)  # the means and precision do not depend on it
     trainable = ("weight", "bias")  # estimated in closed form from the training features
 
     def check_train_data(self, features: torch.Tensor, labels: torch.Tensor, views: torch.Tensor | None) -> None:
