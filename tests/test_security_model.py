@@ -22,6 +22,7 @@ from clip_adapter.cli import main
 from clip_adapter.io import atomic_dir
 from clip_adapter.methods import FewShotMethod, get_method
 from clip_adapter.model import AdaptedClassifier, predict_to_jsonl
+from clip_adapter.model.stream import open_append
 from clip_adapter.prompts import ClassText
 
 from conftest import clustered, make_color_images
@@ -341,6 +342,8 @@ def test_symlinked_output_is_refused(zs, pics, tmp_path, capsys):
     with pytest.raises(ValueError, match="out.jsonl is a symbolic link; refusing to write through it"):
         predict_to_jsonl(zs, pics, tmp_path / "out.jsonl", num_workers=0)
     assert victim.read_text() == "precious\n"
+    with pytest.raises(ValueError, match="is a symbolic link"):  # a link planted after the check: O_NOFOLLOW
+        open_append(tmp_path / "out.jsonl")
     for fmt in ("jsonl", "parquet", "csv"):  # refused before the model is even opened
         assert main(["predict", str(tmp_path / "no-model"), *pics, "--out", str(tmp_path / "out.jsonl"),
                      "--format", fmt]) == 1

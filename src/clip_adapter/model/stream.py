@@ -56,7 +56,7 @@ def read_journal(out: Path, model_id: str, settings: dict[str, Any]) -> set[str]
     settings, is a one-line error (nothing in it is touched)."""
     if not out.exists():
         return set()
-    with _open_nofollow(out, os.O_RDONLY) as f:
+    with _open_nofollow(out, "rb") as f:
         data = f.read()
     end = data.rfind(b"\n") + 1
     records, kept, retry = [], [], 0
@@ -91,22 +91,22 @@ def read_journal(out: Path, model_id: str, settings: dict[str, Any]) -> set[str]
     return {r["resolved_path"] for r in records if "error" not in r}
 
 
-def _open_nofollow(path: Path, flags: int, mode: int = 0o666):
+def _open_nofollow(path: Path, mode: str):
     """``open`` that never follows a symbolic link at ``path`` (a link planted after the check cannot redirect the
     write)."""
+    def opener(p, flags):
+        return os.open(p, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
     try:
-        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), mode)
+        return open(path, mode, opener=opener, **({} if "b" in mode else {"encoding": "utf-8"}))
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise ValueError(f"The output {path} is a symbolic link; refusing to write through it.") from None
         raise write_error(e, path, "prediction file") from None
-    return os.fdopen(fd, "rb" if flags == os.O_RDONLY else "a", **({} if flags == os.O_RDONLY else
-                                                                      {"encoding": "utf-8"}))
 
 
 def open_append(out: Path):
     """``out`` opened for appending text, created if missing, without following a link."""
-    return _open_nofollow(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    return _open_nofollow(out, "a")
 
 
 def pending(out: Path, images: Sequence[str | os.PathLike], extra_records: Sequence[dict[str, Any]] = (), *,
@@ -138,7 +138,7 @@ def write_records(f, records, counts: dict[str, int], model_id: str, settings: d
             f.write(json.dumps(rec) + "\n")
             f.flush()
         except OSError as e:
-            raise write_error(e, getattr(f, "name", "the prediction file"), "prediction file") from None
+            raise write_error(e, f.name, "prediction file") from None
         counts["written"] += 1
         counts["errors"] += "error" in rec
 
