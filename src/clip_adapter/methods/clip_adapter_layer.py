@@ -26,13 +26,13 @@ from ..training import TrainingConfig, train_loop
 from .base import FewShotMethod, check_finite, check_fitted, register_method
 from .common import Adapter, blend, cosine_logits
 
-__all__ = ["LayerAdapterConfig", "LayerAdapter"]
+__all__ = ["ClipAdapterLayerConfig", "ClipAdapterLayer"]
 
 PREDICT_CHUNK = 256  # images per tail forward in logits (bounds attention memory on large test splits)
 
 
 @dataclass(frozen=True)
-class LayerAdapterConfig(TrainingConfig):
+class ClipAdapterLayerConfig(TrainingConfig):
     layer: int = -1          # insertion position k: after block k (1..L, or -1 = after the last = feature level)
     alpha: float = 0.2       # residual ratio alpha * A(x) + (1 - alpha) * x
     tokens: str = "cls"      # tokens the adapter blends (k < L): "cls" (class token) or "all"
@@ -47,18 +47,19 @@ class LayerAdapterConfig(TrainingConfig):
 
 
 @register_method("clip_adapter_layer")
-class LayerAdapter(FewShotMethod):
-    """CLIP-Adapter inserted after block ``layer`` of an open_clip ViT: ``LayerAdapter(config, backbone=bb)``."""
+class ClipAdapterLayer(FewShotMethod):
+    """CLIP-Adapter inserted after block ``layer`` of an open_clip ViT: ``ClipAdapterLayer(config, backbone=bb)``."""
 
-    config_cls = LayerAdapterConfig
+    config_cls = ClipAdapterLayerConfig
     default_grid = {"alpha": [0.2, 0.4, 0.6, 0.8]}
     needs_backbone = True
+    trainable = ("adapter.*",)
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def _make_tail(self) -> ViTTail:
         if self.backbone is None:
             raise ValueError("clip_adapter_layer needs the ViT backbone whose blocks follow the adapter: "
-                             "LayerAdapter(config, backbone=bb) or FewShotMethod.from_pretrained(dir, backbone=bb).")
+                             "ClipAdapterLayer(config, backbone=bb) or FewShotMethod.from_pretrained(dir, backbone=bb).")
         return ViTTail(self.backbone, self.config.layer)
 
     def _build(self, dim: int) -> None:
@@ -106,18 +107,22 @@ class LayerAdapter(FewShotMethod):
         return cosine_logits(img, self.text_features_.to(img.device), self.logit_scale_)
 
     # -- interface -----------------------------------------------------------------------------------------------
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
-            views: torch.Tensor | None = None) -> "LayerAdapter":
-        self._start_fit(features, labels, text, views)
+    def input_shape(self) -> tuple[int, ...]:
+        """Block activations at the adapter's layer, ``(tokens, width)`` (or ``(dim,)`` after the last block)."""
+        if self.backbone is None:
+            self._make_tail()  # raises the "needs the ViT backbone" error
+        return tuple(activation_shape(self.backbone, self.config.layer))
+
+    def _fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
+             views: torch.Tensor | None) -> None:
         dev = torch.device(self.config.device)
         self.text_features_ = text.features.float().clone().to(dev)
         self._build(self.input_shape_[-1])
         self.adapter_.to(dev).train()
         self.history_ = train_loop(self.adapter_.parameters(), self._logits, features, labels, self.config,
-                                   views=views)
+                                   views=views, drop_last=self.drop_last)
         self.adapter_.cpu().eval().requires_grad_(False)
         self.text_features_ = self.text_features_.cpu()
-        return self._end_fit()
 
     @torch.no_grad()
     def logits(self, features: torch.Tensor) -> torch.Tensor:
