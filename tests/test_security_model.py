@@ -310,7 +310,7 @@ def zs_folder(tiny_backbone, tmp_path) -> Path:
     ({"id": "open_clip:mine/sha256:" + "0" * 16, "model_config": {
         "embed_dim": 8, "vision_cfg": {}, "text_cfg": {"hf_model_name": "evil/bert"}}},
      r"names weights or code to fetch \(text_cfg.hf_model_name='evil/bert'\)"),
-    ({"id": "transformers:some/folder"}, "backbone family 'transformers' is not one this clip-adapter builds"),
+    ({"id": "transformers:some/folder"}, r"backbone 'transformers:some/folder' is not one this clip-adapter builds"),
 ])
 def test_saved_backbone_recipe_is_never_a_path_or_hub_repo(zs_folder, monkeypatch, block, message):
     _edit(zs_folder, backbone={**block, "embed_dim": 64})
