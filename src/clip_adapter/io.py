@@ -93,8 +93,10 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int =
 
 
 def safe_name(name: str, default: str = "_") -> str:
-    """``name`` as one path component: runs of characters other than ``A-Za-z0-9._+-`` become ``_`` (80 at most)."""
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)[:80] or default
+    """``name`` as one path component: runs of characters other than ``A-Za-z0-9._+-`` become ``_`` (80 at most),
+    and leading dots too, so that the result is never ``.``, ``..`` or a hidden name."""
+    out = re.sub(r"[^A-Za-z0-9._+-]+", "_", name)[:80]
+    return re.sub(r"^\.+", lambda m: "_" * len(m.group()), out) or default
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
@@ -121,9 +123,15 @@ def package_versions() -> dict[str, str]:
 
 
 def default_cache_dir() -> Path:
-    """Root of every cache (features, alignment maps): ``$CLIP_ADAPTER_CACHE`` or ``~/.cache/clip_adapter``."""
+    """Root of every cache (features, alignment maps): ``$CLIP_ADAPTER_CACHE`` or ``~/.cache/clip_adapter``; per
+    user, and created readable by its owner only (0700) when missing: cached features reveal the images."""
     env = os.environ.get("CLIP_ADAPTER_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "clip_adapter"
+    path = Path(env) if env else Path.home() / ".cache" / "clip_adapter"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            os.mkdir(path, 0o700)
+    return path
 
 
 @contextlib.contextmanager

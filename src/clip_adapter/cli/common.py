@@ -102,7 +102,10 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--root", default=None, help="where built-in datasets live (default: $CLIP_ADAPTER_DATA or ~/data).")
     g.add_argument("--cache-dir", default=None,
                    help="feature cache directory (default: $CLIP_ADAPTER_CACHE/features or "
-                        "~/.cache/clip_adapter/features).")
+                        "~/.cache/clip_adapter/features); private: created 0700, only your own files are read.")
+    g.add_argument("--shared-cache", default=None, metavar="DIR",
+                   help="use DIR as a feature cache shared with other users: their files are read too (your own "
+                        "first), so every user who can write DIR decides your features. Also $CLIP_ADAPTER_SHARED_CACHE.")
     g.add_argument("--allow-outside-paths", action="store_true",
                    help="let split-file/CSV entries point outside the dataset folder (absolute paths, '..'); refused "
                         "by default.")
@@ -117,8 +120,11 @@ def backbone_from_args(args: argparse.Namespace) -> Backbone:
 
 
 def cache_from_args(args: argparse.Namespace, backbone: Backbone) -> FeatureCache:
-    return FeatureCache(backbone, root=args.cache_dir, batch_size=args.batch_size, num_workers=args.workers,
-                        progress=not args.no_progress)
+    shared = getattr(args, "shared_cache", None)
+    if shared and args.cache_dir:
+        raise ValueError(f"--cache-dir {args.cache_dir} and --shared-cache {shared} name two feature caches; give one.")
+    return FeatureCache(backbone, root=shared or args.cache_dir, batch_size=args.batch_size, num_workers=args.workers,
+                        progress=not args.no_progress, shared=True if shared else None)
 
 
 def parse_grid(pairs: Sequence[str]) -> dict[str, list]:

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
 from ..distributed import require_ray
 from ..experiment import load_config, run_experiment
 from ..experiment.schema import ExecutorEntry, RayEntry
+from ..results import LOCK_TIMEOUT_ENV
 
 LOCAL = "local"  # --ray without an address
 
@@ -30,10 +32,15 @@ def register(sub) -> None:
     p.add_argument("--shard", default=None, metavar="i/N",
                    help="run only every N-th planned run, from the i-th (0-based): one of N jobs sharing the output "
                         "folder, e.g. a Slurm array task (then 'clip-adapter report OUTPUT').")
+    p.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
+                   help="give up waiting for a run's lock held by another process after SECONDS (default: wait, "
+                        "naming the lock and its holder's pid every 30 s; also $CLIP_ADAPTER_LOCK_TIMEOUT).")
     p.set_defaults(func=cmd_experiment)
 
 
 def cmd_experiment(args) -> int:
+    if args.lock_timeout is not None:  # read by every lock wait, here and in Ray workers
+        os.environ[LOCK_TIMEOUT_ENV] = str(args.lock_timeout)
     config = load_config(args.config, output=args.output, cache_dir=args.cache_dir)
     if args.device:
         config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, device=args.device))
