@@ -26,8 +26,9 @@ IMAGENET_VAL_SEED = 0
 IMAGENET_SPLIT_CACHE = "split_clip_adapter_ImageNet.json"
 
 
-def read_builtin(name: str, root: str | os.PathLike | None = None) -> Dataset:
-    """Load a built-in dataset from its CoOp layout under ``root``.
+def read_builtin(name: str, root: str | os.PathLike | None = None, allow_outside_paths: bool = False) -> Dataset:
+    """Load a built-in dataset from its CoOp layout under ``root`` (``allow_outside_paths``: let its split file's
+    entries reach outside its folder, e.g. through a symlinked image folder).
 
     Raises:
         ValueError: unknown name (with a close match).
@@ -43,7 +44,7 @@ def read_builtin(name: str, root: str | os.PathLike | None = None) -> Dataset:
     ds_dir = info.path(root)
     if info.split_format == "coop":
         return read_coop(ds_dir, split_file=ds_dir / info.split_file, image_dir=ds_dir / info.image_dir,
-                         name=info.name)
+                         name=info.name, allow_outside_paths=allow_outside_paths)
     if info.split_format == "fgvc":
         return read_fgvc(info, ds_dir)
     if info.split_format == "imagenet":

@@ -31,6 +31,6 @@ def load_dataset(spec: str | Path, root: str | Path | None = None, split_seed: i
     if path.exists():
         raise ValueError(f"Dataset {path} is neither a folder nor a .csv file.")
     if "/" not in str(spec):
-        return read_builtin(str(spec), root)
+        return read_builtin(str(spec), root, allow_outside_paths=allow_outside_paths)
     raise FileNotFoundError(f"Dataset {spec} not found; expected a folder, a .csv file or a built-in dataset name "
                             f"(clip-adapter datasets list).")

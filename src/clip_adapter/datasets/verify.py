@@ -97,25 +97,26 @@ def _guess_image_dir(folder: Path, split_file: Path, sample: int = 50) -> Path:
     return candidates[max(range(len(candidates)), key=hits.__getitem__)]
 
 
-def _load(name_or_path: str | os.PathLike, root: str | os.PathLike | None):
+def _load(name_or_path: str | os.PathLike, root: str | os.PathLike | None, allow_outside_paths: bool = False):
     """(dataset, its folder, expected split counts, expected classes, its name): expectations for built-in names."""
     path = Path(name_or_path).expanduser()
     if not path.exists():
         info = get_info(str(name_or_path))
-        return (read_builtin(info.name, root), info.path(root), dict(zip(SPLITS, info.split_sizes)),
+        return (read_builtin(info.name, root, allow_outside_paths), info.path(root), dict(zip(SPLITS, info.split_sizes)),
                 info.num_classes, info.name)
     split_files = sorted(path.glob("split_zhou_*.json")) if path.is_dir() else []
     if len(split_files) == 1:
         # read_coop locates the image folder from the first entries of each split, which is exactly what may be
         # missing here; vote over a larger sample instead.
-        ds = read_coop(path, split_file=split_files[0], image_dir=_guess_image_dir(path, split_files[0]))
+        ds = read_coop(path, split_file=split_files[0], image_dir=_guess_image_dir(path, split_files[0]),
+                       allow_outside_paths=allow_outside_paths)
     else:
-        ds = load_dataset(path)
+        ds = load_dataset(path, allow_outside_paths=allow_outside_paths)
     return ds, path if path.is_dir() else path.parent, None, None, ds.name
 
 
 def verify(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None, *, full: bool = False,
-           workers: int | None = None, progress: bool = True) -> VerifyReport:
+           workers: int | None = None, progress: bool = True, allow_outside_paths: bool = False) -> VerifyReport:
     """Check that every image of every split exists and opens, and that the counts are the expected ones.
 
     Args:
@@ -124,11 +125,13 @@ def verify(name_or_path: str | os.PathLike, root: str | os.PathLike | None = Non
         root: data root for names.
         full: decode every image (slower, catches truncated JPEGs) instead of PIL's ``verify()``.
         workers: threads opening images (default: up to 8).
+        allow_outside_paths: let split-file entries reach outside the dataset folder (absolute paths, ``..``,
+            symlinks to elsewhere), as :func:`~clip_adapter.datasets.load_dataset` does.
 
     Raises:
         ValueError / FileNotFoundError: unknown name, or the split file/required folders are missing.
     """
-    ds, folder, expected_counts, expected_classes, label = _load(name_or_path, root)
+    ds, folder, expected_counts, expected_classes, label = _load(name_or_path, root, allow_outside_paths)
     counts = {s: len(ds.splits.get(s, [])) for s in SPLITS}
     report = VerifyReport(label, str(folder), counts, ds.num_classes, expected_counts, expected_classes)
     if expected_counts and counts != expected_counts:
