@@ -401,6 +401,10 @@ def test_a_symlink_reaching_outside_the_dataset_folder_needs_the_opt_in(tmp_path
                                         r"dataset folder .*--allow-outside-paths"):
         load_dataset(ds / "data.csv")
     assert len(load_dataset(ds / "data.csv", allow_outside_paths=True).split("test")) == 1
+    (ds / "data.csv").unlink()  # the same folder read as class folders
+    with pytest.raises(DataError, match=r"Dataset folder .*leak.png goes through a symlink to .*--allow-outside-paths"):
+        load_dataset(ds)
+    assert len(load_dataset(ds, allow_outside_paths=True).splits["train"]) >= 1
 
 
 def test_leakage_check_sees_through_symlinked_folders_and_hard_links(tmp_path, color_dir):

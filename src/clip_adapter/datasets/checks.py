@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 
 from .types import SPLITS, Item
 
-__all__ = ["DataError", "join_inside", "check_label", "check_label_names", "check_no_gaps", "check_unique_images",
+__all__ = ["DataError", "join_inside", "check_inside", "check_label", "check_label_names", "check_no_gaps", "check_unique_images",
            "check_templates", "OPT_IN"]
 
 # How a user lets entries point outside the dataset folder (named in the error).
@@ -55,6 +55,20 @@ def join_inside(folder: Path, base: Path, rel: Any, where: str, allow_outside: b
         raise DataError(f"{where}: the path {rel!r} goes through a symlink to {real}, outside the dataset folder "
                         f"{folder}. Pass {OPT_IN} to read files outside it.")
     return str(full)
+
+
+def check_inside(folder: Path, splits: Mapping[str, list[Item]], where: str, allow_outside: bool = False) -> None:
+    """Every image found under ``folder`` resolves inside it: a symlink in a class folder that points elsewhere needs
+    the opt-in, as a split-file entry would (:func:`join_inside`)."""
+    if allow_outside:
+        return
+    real_root = _real(os.path.normpath(os.path.abspath(folder)))
+    for s in SPLITS:
+        for it in splits.get(s, []):
+            real = os.path.realpath(it.path)
+            if os.path.commonpath([real, real_root]) != real_root:
+                raise DataError(f"{where}: {it.path} goes through a symlink to {real}, outside the dataset folder "
+                                f"{folder}. Pass {OPT_IN} to read files outside it.")
 
 
 def check_label(value: Any, where: str) -> int:

@@ -27,7 +27,7 @@ def load_dataset(spec: str | Path, root: str | Path | None = None, split_seed: i
     if path.is_dir():
         if sorted(path.glob("split_zhou_*.json")):
             return read_coop(path, allow_outside_paths=allow_outside_paths)
-        return read_image_folder(path, split_seed=split_seed)
+        return read_image_folder(path, split_seed=split_seed, allow_outside_paths=allow_outside_paths)
     if path.exists():
         raise ValueError(f"Dataset {path} is neither a folder nor a .csv file.")
     if "/" not in str(spec):

@@ -21,8 +21,8 @@ import random
 from pathlib import Path
 
 from .catalog import templates_for
-from .checks import (DataError, check_label, check_label_names, check_no_gaps, check_templates, check_unique_images,
-                     join_inside)
+from .checks import (DataError, check_inside, check_label, check_label_names, check_no_gaps, check_templates,
+                     check_unique_images, join_inside)
 from .types import IMAGE_EXTENSIONS, SPLITS, Dataset, Item, anchor, readable
 
 __all__ = ["read_coop", "read_image_folder", "read_csv", "images_in"]
@@ -166,8 +166,9 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def read_image_folder(folder: str | Path, split_seed: int = 0) -> Dataset:
-    """Read ``<dir>/<class>/*`` (seeded split) or ``<dir>/{train,val,test}/<class>/*``."""
+def read_image_folder(folder: str | Path, split_seed: int = 0, allow_outside_paths: bool = False) -> Dataset:
+    """Read ``<dir>/<class>/*`` (seeded split) or ``<dir>/{train,val,test}/<class>/*``; a symlink pointing out of
+    ``<dir>`` needs ``allow_outside_paths``, and no image may be in two splits (hard links included)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"Dataset folder {folder} not found.")
@@ -190,6 +191,8 @@ def read_image_folder(folder: str | Path, split_seed: int = 0) -> Dataset:
             raise DataError(f"Class folder {folder / empty[0]} contains no images "
                             f"({', '.join(sorted(IMAGE_EXTENSIONS))}).")
         splits = _seeded_split(per_class, split_seed)
+    check_inside(folder, splits, f"Dataset folder {folder}", allow_outside_paths)
+    check_unique_images(splits, f"Dataset folder {folder}")
     classnames, templates = _extra_files(folder, [readable(c) for c in class_dirs], folder.name)
     return Dataset(folder.name, classnames, anchor(splits, folder), templates, source=str(folder))
 
