@@ -169,7 +169,6 @@ def _fetch(url: str, dest: Path, *, session: Any, progress: bool, retries: int, 
         except _Restart as e:
             last_error = str(e) or last_error
             log.info("%s: %s", dest.name, last_error)
-            continue
         # r.raw.stream raises urllib3's own errors (ProtocolError, ReadTimeoutError), not requests' wrappers.
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                 urllib3.exceptions.HTTPError, OSError) as e:
