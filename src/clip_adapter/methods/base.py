@@ -123,6 +123,9 @@ class FewShotMethod(abc.ABC):
     default_grid: ClassVar[dict[str, list]] = {}
     #: whether ``fit`` uses the labelled data (zero-shot does not)
     trains: ClassVar[bool] = True
+    #: what ``fit`` and ``logits`` take from the protocol: cached ``"features"``, or ``"images"``
+    #: (:class:`~clip_adapter.imageset.ImageSet`, for methods that back-propagate through the encoders)
+    inputs: ClassVar[str] = "features"
 
     def __init__(self, config: MethodConfig | None = None, *, backbone=None):
         if config is not None and not isinstance(config, self.config_cls):
