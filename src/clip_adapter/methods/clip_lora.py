@@ -41,7 +41,6 @@ from torch import nn
 from ..config import Bool, Interval, MethodConfig, NoneOr, Options, Predicate
 from ..features import default_num_workers
 from ..imageset import ImageSet
-from ..io import torch_threads
 from ..prompts import ClassText
 from ..training import _is_device
 from .base import FewShotMethod, check_finite, check_fitted, register_method
@@ -326,20 +325,19 @@ class ClipLora(FewShotMethod):
         batches = _schedule(len(images), self.iters_, c.batch_size, c.seed)
         workers = c.num_workers if c.num_workers is not None else (default_num_workers() if dev.type == "cuda" else 0)
         history: dict = {"loss": [], "steps": 0}
-        with torch_threads(None if dev.type == "cuda" else torch.get_num_threads()):
-            for batch, x in zip(batches, images.augmented(batches, workers)):
-                y = labels[[i for i, _ in batch]].to(dev)
-                text = self._text_features(grad=True) if train_text else fixed_text
-                with self._autocast(dev), torch.set_grad_enabled(c.encoder != "text"):
-                    img = model.encode_image(x.to(dev), normalize=False)
-                loss = F.cross_entropy(cosine_logits(img.float(), text, self.logit_scale_), y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                history["steps"] += 1
-                history["loss"].append(float(loss.detach()))
+        for batch, x in zip(batches, images.augmented(batches, workers)):
+            y = labels[[i for i, _ in batch]].to(dev)
+            text = self._text_features(grad=True) if train_text else fixed_text
+            with self._autocast(dev), torch.set_grad_enabled(c.encoder != "text"):
+                img = model.encode_image(x.to(dev), normalize=False)
+            loss = F.cross_entropy(cosine_logits(img.float(), text, self.logit_scale_), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            history["steps"] += 1
+            history["loss"].append(float(loss.detach()))
         return history
 
     # -- predict -----------------------------------------------------------------------------------------------
