@@ -42,7 +42,7 @@ def _needs_backbone(name: str) -> bool:
 
 
 # Methods that run the backbone's encoders (CoOp, the layer adapter) need real class names and its dim: their own
-# test files run this same contract on a real tiny backbone (test_coop.py, test_layer_adapter.py).
+# test files run this same contract on a real tiny backbone (test_coop.py, test_clip_adapter_layer.py).
 FEATURE_ONLY = [m for m in list_methods() if not _needs_backbone(m)]
 
 
