@@ -193,6 +193,9 @@ def test_run_one_trains_on_images(tiny_backbone, color_dir, tmp_path):
     assert rec["candidates"] == [{"val_accuracy": rec["val_accuracy"]}] and rec["grid"] == {}
     loaded = FewShotMethod.from_pretrained(tmp_path / "m", backbone=tiny_backbone)
     assert loaded.config.iters == 2
+    # Evaluating the saved model scores images through its adapted encoder (never the backbone's cached features).
+    model = AdaptedClassifier.from_pretrained(tmp_path / "m", backbone=tiny_backbone)
+    assert model.evaluate(ds)["accuracy"] == rec["accuracy"]
 
 
 def test_backbones_it_cannot_adapt(lite_backbone):

@@ -42,6 +42,7 @@ from ..backbones.base import BackboneSpec, check_backbone
 from ..config import invalid_value
 from ..evaluation import evaluate_predictions
 from ..features import FeatureCache, default_num_workers
+from ..imageset import ImageSet
 from ..io import package_versions, progress_bar
 from ..methods import FewShotMethod, check_fitted, read_saved_config
 from .card import model_card
@@ -247,10 +248,14 @@ class AdaptedClassifier:
             raise ValueError(f"Split {split!r} of dataset {dataset.name} is empty.")
         remap = self.label_map(dataset, class_map)
         labels = remap[torch.tensor([it.label for it in items], dtype=torch.long)]
-        cache = cache or FeatureCache(self.backbone)
-        if cache.backbone.id != self.backbone.id:
-            raise ValueError(f"The feature cache is for {cache.backbone.id!r}; the model uses {self.backbone.id!r}.")
-        pred = self.method.predict(cache.features(items))
+        if self.method.inputs == "images":  # its encoders are adapted: the backbone's cached features do not apply
+            pred = self.method.predict(ImageSet.of(items, self.backbone))
+        else:
+            cache = cache or FeatureCache(self.backbone)
+            if cache.backbone.id != self.backbone.id:
+                raise ValueError(f"The feature cache is for {cache.backbone.id!r}; the model uses "
+                                 f"{self.backbone.id!r}.")
+            pred = self.method.predict(cache.features(items))
         m = evaluate_predictions(pred, labels, self.classes_)
         return {"dataset": dataset.name, "split": split, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                 "per_class_accuracy": m["per_class_accuracy"], "n": m["n"], "method": self.method.name,
