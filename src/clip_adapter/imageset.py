@@ -6,9 +6,8 @@ train/val/test inputs from an :class:`ImageSource` instead of a :class:`~clip_ad
 answer ``features(items)`` and ``views(items, n)``: the image source gives :class:`ImageSet` s (paths plus the
 backbone's transforms, decoded on demand) and no cached views.
 
-Augmentation is reproducible without a shared RNG: sample ``j`` of a schedule is image ``i`` under augmentation seed
-``s`` (:func:`~clip_adapter.features.load_image_views` seeds the crop/flip by the image name and ``s``), so the same
-schedule gives the same pixels in any number of loader processes.
+Augmentation is reproducible without a shared RNG: each sample of a schedule is an image index and an augmentation
+seed that seeds its crop/flip, so the same schedule gives the same pixels in any number of loader processes.
 """
 from __future__ import annotations
 
@@ -35,7 +34,10 @@ class _Scheduled(Dataset):
 
     def __getitem__(self, j: int) -> torch.Tensor:
         i, seed = self.schedule[j]
-        return load_image_views(self.paths[i], self.transform, [seed])[0]
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG untouched
+            # The CPU generator only: torch.manual_seed would also queue a CUDA seed (with a stack trace) per image.
+            torch.default_generator.manual_seed(seed)
+            return load_image_views(self.paths[i], self.transform)
 
 
 @dataclass(frozen=True)

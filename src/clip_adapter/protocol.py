@@ -25,7 +25,7 @@ from .fewshot import sample_k_shot, val_shots
 from .imageset import ImageSource
 from .io import package_versions, write_json
 from .config import Bool, Interval, MethodConfig, NoneOr, Text, invalid_value
-from .methods import FewShotMethod, check_save_target, get_method_class
+from .methods import FewShotMethod, check_overrides, check_save_target, get_method_class
 from .model import AdaptedClassifier
 from .prompts import ClassText, encode_class_texts
 from .results import result_path
@@ -118,7 +118,7 @@ def resolve_config(method: str, overrides: dict[str, Any], seed: int = 1,
     """The method class and its validated config: ``seed``, then ``device`` (for methods that have one), then the
     overrides; an unknown override key is a one-line error with the closest field."""
     cls = get_method_class(method)
-    cls.config_cls.check_field_names(overrides, what="key", where=f"method {cls.name!r}")
+    check_overrides(cls, overrides, what="key", where=f"method {cls.name!r}")
     base: dict[str, Any] = {"seed": seed}
     if device is not None and "device" in cls.config_cls.field_names():
         base["device"] = device

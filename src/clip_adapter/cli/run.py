@@ -6,7 +6,7 @@ import json
 
 from ..datasets import SPLITS, load_dataset
 from ..fewshot import read_index_file
-from ..methods import get_method_class
+from ..methods import check_overrides, get_method_class
 from ..protocol import RunSpec, run_one
 from ..report import format_table
 from .common import add_backbone_args, add_data_args, backbone_from_args, cache_from_args, count, parse_grid, seed
@@ -50,6 +50,7 @@ def register(sub) -> None:
 
 
 def _overrides(args: argparse.Namespace, cls) -> dict:
+    check_overrides(cls, [p.split("=", 1)[0].strip().replace("-", "_") for p in args.set or [] if "=" in p])
     overrides = cls.config_cls.parse_overrides(args.set or [])
     fields = cls.config_cls.field_names()
     for flag, key, attr in SHORTCUTS:

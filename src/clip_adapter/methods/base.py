@@ -10,11 +10,30 @@ Data conventions at the method boundary:
 
 Each method normalises where its own formula says. ``logits`` is the one place a method's formula lives;
 ``predict`` / ``predict_proba`` are its argmax / softmax.
+
+The method contract (what a new method declares and implements; everything else is shared):
+
+* class attributes: ``config_cls`` (a frozen :class:`MethodConfig`), ``default_grid`` (searched on validation),
+  ``trains`` (False: ``fit`` ignores the labelled data, zero-shot), ``needs_backbone`` (True: built with
+  ``backbone=bb`` because it runs the encoders, e.g. CoOp), ``trainable`` (which of its :meth:`state_tensors` ``fit``
+  learns, as fnmatch patterns; the others are copied from the data or the text), ``drop_last`` (trained methods:
+  whether an epoch drops its last partial batch, as the authors' code does), ``inputs`` (``"images"``: ``fit`` and
+  ``logits`` take :class:`~clip_adapter.imageset.ImageSet` s, re-augmented at every step, instead of cached
+  features: CLIP-LoRA);
+* ``_fit(features, labels, *, text, views)``: the method's own learning. :meth:`FewShotMethod.fit` runs the shared
+  checks (shapes, dtypes, finiteness, label range, dims; then the method's :meth:`check_train_data`), records the
+  class names / dim / logit scale, calls ``_fit`` and marks the model fitted. ``_fit`` returns nothing;
+* ``logits``, ``state_tensors``, ``load_state_tensors``; optionally ``input_shape`` (inputs other than cached
+  image features, e.g. block activations), ``check_train_data`` (a method's own needs: GDA's two features per
+  class), ``refine_grid`` (a second, finer search around the first choice).
+
+Transition: a subclass may still override ``fit`` itself and call ``_start_fit`` / ``_end_fit`` (the old contract).
 """
 from __future__ import annotations
 
 import abc
 import dataclasses
+import fnmatch
 import json
 import logging
 from pathlib import Path
@@ -28,7 +47,7 @@ from ..config import MethodConfig, suggest
 from ..io import atomic_dir, package_versions
 from ..prompts import ClassText
 
-__all__ = ["MethodConfig", "FewShotMethod", "NotFittedError", "register_method", "get_method", "get_method_class",
+__all__ = ["MethodConfig", "check_overrides", "FewShotMethod", "NotFittedError", "register_method", "get_method", "get_method_class",
            "list_methods", "check_fitted", "check_finite", "check_save_target", "read_saved_config", "CONFIG_NAME",
            "WEIGHTS_NAME"]
 
@@ -69,12 +88,31 @@ def get_method_class(name: str) -> type["FewShotMethod"]:
     return _METHODS[key]
 
 
+# Settings only methods that iterate have (TrainingConfig's fields): asked of a training-free method, they get an
+# error that says why instead of a bare "unknown key".
+TRAINING_KEYS = ("epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay", "warmup_epochs", "warmup_lr")
+
+
+def check_overrides(cls: type["FewShotMethod"], names, what: str = "key", where: str = "") -> None:
+    """Every name is a field of ``cls``'s config; a training setting asked of a training-free method is a one-line
+    error naming the method and what it takes instead."""
+    fields = cls.config_cls.field_names()
+    iterates = "lr" in fields  # trained on its own schedule (CLIP-LoRA: iterations): an unknown key is just unknown
+    for k in names:
+        if k in TRAINING_KEYS and k not in fields and not iterates:
+            kind = "training-free (closed form)" if cls.trains else "not trained"
+            raise ValueError(f"{where + ': ' if where else ''}Method {cls.name!r} is {kind}: it takes no {k!r} "
+                             f"(no epochs, lr or batch size). Its settings: {', '.join(fields)}.")
+    cls.config_cls.check_field_names(names, what=what, where=where)
+
+
 def get_method(name: str, config: MethodConfig | dict | None = None, **kwargs) -> "FewShotMethod":
     """Build a method by name: ``get_method("clip_adapter", alpha=0.6)`` or with a config object/dict."""
     cls = get_method_class(name)
     backbone = kwargs.pop("backbone", None)
     if isinstance(config, dict):
         config = cls.config_cls.from_dict(config)
+    check_overrides(cls, kwargs)
     if kwargs:
         config = dataclasses.replace(config or cls.config_cls(), **kwargs)
     return cls(config, backbone=backbone)
@@ -115,6 +153,8 @@ class FewShotMethod(abc.ABC):
 
     The constructor stores ``config`` (and an optional ``backbone`` collaborator for methods that need the
     encoders, e.g. CoOp) and nothing else. Learned state lives in attributes ending in ``_``.
+    Subclasses implement ``_fit``, ``logits``, ``state_tensors`` and ``load_state_tensors`` and declare the class
+    attributes below (the module docstring states the whole contract).
     """
 
     name: ClassVar[str] = ""
@@ -123,6 +163,12 @@ class FewShotMethod(abc.ABC):
     default_grid: ClassVar[dict[str, list]] = {}
     #: whether ``fit`` uses the labelled data (zero-shot does not)
     trains: ClassVar[bool] = True
+    #: whether the method runs the backbone's encoders itself (built with ``backbone=bb``: CoOp, the layer adapter)
+    needs_backbone: ClassVar[bool] = False
+    #: the :meth:`state_tensors` that ``fit`` learns (fnmatch patterns); the rest are copied from data or text
+    trainable: ClassVar[tuple[str, ...]] = ()
+    #: trained methods: an epoch drops its last partial batch (when n >= batch size), as the authors' code does
+    drop_last: ClassVar[bool] = True
     #: what ``fit`` and ``logits`` take from the protocol: cached ``"features"``, or ``"images"``
     #: (:class:`~clip_adapter.imageset.ImageSet`, for methods that back-propagate through the encoders)
     inputs: ClassVar[str] = "features"
@@ -134,10 +180,41 @@ class FewShotMethod(abc.ABC):
         self.backbone = backbone
 
     # -- to implement --------------------------------------------------------------------------------------
-    @abc.abstractmethod
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
+    def fit(self, features: torch.Tensor | None, labels: torch.Tensor | None, *, text: ClassText,
             views: torch.Tensor | None = None) -> "FewShotMethod":
-        """Learn from raw ``features`` ``(n, d)`` (and augmented ``views`` ``(V, n, d)``); returns ``self``."""
+        """Learn from raw ``features`` ``(n, d)`` (and augmented ``views`` ``(V, n, d)``); returns ``self``.
+
+        Runs the shared checks, then :meth:`check_train_data`, then the method's ``_fit``; refitting replaces the
+        previous fit. A method that does not train (``trains = False``) may be given ``None`` for both."""
+        if features is None and labels is None and not self.trains:
+            features = torch.zeros(0, text.features.shape[1])
+            labels = torch.zeros(0, dtype=torch.long)
+        self._start_fit(features, labels, text, views)
+        self.check_train_data(features, labels, views)
+        if self.inputs == "features":
+            features, views = features.float(), None if views is None else views.float()
+        self._fit(features, labels, text=text, views=views)
+        return self._end_fit()
+
+    def _fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
+             views: torch.Tensor | None) -> None:
+        """The method's own learning, on checked inputs (float32 features). Sets the ``_``-suffixed state."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _fit (or, before the contract change, fit).")
+
+    def check_train_data(self, features: torch.Tensor, labels: torch.Tensor, views: torch.Tensor | None) -> None:
+        """What this method needs of the training data beyond the shared checks (e.g. two features per class for a
+        covariance); raise a one-line ``ValueError`` naming the method and what it needs. Nothing by default."""
+
+    def input_shape(self) -> tuple[int, ...] | None:
+        """Shape of one input row of ``fit`` / ``logits`` when it is not a cached image feature ``(dim,)`` (e.g.
+        block activations ``(tokens, width)``); ``None`` = image features of the backbone's dim."""
+        return None
+
+    @classmethod
+    def refine_grid(cls, grid: dict[str, list], chosen: dict[str, Any]) -> dict[str, list]:
+        """A second, finer grid around ``chosen`` (searched after ``grid``; its candidates compete with the first
+        pass's). Empty (no refinement) by default."""
+        return {}
 
     @abc.abstractmethod
     def logits(self, features: torch.Tensor) -> torch.Tensor:
@@ -195,9 +272,14 @@ class FewShotMethod(abc.ABC):
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         return self.logits(features).argmax(dim=-1)
 
+    def trainable_tensor_names(self) -> list[str]:
+        """The names of :meth:`state_tensors` that ``fit`` learns (matching a ``trainable`` pattern)."""
+        return [k for k in self.state_tensors() if any(fnmatch.fnmatchcase(k, p) for p in self.trainable)]
+
     def num_trainable_parameters(self) -> int:
-        """Parameters learned by ``fit`` (0 for zero-shot)."""
-        return sum(t.numel() for k, t in self.state_tensors().items() if not k.startswith("fixed."))
+        """Parameters learned by ``fit`` (0 for zero-shot and for training-free caches)."""
+        tensors = self.state_tensors()
+        return sum(tensors[k].numel() for k in self.trainable_tensor_names())
 
     # -- persistence ---------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, *, backbone_id: str | None = None,

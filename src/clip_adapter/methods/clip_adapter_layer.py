@@ -53,6 +53,7 @@ class ClipAdapterLayer(FewShotMethod):
     config_cls = ClipAdapterLayerConfig
     default_grid = {"alpha": [0.2, 0.4, 0.6, 0.8]}
     needs_backbone = True
+    trainable = ("adapter.*",)
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def _make_tail(self) -> ViTTail:
@@ -106,18 +107,22 @@ class ClipAdapterLayer(FewShotMethod):
         return cosine_logits(img, self.text_features_.to(img.device), self.logit_scale_)
 
     # -- interface -----------------------------------------------------------------------------------------------
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
-            views: torch.Tensor | None = None) -> "ClipAdapterLayer":
-        self._start_fit(features, labels, text, views)
+    def input_shape(self) -> tuple[int, ...]:
+        """Block activations at the adapter's layer, ``(tokens, width)`` (or ``(dim,)`` after the last block)."""
+        if self.backbone is None:
+            self._make_tail()  # raises the "needs the ViT backbone" error
+        return tuple(activation_shape(self.backbone, self.config.layer))
+
+    def _fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
+             views: torch.Tensor | None) -> None:
         dev = torch.device(self.config.device)
         self.text_features_ = text.features.float().clone().to(dev)
         self._build(self.input_shape_[-1])
         self.adapter_.to(dev).train()
         self.history_ = train_loop(self.adapter_.parameters(), self._logits, features, labels, self.config,
-                                   views=views)
+                                   views=views, drop_last=self.drop_last)
         self.adapter_.cpu().eval().requires_grad_(False)
         self.text_features_ = self.text_features_.cpu()
-        return self._end_fit()
 
     @torch.no_grad()
     def logits(self, features: torch.Tensor) -> torch.Tensor:

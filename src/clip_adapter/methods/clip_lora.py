@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -232,15 +233,17 @@ def _train_transform(images: ImageSet, min_crop: float):
     return tf
 
 
-def _schedule(n: int, iters: int, batch_size: int, seed: int) -> list[list[tuple[int, int]]]:
-    """``iters`` batches of ``(image index, augmentation seed)``: reshuffled epochs, the last batch of an epoch kept
-    even when short (the authors' loader: shuffle, no drop_last)."""
+def _schedule(n: int, iters: int, batch_size: int, seed: int, drop_last: bool) -> list[list[tuple[int, int]]]:
+    """``iters`` batches of ``(image index, augmentation seed)`` over reshuffled epochs; with ``drop_last`` an
+    epoch's short last batch is skipped when a full one exists (CLIP-LoRA's authors keep it)."""
     gen = torch.Generator().manual_seed(seed)
     batches: list[list[tuple[int, int]]] = []
     while len(batches) < iters:
         order = torch.randperm(n, generator=gen).tolist()
         seeds = torch.randint(0, 2**62, (n,), generator=gen).tolist()
         for start in range(0, n, batch_size):
+            if drop_last and n >= batch_size and start + batch_size > n:
+                break
             batches.append([(i, seeds[i]) for i in order[start:start + batch_size]])
             if len(batches) == iters:
                 break
@@ -259,6 +262,8 @@ class ClipLora(FewShotMethod):
     config_cls = ClipLoraConfig
     needs_backbone = True
     inputs = "images"
+    trainable = ("lora.*",)
+    drop_last = False  # the authors' loader keeps an epoch's last partial batch
     default_grid: dict[str, list] = {}  # the paper fixes every value; nothing is searched
 
     # -- fit ---------------------------------------------------------------------------------------------------
@@ -277,13 +282,16 @@ class ClipLora(FewShotMethod):
                              f"{self.backbone.embed_dim}.")
         if len(features) == 0:
             raise ValueError("clip_lora needs at least one training image; got an empty ImageSet.")
+        missing = [p for p in features.paths if not os.path.isfile(p)]
+        if missing:
+            raise ValueError(f"clip_lora: {len(missing)} of {len(features)} training images not found "
+                             f"(first: {missing[0]}).")
         # The generic checks (labels, classes) on a stand-in of the image-feature shape.
         super()._start_fit(torch.zeros(len(features), text.features.shape[1]), labels, text, None)
 
-    def fit(self, features: ImageSet, labels: torch.Tensor, *, text: ClassText,
-            views: torch.Tensor | None = None) -> "ClipLora":
+    def _fit(self, features: ImageSet, labels: torch.Tensor, *, text: ClassText,
+             views: torch.Tensor | None) -> None:
         """Train the LoRA tensors on the images ``features`` (an :class:`ImageSet`) with ``labels``."""
-        self._start_fit(features, labels, text, views)
         c, dev = self.config, torch.device(self.config.device)
         counts = torch.bincount(labels, minlength=len(text.classnames))
         self.shots_ = int(counts.max())
@@ -298,7 +306,6 @@ class ClipLora(FewShotMethod):
         self.model_ = model.eval()
         self.text_features_ = self._text_features(grad=False).float().cpu()
         self.lora_ = lora_state(model)
-        return self._end_fit()
 
     def _tokens(self) -> torch.Tensor:
         prompts = [self.config.template.format(name.replace("_", " ")) for name in self.classes_]
@@ -322,7 +329,7 @@ class ClipLora(FewShotMethod):
         scaler = torch.amp.GradScaler(dev.type, enabled=c.amp and dev.type == "cuda")
         train_text = c.encoder in ("both", "text")
         fixed_text = None if train_text else self._text_features(grad=False)
-        batches = _schedule(len(images), self.iters_, c.batch_size, c.seed)
+        batches = _schedule(len(images), self.iters_, c.batch_size, c.seed, self.drop_last)
         workers = c.num_workers if c.num_workers is not None else (default_num_workers() if dev.type == "cuda" else 0)
         history: dict = {"loss": [], "steps": 0}
         for batch, x in zip(batches, images.augmented(batches, workers)):
