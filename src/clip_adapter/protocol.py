@@ -125,12 +125,12 @@ def resolve_config(method: str, overrides: dict[str, Any], seed: int = 1,
     return cls, cls.config_cls(**{**base, **overrides})
 
 
-def _check_targets(output: str | Path | None, save_model: str | Path | None) -> None:
+def _check_targets(output: str | Path | None, save_model: str | Path | None, overwrite: bool) -> None:
     """Fail before any work when the results folder or the model folder cannot be written."""
     if output is not None and Path(output).exists() and not Path(output).is_dir():
         raise ValueError(f"The results folder {output} is an existing file; expected a folder.")
     if save_model is not None:
-        check_save_target(save_model)
+        check_save_target(save_model, overwrite=overwrite)
 
 
 def _labels(items: Sequence[Item]) -> torch.Tensor:
@@ -207,18 +207,20 @@ def _record(dataset: Dataset, backbone, spec: RunSpec, trains: bool, sel: Select
 
 def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | None = None,
             output: str | Path | None = None, save_model: str | Path | None = None,
-            text: ClassText | None = None, extra: dict[str, Any] | None = None) -> dict:
+            text: ClassText | None = None, extra: dict[str, Any] | None = None, overwrite: bool = False) -> dict:
     """Fit ``spec.method`` on K shots, select on val, score on test; return (and optionally write) the record.
 
     Args:
         cache: where features come from (a :class:`~clip_adapter.features.FeatureCache` of ``backbone`` by default;
             a :class:`~clip_adapter.layers.ActivationCache` for the insertion-layer adapter).
         output: write the record to ``<output>/<dataset>/<variant>/shots<K>-seed<S>.json``.
-        save_model: also save the fitted model there (:class:`~clip_adapter.model.AdaptedClassifier`).
+        save_model: also save the fitted model there (:class:`~clip_adapter.model.AdaptedClassifier`); it is
+            saved before the record is written, so a failed save leaves no record behind.
         text: precomputed class text features (an experiment encodes them once per dataset).
         extra: producer fields (:data:`OPTIONAL_FIELDS`) stored with the record.
+        overwrite: let ``save_model`` replace a model saved there before.
     """
-    _check_targets(output, save_model)
+    _check_targets(output, save_model, overwrite)
     if not dataset.split("test"):
         raise ValueError(f"Dataset {dataset.name} ({dataset.source}) has no test images; nothing to score.")
     cls, config = resolve_config(spec.method, spec.overrides, spec.seed, spec.device)
@@ -238,16 +240,16 @@ def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | Non
     record = _record(dataset, backbone, spec, cls.trains, sel, metrics, text, templates, grid,
                      (len(train_items), len(val_items)), seconds)
     record.update(extra or {})
-    if output is not None:
-        path = result_path(output, dataset.name, spec.variant or spec.method, record["shots"], spec.seed)
-        write_json(path, record)
-        record["result_file"] = str(path)
-    if save_model is not None:
+    if save_model is not None:  # first: a model that cannot be saved must not leave a record claiming a run
         model = AdaptedClassifier(backbone, sel.model)
         facts = {"dataset": dataset.name, "shots": record["shots"], "seed": spec.seed,
                  "test_accuracy": record["accuracy"]}
         card = model.card(**facts, chosen=record["chosen"], val_accuracy=record["val_accuracy"],
                           macro_f1=record["macro_f1"], n_test=record["n_test"])
-        model.save_pretrained(save_model, model_card=card, **facts)
+        model.save_pretrained(save_model, model_card=card, overwrite=overwrite, **facts)
         record["model_dir"] = str(save_model)
+    if output is not None:
+        path = result_path(output, dataset.name, spec.variant or spec.method, record["shots"], spec.seed)
+        write_json(path, {k: v for k, v in record.items() if k != "model_dir"})
+        record["result_file"] = str(path)
     return record

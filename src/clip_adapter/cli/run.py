@@ -45,7 +45,11 @@ def register(sub) -> None:
     g.add_argument("--repeat-shots", action="store_true",
                    help="sample with repetition when a class has fewer than --shots images.")
     g.add_argument("--output", default="runs", help="results directory (default: runs).")
-    g.add_argument("--save-model", default=None, metavar="DIR", help="also save the fitted model to DIR.")
+    g.add_argument("--save-model", default=None, metavar="DIR",
+                   help="also save the fitted model to DIR (a new or empty folder, or a model saved before with "
+                        "--overwrite).")
+    g.add_argument("--overwrite", action="store_true",
+                   help="let --save-model replace the model saved in DIR (never a folder with other files).")
     p.set_defaults(func=cmd_run)
 
 
@@ -78,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                    n_views=args.views, repeat_shots=args.repeat_shots, templates=args.template or None,
                    train_items=train_items, val_items=val_items, device=args.device)
     record = run_one(dataset, backbone, spec, cache=cache_from_args(args, backbone), output=args.output,
-                     save_model=args.save_model)
+                     save_model=args.save_model, overwrite=args.overwrite)
     rows = [{"dataset": record["dataset"], "method": record["method"], "shots": record["shots"],
              "seed": record["seed"], "chosen": json.dumps(record["chosen"]) if record["chosen"] else "-",
              "val acc": record["val_accuracy"], "test acc": record["accuracy"], "macro-F1": record["macro_f1"],
