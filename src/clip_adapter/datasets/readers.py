@@ -261,4 +261,18 @@ def read_csv(csv_path: str | Path, split_seed: int = 0, allow_outside_paths: boo
     classnames, templates = _extra_files(base, classnames, csv_path.stem)
     if all(c.isdigit() for c in classnames):
         log.warning("%s: class names are numbers; add a classnames.txt next to it for meaningful prompts.", csv_path)
-    return Dataset(csv_path.stem, classnames, anchor(splits, base), templates, source=str(csv_path))
+    return Dataset(csv_dataset_name(csv_path), classnames, anchor(splits, base), templates, source=str(csv_path))
+
+
+# CSV file names that say nothing about the data: such a CSV is named after its folder, so that two projects'
+# data.csv do not write their results into the same runs/data/ folder.
+GENERIC_CSV_NAMES = frozenset({"data", "dataset", "labels", "annotations", "metadata", "index", "images", "list",
+                               "all", "split", "splits"})
+
+
+def csv_dataset_name(csv_path: Path) -> str:
+    """A CSV dataset's default name: its file name, or its folder's name when the file name is generic."""
+    stem = csv_path.stem
+    if stem.lower() in GENERIC_CSV_NAMES and csv_path.resolve().parent.name:
+        return csv_path.resolve().parent.name
+    return stem
