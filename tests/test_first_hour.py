@@ -235,3 +235,57 @@ def test_onnx_export_refuses_a_wrong_suffix(colors, tiny, tmp_path):
     with pytest.raises(ValueError, match="must end in .onnx"):
         export_onnx(AdaptedClassifier(tiny, m), tmp_path / "model.bin")
     assert not list(tmp_path.iterdir())
+
+
+# -- consistency ---------------------------------------------------------------------------------------------
+def _options(parser, prefix=()):
+    import argparse
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for name, sub in a.choices.items():
+                yield from _options(sub, (*prefix, name))
+        elif a.option_strings and not isinstance(a, argparse._HelpAction):
+            yield prefix, a
+
+
+def test_every_option_with_a_default_shows_it_in_help():
+    import argparse
+    from clip_adapter.cli import build_parser
+    missing = [f"{' '.join(p)} {a.option_strings[0]}" for p, a in _options(build_parser())
+               if a.default not in (None, False, argparse.SUPPRESS) and "default" not in (a.help or "")]
+    assert not missing, missing
+
+
+def test_format_flags_share_their_values():
+    from clip_adapter.cli import build_parser
+    formats = {" ".join(p): set(a.choices) for p, a in _options(build_parser()) if "--format" in a.option_strings}
+    assert formats and all({"table", "json"} <= c for c in formats.values()), formats
+
+
+def test_counts_have_their_grammar():
+    from clip_adapter.io import plural
+    assert [plural(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
+    assert plural(1, "class", "classes") == "1 class" and plural(3, "class", "classes") == "3 classes"
+
+
+def test_accuracy_is_the_exact_fraction():
+    from clip_adapter.evaluation import evaluate_predictions
+    labels = torch.tensor([0] * 20)
+    pred = labels.clone()
+    pred[0] = 1
+    m = evaluate_predictions(pred, labels, ["a", "b"])
+    assert m["accuracy"] == 0.95 and json.dumps(m["accuracy"]) == "0.95"
+    assert m["per_class_accuracy"] == {"a": 0.95}
+
+
+def test_run_takes_several_shot_counts(tmp_path, color_dir, capsys):
+    code = main(["run", "--data", str(color_dir), "--method", "linear_probe", "--shots", "1,2", "--views", "0",
+                 "--backbone", "tiny-vit", "--pretrained", "none", "--output", str(tmp_path / "runs"), "--workers",
+                 "0", "--no-progress"])
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "runs" / "colors" / "linear_probe").iterdir()) == [
+        "shots1-seed1.json", "shots2-seed1.json"]
+    with pytest.raises(SystemExit):
+        main(["run", "--data", "demo", "--shots", "1,1"])
+    assert main(["run", "--data", "demo", "--shots", "1,2", "--save-model", str(tmp_path / "m")]) == 1
+    assert "--save-model needs one shot count" in capsys.readouterr().err

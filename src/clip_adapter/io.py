@@ -92,6 +92,11 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int =
     return h.hexdigest()
 
 
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """``"1 run"``, ``"2 runs"``, ``"0 runs"``: a count with its noun in the right number."""
+    return f"{n} {noun if n == 1 else (many or noun + 's')}"
+
+
 def safe_name(name: str, default: str = "_") -> str:
     """``name`` as one path component: runs of characters other than ``A-Za-z0-9._+-`` become ``_`` (80 at most)."""
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)[:80] or default

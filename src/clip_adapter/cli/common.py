@@ -54,10 +54,12 @@ def label(text: str) -> str:
 
 
 def int_list(low: int):
-    """An argparse type: ``"1,2,4"`` -> ``[1, 2, 4]``, each an int >= ``low``, none twice."""
+    """An argparse type: ``"1,2,4"`` -> ``[1, 2, 4]``, each an int >= ``low``, none twice (one value: ``[n]``)."""
     one = count(low)
 
     def parse(text: str) -> list[int]:
+        if "," not in text:
+            return [one(text.strip())]  # the single-int error shape for a single value
         try:
             values = [one(x.strip()) for x in text.split(",") if x.strip()]
         except argparse.ArgumentTypeError:
