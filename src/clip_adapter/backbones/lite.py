@@ -339,6 +339,12 @@ class LiteBackbone(Backbone):
             out.append(self.image_model.forward_head(self.image_model.forward_features(x), pre_logits=True).float())
         return torch.cat(out).cpu() if out else torch.zeros(0, EMBED_DIM)
 
+    def encode_images_graph(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode_images` in one pass, without the CPU micro-batching loop: a traceable graph for export
+        (the loop's fixed chunk sizes would be baked into an ONNX graph)."""
+        x = images.to(dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+        return self.image_model.forward_head(self.image_model.forward_features(x), pre_logits=True).float()
+
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Strings -> MiniLM embeddings mapped into the image-feature space ``(n, 1280)``, float32 CPU."""
