@@ -43,7 +43,7 @@ def auto_candidates() -> list[str]:
 
 
 def run_auto(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | None = None,
-             output: str | Path | None = None, save_model: str | Path | None = None,
+             output: str | Path | None = None, save_model: str | Path | None = None, overwrite: bool = False,
              budget_seconds: float = DEFAULT_BUDGET_SECONDS, candidates: Sequence[str] | None = None) -> dict:
     """Pick the method with the best validation accuracy (within ``budget_seconds``), then run it once.
 
@@ -83,4 +83,4 @@ def run_auto(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | No
     auto = {"chosen_method": best["method"], "rule": RULE, "budget_seconds": budget_seconds, "tried": tried,
             "skipped_for_budget": skipped, "search_seconds": round(time.perf_counter() - t0, 3)}
     return run_one(dataset, backbone, final, cache=cache, output=output, save_model=save_model, text=text,
-                   extra={"auto": auto})
+                   extra={"auto": auto}, overwrite=overwrite)

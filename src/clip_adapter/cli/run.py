@@ -7,7 +7,7 @@ import json
 from ..auto import DEFAULT_BUDGET_SECONDS, run_auto
 from ..datasets import SPLITS, load_dataset
 from ..fewshot import read_index_file
-from ..methods import get_method_class
+from ..methods import check_overrides, get_method_class
 from ..protocol import RunSpec, run_one
 from ..report import format_table
 from .common import (add_backbone_args, add_data_args, backbone_from_args, cache_from_args, count, int_list, label,
@@ -56,11 +56,16 @@ def register(sub) -> None:
                    help="the dataset's name in results: OUTPUT/LABEL/METHOD/... (default: the dataset's name: a "
                         "folder's name, a CSV's file name or its folder's for a generic one such as data.csv).")
     g.add_argument("--output", default="runs", help="results directory (default: runs).")
-    g.add_argument("--save-model", default=None, metavar="DIR", help="also save the fitted model to DIR.")
+    g.add_argument("--save-model", default=None, metavar="DIR",
+                   help="also save the fitted model to DIR (a new or empty folder, or a model saved before with "
+                        "--overwrite).")
+    g.add_argument("--overwrite", action="store_true",
+                   help="let --save-model replace the model saved in DIR (never a folder with other files).")
     p.set_defaults(func=cmd_run)
 
 
 def _overrides(args: argparse.Namespace, cls) -> dict:
+    check_overrides(cls, [p.split("=", 1)[0].strip().replace("-", "_") for p in args.set or [] if "=" in p])
     overrides = cls.config_cls.parse_overrides(args.set or [])
     fields = cls.config_cls.field_names()
     for flag, key, attr in SHORTCUTS:
@@ -117,11 +122,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                        device=args.device)
         if auto:
             record = run_auto(dataset, backbone, spec, cache=cache, output=args.output, save_model=args.save_model,
-                              budget_seconds=args.auto_budget or DEFAULT_BUDGET_SECONDS)
+                              overwrite=args.overwrite, budget_seconds=args.auto_budget or DEFAULT_BUDGET_SECONDS)
             tried = ", ".join(f"{c['method']} {c['val_accuracy']:.4f}" for c in record["auto"]["tried"])
             print(f"auto ({shots} shots): chose {record['method']} on validation accuracy ({tried})")
         else:
-            record = run_one(dataset, backbone, spec, cache=cache, output=args.output, save_model=args.save_model)
+            record = run_one(dataset, backbone, spec, cache=cache, output=args.output, save_model=args.save_model,
+                            overwrite=args.overwrite)
         records.append(record)
         if cls is not None and not cls.trains:
             break  # a method that does not train gives the same run for every shot count
