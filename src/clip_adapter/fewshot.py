@@ -60,8 +60,8 @@ def check_shots(counts: dict[int, int], k: int, classnames: Sequence[str], *, re
     short = [] if repeat else [y for y in range(len(classnames)) if counts[y] < k]
     if len(short) == 1:
         y = short[0]
-        raise ValueError(f"Class {classnames[y]!r} (label {y}) has {counts[y]} training images; {k} shots asked. "
-                         f"Use fewer shots or allow repetition (--repeat-shots).")
+        raise ValueError(f"{where}: class {classnames[y]!r} (label {y}) has {counts[y]} training images; {k} shots "
+                         f"asked. Use fewer shots or allow repetition (--repeat-shots).")
     if short:
         few = ", ".join(f"{classnames[y]!r} ({counts[y]})" for y in short[:5])
         more = f" and {len(short) - 5} more" if len(short) > 5 else ""
@@ -251,7 +251,7 @@ def _check_index_coverage(out: dict[str, list[Item]], path: Path, classnames: Se
     per_class = sorted(set(counts.values()))
     if shots is not None and per_class != [shots]:
         y = next(y for y in sorted(counts) if counts[y] != shots)
-        got = f"{per_class[0]} train images per class" if len(per_class) == 1 else \
+        got = f"{per_class[0]} train image{'s' if per_class[0] != 1 else ''} per class" if len(per_class) == 1 else \
             f"{per_class[0]} to {per_class[-1]} train images per class ({classnames[y]!r}: {counts[y]})"
         raise ValueError(f"{where} has {got}; {shots} shots were asked. Pass --shots {per_class[0]} (the file's own "
                          f"count) or the shot_{shots} index file." if len(per_class) == 1 else

@@ -11,8 +11,7 @@ What "a viewer shows" means here, mode by mode (Pillow's plain ``convert("RGB")`
 * transparency (``RGBA``, ``LA``, ``PA``, a palette or ``L``/``RGB`` image with a transparent colour) is
   composited on white, as browsers and image viewers show it on a white page;
 * ``CMYK`` with an embedded ICC profile goes through that profile to sRGB (littleCMS); without one, Pillow's
-  conversion; ``LAB`` goes through a CIELAB -> sRGB transform; ``YCbCr``, ``HSV``, ``1``, ``L``, ``P`` through
-  Pillow's conversion.
+  conversion; ``LAB`` (CIELAB), ``YCbCr``, ``HSV``, ``1``, ``L``, ``P`` through Pillow's conversion.
 
 Embedded ICC profiles of RGB images are not applied (most photos are sRGB already, and cached features must not
 change under existing datasets).
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import io
 import os
-from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -58,9 +56,6 @@ def to_rgb(im: Image.Image) -> Image.Image:
         return _on_white(im)
     if mode == "CMYK" and im.info.get("icc_profile"):
         return _through_profile(im)
-    if mode == "LAB":
-        from PIL import ImageCms
-        return ImageCms.applyTransform(im, _lab_to_srgb())
     return im.convert("RGB")
 
 
@@ -93,9 +88,3 @@ def _through_profile(im: Image.Image) -> Image.Image:
         return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
     except (ImageCms.PyCMSError, OSError, ValueError):
         return im.convert("RGB")  # a broken embedded profile: fall back to the plain conversion
-
-
-@lru_cache(maxsize=1)
-def _lab_to_srgb():
-    from PIL import ImageCms
-    return ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
