@@ -206,6 +206,11 @@ def _split_tree(tmp: Path, splits=("train", "val", "test"), only_in_test: str | 
     return root
 
 
+def _rename(folder: Path, old: str, new: str) -> Path:
+    (folder / old).rename(folder / new)
+    return folder
+
+
 def _one_class(tmp: Path) -> Path:
     images = _images(tmp)
     for c in CLASSES[1:]:
@@ -361,6 +366,9 @@ CASES: list[Case] = [
     Case("folder_no_classes", data(lambda t: _mkdir_with(t / "nothing")), "has no class subfolders"),
     Case("folder_class_only_in_test", data(_split_tree),
          "tree): 1 of 4 classes has no training images ('yellow'; e.g. a class only in val/ or test/)"),
+    Case("folder_two_classes_one_name", data(lambda t: _rename(_images(t), "green", "blue_")),
+         "classes 'blue' and 'blue_' both read as 'blue'"),
+    Case("csv_two_labels_one_name", csv("path,label\nIMG,red\nIMH,red_\n"), "classes 'red' and 'red_' both read as"),
     Case("folder_one_class", data(_one_class), "has one class ('blue'); a few-shot classifier needs at least 2"),
     Case("folder_train_val_no_test", data(lambda t: _split_tree(t, ("train", "val"), None)),
          "has train/, val/ but no test/"),

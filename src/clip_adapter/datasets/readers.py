@@ -181,6 +181,17 @@ def images_in(folder: str | os.PathLike) -> list[str]:
     return sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
+def _distinct_names(raw: list[str], where: str) -> list[str]:
+    """Class names for prompts (``readable``); two folders/labels that read the same (``blue_jay`` and ``blue jay``)
+    would be two classes with one name, so that is an error."""
+    names = [readable(c) for c in raw]
+    for i, n in enumerate(names):
+        if names.index(n) != i:
+            raise DataError(f"{where}: classes {raw[names.index(n)]!r} and {raw[i]!r} both read as {n!r} ('_' is a "
+                            f"space in class names); rename one.")
+    return names
+
+
 def _images_warn(folder: Path, skipped: list[str]) -> list[str]:
     """``images_in(folder)``; files with other extensions (not hidden) are added to ``skipped``, to be named in a
     warning rather than dropped silently."""
@@ -267,7 +278,8 @@ def read_image_folder(folder: str | Path, split_seed: int = 0) -> Dataset:
     if skipped:
         log.warning("%s: %d files are not images (%s) and were skipped, e.g. %s.", folder, len(skipped),
                     ", ".join(sorted(IMAGE_EXTENSIONS)), skipped[0])
-    classnames, templates = _extra_files(folder, [readable(c) for c in class_dirs], folder.name)
+    classnames, templates = _extra_files(folder, _distinct_names(class_dirs, f"Dataset folder {folder}"),
+                                         folder.name)
     return Dataset(folder.name, classnames, anchor(splits, folder), templates, source=str(folder))
 
 
@@ -329,7 +341,7 @@ def _csv_labels(csv_path: Path, rows: list[dict[str, str]]) -> tuple[list[int], 
                         f"kind for every row.")
     names = sorted(set(labels))
     index = {c: i for i, c in enumerate(names)}
-    return [index[lbl] for lbl in labels], [readable(c) for c in names]
+    return [index[lbl] for lbl in labels], _distinct_names(names, f"CSV file {csv_path}")
 
 
 def read_csv(csv_path: str | Path, split_seed: int = 0, allow_outside_paths: bool = False) -> Dataset:

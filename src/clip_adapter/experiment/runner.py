@@ -115,14 +115,15 @@ def run_experiment(config: ExperimentConfig | Mapping | str | Path, *, progress:
     if shard is not None:
         runs = runs[shard[0]::shard[1]]
     output = Path(config.output)
+    check_datasets_have_shots(config, datasets, runs)
+    warning = plan_size(runs, runs, datasets, config.n_views).warning()
+    if warning:   # said before the result files of a huge plan are even looked at
+        log.warning("%s: %s", config.name, warning)
     records = {r.path: rec for r in runs if (rec := finished(r, config)) is not None}
     skipped = len(records)
-    check_datasets_have_shots(config, datasets, [r for r in runs if r.path not in records])
     size = plan_size(runs, [r for r in runs if r.path not in records], datasets, config.n_views)
     log.info("%s: %d runs, %d done, %d to go -> %s", config.name, len(runs), skipped, len(runs) - skipped, output)
     log.info("%s: plan: %s", config.name, size.line())
-    if size.warning():
-        log.warning("%s: %s", config.name, size.warning())
     if dry_run:
         return ExperimentResult(config, [records[r.path] for r in runs if r.path in records], 0, skipped,
                                 time.perf_counter() - t0, 0, planned=len(runs), size=size)
