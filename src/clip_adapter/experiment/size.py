@@ -83,11 +83,17 @@ def plan_size(runs: Sequence, to_go: Sequence, datasets: Sequence, n_views: int)
     ``to_go``, and the loaded ``datasets`` they index."""
     fits = largest = 0
     trained: dict[int, tuple[int, set[int]]] = {}   # dataset -> (largest K, seeds) of its trained runs to go
+    points_of: dict[tuple, int] = {}                # grid points depend on the method, fixed keys and value counts
     for r in to_go:
-        points = grid_points(searched_grid(r.method, r.overrides, r.grid))
-        fits, largest = fits + points, max(largest, points)
-        k, seeds = trained.get(r.dataset_index, (0, set()))
-        trained[r.dataset_index] = (max(k, r.shots), seeds | {r.seed} if r.shots else seeds)
+        key = (r.method, tuple(sorted(r.overrides)),
+               None if r.grid is None else tuple((k, len(v)) for k, v in r.grid.items()))
+        if key not in points_of:
+            points_of[key] = grid_points(searched_grid(r.method, r.overrides, r.grid))
+        fits, largest = fits + points_of[key], max(largest, points_of[key])
+        k, seeds = trained.setdefault(r.dataset_index, (0, set()))
+        if r.shots:
+            seeds.add(r.seed)
+            trained[r.dataset_index] = (max(k, r.shots), seeds)
     images = views = 0
     for di, (k, seeds) in trained.items():
         ds = datasets[di]
