@@ -8,7 +8,7 @@ import logging
 from ..datasets import SPLITS, load_dataset
 from ..experiment.size import run_size
 from ..fewshot import read_index_file
-from ..methods import get_method_class
+from ..methods import check_overrides, get_method_class
 from ..protocol import RunSpec, run_one
 from ..report import format_table
 from .common import add_backbone_args, add_data_args, backbone_from_args, cache_from_args, count, parse_grid, seed
@@ -49,11 +49,16 @@ def register(sub) -> None:
     g.add_argument("--repeat-shots", action="store_true",
                    help="sample with repetition when a class has fewer than --shots images.")
     g.add_argument("--output", default="runs", help="results directory (default: runs).")
-    g.add_argument("--save-model", default=None, metavar="DIR", help="also save the fitted model to DIR.")
+    g.add_argument("--save-model", default=None, metavar="DIR",
+                   help="also save the fitted model to DIR (a new or empty folder, or a model saved before with "
+                        "--overwrite).")
+    g.add_argument("--overwrite", action="store_true",
+                   help="let --save-model replace the model saved in DIR (never a folder with other files).")
     p.set_defaults(func=cmd_run)
 
 
 def _overrides(args: argparse.Namespace, cls) -> dict:
+    check_overrides(cls, [p.split("=", 1)[0].strip().replace("-", "_") for p in args.set or [] if "=" in p])
     overrides = cls.config_cls.parse_overrides(args.set or [])
     fields = cls.config_cls.field_names()
     for flag, key, attr in SHORTCUTS:
@@ -86,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                    n_views=args.views, repeat_shots=args.repeat_shots, templates=args.template or None,
                    train_items=train_items, val_items=val_items, device=args.device)
     record = run_one(dataset, backbone, spec, cache=cache_from_args(args, backbone), output=args.output,
-                     save_model=args.save_model)
+                     save_model=args.save_model, overwrite=args.overwrite)
     rows = [{"dataset": record["dataset"], "method": record["method"], "shots": record["shots"],
              "seed": record["seed"], "chosen": json.dumps(record["chosen"]) if record["chosen"] else "-",
              "val acc": record["val_accuracy"], "test acc": record["accuracy"], "macro-F1": record["macro_f1"],
