@@ -183,6 +183,7 @@ def test_verbose_before_and_after_the_subcommand(tmp_path):
     args = parser.parse_args(["-v", "datasets", "verify", "x", "-v"])
     assert args.verbose + args.verbose_after == 2
     assert parser.parse_args(["run", "--data", "x", "-vv"]).verbose_after == 2
+    assert parser.parse_args(["datasets", "-v", "verify", "x"]).verbose_after == 1
     ours, pil = logging.getLogger("clip_adapter"), logging.getLogger("PIL")
     try:
         assert main(["datasets", "list", "--root", str(tmp_path)]) == 0

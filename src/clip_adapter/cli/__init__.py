@@ -40,9 +40,11 @@ def build_parser() -> Parser:
 
 def _verbose_everywhere(sub: argparse._SubParsersAction) -> None:
     """``-v``/``-vv`` after the subcommand too (``clip-adapter run ... -vv``): every (sub)command parser counts it
-    into its own attribute, added to the top-level count in :func:`main`."""
+    into its own attribute, added to the top-level count in :func:`main` (absent unless given, so that a nested
+    command's parser does not reset what its parent counted)."""
     for p in sub.choices.values():
-        p.add_argument("-v", "--verbose", dest="verbose_after", action="count", default=0, help=VERBOSE_HELP)
+        p.add_argument("-v", "--verbose", dest="verbose_after", action="count", default=argparse.SUPPRESS,
+                       help=VERBOSE_HELP)
         for action in p._actions:
             if isinstance(action, argparse._SubParsersAction):
                 _verbose_everywhere(action)
