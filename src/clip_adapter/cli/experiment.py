@@ -56,6 +56,8 @@ def cmd_experiment(args) -> int:
         print(f"{config.name}: {plural(result.planned, 'run')}, {result.skipped} done, "
               f"{result.planned - result.skipped} to go "
               f"-> {config.output}")
+        if result.size is not None:
+            print(f"plan: {result.size.line()}")
         return 0
     if result.report.get("markdown"):
         print(Path(result.report["markdown"]).read_text())

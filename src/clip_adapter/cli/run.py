@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 from ..auto import DEFAULT_BUDGET_SECONDS, run_auto
 from ..datasets import SPLITS, load_dataset
+from ..experiment.size import run_size
 from ..fewshot import read_index_file
 from ..methods import check_overrides, get_method_class
 from ..protocol import RunSpec, run_one
 from ..report import format_table
 from .common import (add_backbone_args, add_data_args, backbone_from_args, cache_from_args, count, int_list, label,
                      parse_grid, seed)
+
+log = logging.getLogger(__name__)
 
 # Shortcut flags for CLIP-Adapter's fields: (flag, config key, args attribute).
 SHORTCUTS = (("--alpha", "alpha", "alpha"), ("--alpha-text", "alpha_text", "alpha_text"),
@@ -107,11 +111,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, root=args.root, allow_outside_paths=args.allow_outside_paths)
     if args.label:
         dataset.name = args.label
+    if not auto:  # the size of the largest run (auto's candidates are sized as they run)
+        size = run_size(cls.name, overrides, grid, max(args.shots), {s: len(dataset.split(s)) for s in SPLITS},
+                        dataset.num_classes, args.views)
+        log.info("%s: plan: %s", dataset.name, size.line())
+        if size.warning():
+            log.warning("%s: %s", dataset.name, size.warning())
     backbone = backbone_from_args(args)
     train_items = val_items = None
     if args.fewshot_index:
         idx = read_index_file(args.fewshot_index, {s: dataset.split(s) for s in SPLITS},
-                              classnames=dataset.classnames)
+                              classnames=dataset.classnames, shots=args.shots[0])
         train_items, val_items = idx["train"], idx.get("val")
     cache = cache_from_args(args, backbone)
     records = []
