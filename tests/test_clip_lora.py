@@ -11,7 +11,8 @@ from torch import nn
 from clip_adapter import AdaptedClassifier, RunSpec, load_backbone, load_dataset, run_one
 from clip_adapter.imageset import ImageSet
 from clip_adapter.methods import FewShotMethod, get_method
-from clip_adapter.methods.clip_lora import ClipLora, ClipLoraConfig, SplitAttention, check_adaptable, lora_model
+from clip_adapter.methods.clip_lora import (ClipLora, ClipLoraConfig, SplitAttention, check_adaptable, lora_model,
+                                           lora_state)
 from clip_adapter.prompts import encode_class_texts
 
 from conftest import make_color_images, seeded_backbone
@@ -96,6 +97,40 @@ def test_zero_init_b_gives_the_frozen_model(tiny_backbone, toy):
                                        atol=1e-5)
             torch.testing.assert_close(model.encode_text(tokens), tiny_backbone.model.encode_text(tokens), rtol=1e-5,
                                        atol=1e-5)
+
+
+def test_adapted_projection_is_the_published_formula(tiny_backbone):
+    """h = W x + b + (alpha / sqrt(r)) B A x, computed by hand from the weights (evaluation mode: no dropout)."""
+    cfg = ClipLoraConfig(r=3, alpha=2.0)
+    model, _ = lora_model(tiny_backbone, cfg)
+    v = model.eval().transformer.resblocks[1].attn.v_proj
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 64, generator=g), torch.randn(64, 3, generator=g)
+    with torch.no_grad():
+        v.lora_A["default"].weight.copy_(a)
+        v.lora_B["default"].weight.copy_(b)
+        x = torch.randn(5, 64, generator=g)
+        ref = tiny_backbone.model.transformer.resblocks[1].attn
+        w, bias = ref.in_proj_weight[128:], ref.in_proj_bias[128:]
+        torch.testing.assert_close(v(x), x @ w.T + bias + (2.0 / 3 ** 0.5) * x @ a.T @ b.T, rtol=1e-5, atol=1e-5)
+
+
+def test_first_step_is_adamw_from_zero_b(tiny_backbone, toy):
+    """The first AdamW step by hand (lr 2e-4, weight decay 1e-2, the paper's): B = 0 gives A no gradient, so A only
+    decays, A1 = (1 - lr wd) A0; each entry of B moves by lr g / (|g| + eps) (Adam's first step), i.e. by lr
+    against its gradient's sign unless the gradient is as small as eps."""
+    images, labels, text = toy
+    cfg = ClipLoraConfig(iters=1, batch_size=16)
+    a0 = {k: v for k, v in lora_state(lora_model(tiny_backbone, cfg)[0]).items() if "lora_A" in k}
+    m = ClipLora(cfg, backbone=tiny_backbone).fit(images, labels, text=text)
+    lr, wd = 2e-4, 1e-2
+    for k, v in a0.items():
+        torch.testing.assert_close(m.lora_[k], (1 - lr * wd) * v, rtol=1e-6, atol=1e-9)
+    b1 = torch.cat([v.flatten() for k, v in m.lora_.items() if "lora_B" in k])
+    moved = b1[b1 != 0]
+    assert moved.numel() > 0.9 * b1.numel()
+    assert bool((moved.abs() <= lr * (1 + 1e-5)).all())  # never more than lr; less only where |g| ~ eps = 1e-8
+    assert float(((moved.abs() - lr).abs() < 1e-3 * lr).float().mean()) > 0.95
 
 
 def test_only_lora_trains_and_the_backbone_is_untouched(tiny_backbone, toy):

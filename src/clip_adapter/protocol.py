@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from .datasets.types import Dataset, Item
 from .evaluation import evaluate_predictions
 from .features import FeatureCache
-from .fewshot import sample_k_shot, val_shots
+from .fewshot import check_shots, sample_k_shot, sample_val
 from .imageset import ImageSource
 from .io import package_versions, write_json
 from .config import Bool, Interval, MethodConfig, NoneOr, Text, invalid_value
@@ -31,8 +32,8 @@ from .prompts import ClassText, encode_class_texts
 from .results import result_path
 from .selection import FeatureSplit, Selection, select
 
-__all__ = ["RunSpec", "run_one", "resolve_config", "input_source", "fewshot_items", "RECORD_FIELDS", "OPTIONAL_FIELDS",
-           "MEMORY_FIELDS"]
+__all__ = ["RunSpec", "run_one", "resolve_config", "input_source", "fewshot_items", "select_on_val", "RECORD_FIELDS",
+           "OPTIONAL_FIELDS", "MEMORY_FIELDS"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ OPTIONAL_FIELDS: dict[str, str] = {
     "target": "placement ablation: where the adapter sits",
     "layer": "insertion-layer ablation: the block the adapter follows",
     "num_blocks": "insertion-layer ablation: blocks of the ViT",
+    "auto": "--method auto: the methods tried with their validation accuracy, the rule and budget that chose",
 }
 # Set on the record in memory, never written into its file.
 MEMORY_FIELDS: dict[str, str] = {"result_file": "where the record was written or read",
@@ -138,11 +140,22 @@ def _labels(items: Sequence[Item]) -> torch.Tensor:
 
 
 def fewshot_items(dataset: Dataset, spec: RunSpec) -> tuple[list[Item], list[Item]]:
-    """The run's few-shot train and val items (the index file's when the spec has them, else seeded samples)."""
-    train = list(spec.train_items) if spec.train_items is not None else sample_k_shot(
-        dataset.split("train"), spec.shots, spec.seed, repeat=spec.repeat_shots, classnames=dataset.classnames)
-    val = list(spec.val_items) if spec.val_items is not None else sample_k_shot(
-        dataset.split("val"), val_shots(spec.shots), spec.seed, repeat=True, classnames=dataset.classnames)
+    """The run's few-shot train and val items (the index file's when the spec has them, else seeded samples).
+    Every class must be in the train set (with ``spec.shots`` images unless ``repeat_shots``): a one-line error
+    naming the dataset and the classes, never a class silently left out."""
+    where = f"Dataset {dataset.name} ({dataset.source or 'in memory'})"
+    if spec.train_items is not None:
+        train = list(spec.train_items)
+        counts = Counter(it.label for it in train)
+        check_shots(counts, spec.shots, dataset.classnames, where=f"{where}: the given few-shot train set")
+        if set(counts.values()) != {spec.shots}:
+            raise ValueError(f"{where}: the given few-shot train set has {min(counts.values())} to "
+                             f"{max(counts.values())} images per class; the spec says {spec.shots} shots.")
+    else:
+        train = sample_k_shot(dataset.split("train"), spec.shots, spec.seed, repeat=spec.repeat_shots,
+                              classnames=dataset.classnames, where=where)
+    val = list(spec.val_items) if spec.val_items is not None else sample_val(
+        dataset.split("val"), spec.shots, spec.seed, dataset.classnames, where=where)
     return train, val
 
 
@@ -166,6 +179,22 @@ def _select(dataset: Dataset, backbone, spec: RunSpec, cls, config: MethodConfig
     train = FeatureSplit(cache.features(train_items), _labels(train_items), views)
     val = FeatureSplit(cache.features(val_items), _labels(val_items))
     return select(spec.method, config, grid, train, val, text, backbone=backbone), train_items, val_items
+
+
+def select_on_val(dataset: Dataset, backbone, spec: RunSpec, cache, text: ClassText) -> tuple[Selection, float]:
+    """The run's validation search only (the test split is not touched): the selection and its validation
+    accuracy on the run's few-shot val set, also for methods with nothing to search (zero-shot)."""
+    cls, config = resolve_config(spec.method, spec.overrides, spec.seed, spec.device)
+    grid = dict(cls.default_grid if spec.grid is None else spec.grid)
+    grid = {k: v for k, v in grid.items() if k not in spec.overrides}
+    sel, _, _ = _select(dataset, backbone, spec, cls, config, grid, cache, text)
+    if not math.isnan(sel.val_accuracy):
+        return sel, float(sel.val_accuracy)
+    _, val_items = fewshot_items(dataset, spec)
+    if not val_items:
+        raise ValueError(f"Dataset {dataset.name} has no validation images: nothing to choose a method on.")
+    pred = sel.model.predict(cache.features(val_items))
+    return sel, float((pred == _labels(val_items)).float().mean())
 
 
 def _predict_test(model: FewShotMethod, cache, items: list[Item]) -> tuple[torch.Tensor, float]:

@@ -26,13 +26,14 @@ from filelock import FileLock, Timeout
 
 from .io import atomic_path, safe_name
 
-__all__ = ["RUNS_FILE", "LOCK_DIR", "LOCK_TIMEOUT_ENV", "LockTimeout", "result_path", "path_component",
-           "read_result", "find_result_files", "load_records", "claim_run", "append_run", "rebuild_runs_jsonl",
-           "lock_timeout"]
+__all__ = ["RUNS_FILE", "PLAN_FILE", "LOCK_DIR", "LOCK_TIMEOUT_ENV", "LockTimeout", "missing_runs", "result_path",
+           "path_component", "read_result", "find_result_files", "load_records", "claim_run", "append_run",
+           "rebuild_runs_jsonl", "lock_timeout"]
 
 log = logging.getLogger(__name__)
 
 RUNS_FILE = "runs.jsonl"
+PLAN_FILE = "plan.json"  # the experiment's planned result files, written when it starts
 LOCK_DIR = ".locks"
 LOCK_TIMEOUT_ENV = "CLIP_ADAPTER_LOCK_TIMEOUT"
 LOCK_NOTICE = 30.0  # seconds between "still waiting for <lock>" messages
@@ -231,3 +232,14 @@ def load_records(outdir: str | Path) -> list[dict]:
         rec.setdefault("result_file", str(p))
         out.append(rec)
     return out
+
+
+def missing_runs(outdir: str | Path) -> tuple[int, list[str]] | None:
+    """``(planned, missing result files)`` of the experiment in ``outdir`` from its ``plan.json``; None without one
+    (a folder not written by ``clip-adapter experiment``, or by a version before the plan was recorded)."""
+    outdir = Path(outdir)
+    try:
+        planned = json.loads((outdir / PLAN_FILE).read_text())["planned"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return len(planned), [p for p in planned if read_result(outdir / p) is None]

@@ -10,7 +10,7 @@ from ..backbones import Backbone, load_backbone
 from ..features import FeatureCache
 
 __all__ = ["Parser", "add_backbone_args", "add_data_args", "backbone_from_args", "cache_from_args", "parse_grid",
-           "count", "seed", "int_list", "parse_class_map"]
+           "count", "seed", "int_list", "label", "parse_class_map"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -45,11 +45,21 @@ def seed(text: str) -> int:
     return value
 
 
+def label(text: str) -> str:
+    """An argparse type: a name used as one folder of the results (no path separators, not '.' or '..')."""
+    if not text or text in (".", "..") or "/" in text or "\\" in text or text != text.strip():
+        raise argparse.ArgumentTypeError(f"must be a name usable as a folder (no '/', not '.' or '..'). Got {text!r} "
+                                         f"instead.")
+    return text
+
+
 def int_list(low: int):
-    """An argparse type: ``"1,2,4"`` -> ``[1, 2, 4]``, each an int >= ``low``, none twice."""
+    """An argparse type: ``"1,2,4"`` -> ``[1, 2, 4]``, each an int >= ``low``, none twice (one value: ``[n]``)."""
     one = count(low)
 
     def parse(text: str) -> list[int]:
+        if "," not in text:
+            return [one(text.strip())]  # the single-int error shape for a single value
         try:
             values = [one(x.strip()) for x in text.split(",") if x.strip()]
         except argparse.ArgumentTypeError:

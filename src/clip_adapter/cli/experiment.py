@@ -9,7 +9,11 @@ from pathlib import Path
 from ..distributed import require_ray
 from ..experiment import load_config, run_experiment
 from ..experiment.schema import ExecutorEntry, RayEntry
+<<<<<<< HEAD
 from ..results import LOCK_TIMEOUT_ENV
+=======
+from ..io import plural
+>>>>>>> main
 
 LOCAL = "local"  # --ray without an address
 
@@ -59,12 +63,16 @@ def cmd_experiment(args) -> int:
               file=sys.stderr)
         return 130
     if args.dry_run:
-        print(f"{config.name}: {result.planned} runs, {result.skipped} done, {result.planned - result.skipped} to go "
+        print(f"{config.name}: {plural(result.planned, 'run')}, {result.skipped} done, "
+              f"{result.planned - result.skipped} to go "
               f"-> {config.output}")
+        if result.size is not None:
+            print(f"plan: {result.size.line()}")
         return 0
     if result.report.get("markdown"):
         print(Path(result.report["markdown"]).read_text())
-    print(f"{result.ran} runs ran, {result.skipped} were already done, {result.seconds:.0f} s; "
+    print(f"{plural(result.ran, 'run')} ran, {result.skipped} {'was' if result.skipped == 1 else 'were'} already "
+          f"done, {result.seconds:.0f} s; "
           f"results in {config.output}")
     if args.shard:
         print(f"shard {args.shard} done; once every shard is, build the tables: clip-adapter report {config.output}")

@@ -307,6 +307,11 @@ class ClipLora(FewShotMethod):
         self.text_features_ = self._text_features(grad=False).float().cpu()
         self.lora_ = lora_state(model)
 
+    def _workers(self, dev: torch.device) -> int:
+        """Image-loading processes: the config's, else a few when a GPU would otherwise wait for JPEG decoding."""
+        n = self.config.num_workers
+        return n if n is not None else (default_num_workers() if dev.type == "cuda" else 0)
+
     def _tokens(self) -> torch.Tensor:
         prompts = [self.config.template.format(name.replace("_", " ")) for name in self.classes_]
         return self.backbone.tokenizer(prompts)
@@ -330,7 +335,7 @@ class ClipLora(FewShotMethod):
         train_text = c.encoder in ("both", "text")
         fixed_text = None if train_text else self._text_features(grad=False)
         batches = _schedule(len(images), self.iters_, c.batch_size, c.seed, self.drop_last)
-        workers = c.num_workers if c.num_workers is not None else (default_num_workers() if dev.type == "cuda" else 0)
+        workers = self._workers(dev)
         history: dict = {"loss": [], "steps": 0}
         for batch, x in zip(batches, images.augmented(batches, workers)):
             y = labels[[i for i, _ in batch]].to(dev)
@@ -371,7 +376,8 @@ class ClipLora(FewShotMethod):
     def logits(self, features) -> torch.Tensor:
         check_fitted(self)
         if isinstance(features, ImageSet):
-            chunks = [self.encode_images(x) for x in features.batches(PREDICT_BATCH)]
+            workers = self._workers(next(self._model().parameters()).device)
+            chunks = [self.encode_images(x) for x in features.batches(PREDICT_BATCH, workers)]
             feats = torch.cat(chunks) if chunks else torch.zeros(0, self.embed_dim_)
         elif isinstance(features, torch.Tensor) and features.ndim == 4 and features.shape[1] == 3:
             feats = torch.cat([self.encode_images(features[i:i + PREDICT_BATCH])
