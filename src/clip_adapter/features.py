@@ -40,14 +40,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-<<<<<<< HEAD
-from PIL import Image
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
-=======
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
->>>>>>> main
 from torch.utils.data import DataLoader
 
 from .config import invalid_value

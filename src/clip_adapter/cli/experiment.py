@@ -9,11 +9,8 @@ from pathlib import Path
 from ..distributed import require_ray
 from ..experiment import load_config, run_experiment
 from ..experiment.schema import ExecutorEntry, RayEntry
-<<<<<<< HEAD
-from ..results import LOCK_TIMEOUT_ENV
-=======
 from ..io import plural
->>>>>>> main
+from ..results import LOCK_TIMEOUT_ENV
 
 LOCAL = "local"  # --ray without an address
 

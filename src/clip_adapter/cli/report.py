@@ -19,14 +19,11 @@ def register(sub) -> None:
     p.add_argument("--into", metavar="DIR", default=None,
                    help="merge the OUTDIRs' runs into one report written to DIR (the same run twice is an error).")
     p.add_argument("--no-figures", action="store_true", help="tables only.")
-<<<<<<< HEAD
+    p.add_argument("--html", action="store_true",
+                   help="also write report.html: one self-contained page with the tables and figures.")
     p.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
                    help="give up waiting for the runs.jsonl lock held by another process after SECONDS (default: wait, "
                         "naming the lock and its holder's pid every 30 s; also $CLIP_ADAPTER_LOCK_TIMEOUT).")
-=======
-    p.add_argument("--html", action="store_true",
-                   help="also write report.html: one self-contained page with the tables and figures.")
->>>>>>> main
     p.set_defaults(func=cmd_report)
 
 

@@ -46,13 +46,9 @@ def load_dataset(spec: str | Path, root: str | Path | None = None, split_seed: i
     if path.exists():
         raise ValueError(f"Dataset {path} is neither a folder nor a .csv file.")
     if "/" not in str(spec):
-<<<<<<< HEAD
-        return read_builtin(str(spec), root, allow_outside_paths=allow_outside_paths)
-=======
         shipped = packaged_dataset(str(spec))
         if shipped is not None:
             return shipped
-        return read_builtin(str(spec), root)
->>>>>>> main
+        return read_builtin(str(spec), root, allow_outside_paths=allow_outside_paths)
     raise FileNotFoundError(f"Dataset {spec} not found; expected a folder, a .csv file or a built-in dataset name "
                             f"(clip-adapter datasets list).")

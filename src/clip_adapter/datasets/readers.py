@@ -208,11 +208,6 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-<<<<<<< HEAD
-def read_image_folder(folder: str | Path, split_seed: int = 0, allow_outside_paths: bool = False) -> Dataset:
-    """Read ``<dir>/<class>/*`` (seeded split) or ``<dir>/{train,val,test}/<class>/*``; a symlink pointing out of
-    ``<dir>`` needs ``allow_outside_paths``, and no image may be in two splits (hard links included)."""
-=======
 def _split_folders(folder: Path, subdirs: list[str]) -> list[str]:
     """The split folders (train/, val/, test/) of a class-folder tree, [] when it has none; an incomplete or mixed
     layout is an error (its split folders would otherwise be read as classes named 'train' and 'test')."""
@@ -247,10 +242,10 @@ def _carve_val(splits: dict[str, list[Item]], seed: int) -> dict[str, list[Item]
     return {"train": train, "val": val, "test": splits["test"]}
 
 
-def read_image_folder(folder: str | Path, split_seed: int = 0) -> Dataset:
+def read_image_folder(folder: str | Path, split_seed: int = 0, allow_outside_paths: bool = False) -> Dataset:
     """Read ``<dir>/<class>/*`` (seeded split) or ``<dir>/{train,val,test}/<class>/*`` (without val/, validation
-    images are taken from train/: 20% of each class, seeded)."""
->>>>>>> main
+    images are taken from train/: 20% of each class, seeded); a symlink pointing out of ``<dir>`` needs
+    ``allow_outside_paths``, and no image may be in two splits (hard links included)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"Dataset folder {folder} not found.")
@@ -281,17 +276,13 @@ def read_image_folder(folder: str | Path, split_seed: int = 0) -> Dataset:
             raise DataError(f"Class folder {folder / empty[0]} contains no images "
                             f"({', '.join(sorted(IMAGE_EXTENSIONS))}).")
         splits = _seeded_split(per_class, split_seed)
-<<<<<<< HEAD
-    check_inside(folder, splits, f"Dataset folder {folder}", allow_outside_paths)
-    check_unique_images(splits, f"Dataset folder {folder}")
-    classnames, templates = _extra_files(folder, [readable(c) for c in class_dirs], folder.name)
-=======
     if skipped:
         log.warning("%s: %d files are not images (%s) and were skipped, e.g. %s.", folder, len(skipped),
                     ", ".join(sorted(IMAGE_EXTENSIONS)), skipped[0])
+    check_inside(folder, splits, f"Dataset folder {folder}", allow_outside_paths)
+    check_unique_images(splits, f"Dataset folder {folder}")
     classnames, templates = _extra_files(folder, _distinct_names(class_dirs, f"Dataset folder {folder}"),
                                          folder.name)
->>>>>>> main
     return Dataset(folder.name, classnames, anchor(splits, folder), templates, source=str(folder))
 
 
