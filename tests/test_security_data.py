@@ -14,7 +14,6 @@ import tarfile
 import threading
 import time
 import zipfile
-import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -22,7 +21,6 @@ import pytest
 import torch
 from test_download import make_tar, make_tiny_files, make_zip, server, sha  # noqa: F401 - `server` is a fixture
 
-from clip_adapter import features as feat
 from clip_adapter.cli import main as cli_main
 from clip_adapter.datasets import DataError, DatasetInfo, Resource, catalog, load_dataset
 from clip_adapter.datasets.archive import Budget, archive_kind
