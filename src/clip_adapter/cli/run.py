@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from ..datasets import SPLITS, load_dataset
 from ..fewshot import read_index_file
+from ..generalisation import run_base_to_new
 from ..methods import get_method_class
 from ..protocol import RunSpec, run_one
 from ..report import format_table
@@ -44,6 +46,10 @@ def register(sub) -> None:
     g.add_argument("--fewshot-index", default=None, help="a CoOp few-shot index file shot_K-seed_S.json.")
     g.add_argument("--repeat-shots", action="store_true",
                    help="sample with repetition when a class has fewer than --shots images.")
+    g.add_argument("--base-to-new", action="store_true",
+                   help="CoCoOp's base-to-new protocol: train and select on the base half of the classes, score base "
+                        "and new test images (records base/new accuracy and their harmonic mean; result folder "
+                        "<method>-base_to_new).")
     g.add_argument("--output", default="runs", help="results directory (default: runs).")
     g.add_argument("--save-model", default=None, metavar="DIR", help="also save the fitted model to DIR.")
     p.set_defaults(func=cmd_run)
@@ -76,12 +82,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = RunSpec(method=cls.name, shots=args.shots, seed=args.seed, overrides=overrides, grid=grid,
                    n_views=args.views, repeat_shots=args.repeat_shots, templates=args.template or None,
                    train_items=train_items, val_items=val_items, device=args.device)
-    record = run_one(dataset, backbone, spec, cache=cache_from_args(args, backbone), output=args.output,
-                     save_model=args.save_model)
+    if args.base_to_new:
+        spec = dataclasses.replace(spec, variant=f"{cls.name}-base_to_new")
+        record = run_base_to_new(dataset, backbone, spec, cache=cache_from_args(args, backbone), output=args.output,
+                                 save_model=args.save_model)
+        if record["unseen_classes"] != "transfer":
+            print(f"{cls.name} is class-specific: its new-class accuracy is zero-shot CLIP's (zero-shot fallback).")
+    else:
+        record = run_one(dataset, backbone, spec, cache=cache_from_args(args, backbone), output=args.output,
+                         save_model=args.save_model)
     rows = [{"dataset": record["dataset"], "method": record["method"], "shots": record["shots"],
              "seed": record["seed"], "chosen": json.dumps(record["chosen"]) if record["chosen"] else "-",
              "val acc": record["val_accuracy"], "test acc": record["accuracy"], "macro-F1": record["macro_f1"],
              "train s": round(record["train_seconds"], 2)}]
+    if args.base_to_new:
+        rows[0].pop("test acc")
+        rows[0].update({"base acc": record["base_accuracy"], "new acc": record["new_accuracy"],
+                        "HM": record["harmonic_mean"], "new classes": record["unseen_classes"]})
     print(format_table(rows, list(rows[0])))
     print(f"results: {record['result_file']}")
     if args.save_model:

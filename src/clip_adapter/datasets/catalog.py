@@ -1,4 +1,5 @@
-"""The 11 benchmark datasets of CLIP-Adapter / CoOp as data: ``catalog.json`` read into :class:`DatasetInfo` rows.
+"""The 11 benchmark datasets of CLIP-Adapter / CoOp and the 4 ImageNet variants of the domain-shift protocol
+(-V2, -Sketch, -A, -R) as data: ``catalog.json`` read into :class:`DatasetInfo` rows.
 
 The rows (layout, sizes, prompt templates, aliases, download sources) are data, as open_clip keeps its architectures:
 adding or fixing a dataset is an edit of ``catalog.json``, never of code. The on-disk layout is CoOp's
@@ -90,6 +91,8 @@ class DatasetInfo:
         licence: terms of use of the images (not of this code).
         homepage: where the dataset is described.
         notes: anything that differs from the paper's protocol.
+        class_list: a shipped wnid list (``class_lists/<name>.txt``) naming the classes of a subset of ImageNet's
+            (ImageNet-A and -R: 200 classes); empty for the others.
     """
 
     name: str
@@ -108,6 +111,7 @@ class DatasetInfo:
     manual_steps: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     notes: str = ""
+    class_list: str = ""
 
     @property
     def split_file(self) -> str:

@@ -3,6 +3,7 @@ file each one writes. Planning reads nothing but the config and the dataset name
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,13 +32,23 @@ class PlannedRun:
     def settings(self, config: ExperimentConfig) -> dict[str, Any]:
         """What makes this run what it is; a result file made with other settings is never silently reused."""
         b = config.backbone
-        return json.loads(json.dumps({
+        protocol = {} if config.protocol == "few_shot" else {"protocol": config.protocol}  # older results stay valid
+        if config.transfer is not None and self.dataset == self.transfer_source(config):
+            protocol["transfer"] = [t.label or t.data for t in config.transfer.targets]
+        return json.loads(json.dumps({**protocol,
             "method": self.method, "variant": self.variant, "shots": self.shots, "seed": self.seed,
             "overrides": self.overrides, "grid": self.grid, "ablation": self.ablation,
             "n_views": config.n_views if self.shots else 0, "repeat_shots": config.repeat_shots,
             "templates": list(config.templates) if config.templates else None,
             "backbone": {"name": b.name, "pretrained": b.pretrained, "checkpoint": b.checkpoint},
         }, sort_keys=True, default=str))
+
+    def transfer_source(self, config: ExperimentConfig) -> str | None:
+        """The name (in results) of the experiment's transfer source dataset, or None without ``transfer``."""
+        if config.transfer is None:
+            return None
+        d = config.datasets[self.dataset_index]
+        return self.dataset if config.transfer.source in (d.label, d.data, Path(d.data).name) else None
 
     def describe(self) -> str:
         return f"{self.dataset}/{self.variant} shots={self.shots} seed={self.seed}"

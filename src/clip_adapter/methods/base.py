@@ -14,6 +14,7 @@ Each method normalises where its own formula says. ``logits`` is the one place a
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 import json
 import logging
@@ -123,6 +124,10 @@ class FewShotMethod(abc.ABC):
     default_grid: ClassVar[dict[str, list]] = {}
     #: whether ``fit`` uses the labelled data (zero-shot does not)
     trains: ClassVar[bool] = True
+    #: what a fitted model does for classes it never saw (base-to-new, cross-dataset): "transfer" (what it learned
+    #: is class-agnostic and serves any class names: :meth:`for_classes`) or "zero_shot_fallback" (it is
+    #: class-specific, so unseen classes are scored by zero-shot CLIP)
+    unseen_classes: ClassVar[str] = "zero_shot_fallback"
 
     def __init__(self, config: MethodConfig | None = None, *, backbone=None):
         if config is not None and not isinstance(config, self.config_cls):
@@ -191,6 +196,22 @@ class FewShotMethod(abc.ABC):
     @torch.no_grad()
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         return self.logits(features).argmax(dim=-1)
+
+    def unseen_mode(self) -> str:
+        """:attr:`unseen_classes` of this model (a method may depend on its config: CoOp's class-specific context)."""
+        return self.unseen_classes
+
+    def for_classes(self, text: ClassText) -> "FewShotMethod":
+        """A copy of this fitted model that scores ``text``'s classes: the learned part kept, the class text
+        features replaced (only when :meth:`unseen_mode` is "transfer")."""
+        check_fitted(self)
+        if self.unseen_mode() != "transfer":
+            raise ValueError(f"{type(self).__name__} cannot score classes it never saw ({self.unseen_mode()}: its "
+                             f"learned part is class-specific); use zero-shot CLIP for them.")
+        new = copy.copy(self)
+        new.text_features_ = text.features.float().clone()
+        new.classes_, new.templates_ = list(text.classnames), list(text.templates)
+        return new
 
     def num_trainable_parameters(self) -> int:
         """Parameters learned by ``fit`` (0 for zero-shot)."""

@@ -53,6 +53,7 @@ class LayerAdapter(FewShotMethod):
     config_cls = LayerAdapterConfig
     default_grid = {"alpha": [0.2, 0.4, 0.6, 0.8]}
     needs_backbone = True
+    unseen_classes = "transfer"   # an image-side adapter: new class names need only their text features
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def _make_tail(self) -> ViTTail:

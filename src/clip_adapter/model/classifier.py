@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 
 from ..backbones.base import BackboneSpec, check_backbone
 from ..config import invalid_value
+from ..datasets.class_ids import class_ids, map_classes
 from ..evaluation import evaluate_predictions
 from ..features import FeatureCache, default_num_workers
 from ..io import package_versions, progress_bar
@@ -122,7 +123,7 @@ class AdaptedClassifier:
             backbone = spec.load(device, None if checkpoint is None else str(checkpoint), where=f"Model {directory}")
         check_backbone(bid, meta["embed_dim"], backbone, where=f"Adapter in {directory}")
         method = FewShotMethod.from_pretrained(directory, backbone=backbone)
-        keep = ("dataset", "shots", "seed", "test_accuracy", "model_card")
+        keep = ("dataset", "shots", "seed", "test_accuracy", "model_card", "class_ids")
         return cls(backbone, method, info={k: meta[k] for k in keep if k in meta}, batch_size=batch_size)
 
     # -- prediction ---------------------------------------------------------------------------------------------
@@ -240,7 +241,11 @@ class AdaptedClassifier:
 
         The dataset's classes must be the model's (in any order). Otherwise ``class_map`` says how they correspond:
         ``{dataset class: model class}`` (classes it does not name map to the model class of the same name), or
-        ``"by-name"`` to score a dataset whose classes are a subset of the model's.
+        ``"by-name"`` to score a dataset whose classes are a subset of the model's. When both the dataset and the
+        model know their classes' wnids (:func:`~clip_adapter.datasets.class_ids.class_ids`; a model saved by
+        ``run_one`` keeps them), classes are mapped by wnid without a ``class_map`` (ImageNet-V2/-Sketch/-A/-R). A
+        dataset with a subset of the model's classes is scored on those classes' logits only, as the ImageNet-A/-R
+        papers do.
         """
         items = dataset.split(split)
         if not items:
@@ -250,7 +255,9 @@ class AdaptedClassifier:
         cache = cache or FeatureCache(self.backbone)
         if cache.backbone.id != self.backbone.id:
             raise ValueError(f"The feature cache is for {cache.backbone.id!r}; the model uses {self.backbone.id!r}.")
-        pred = self.method.predict(cache.features(items))
+        logits = self.method.logits(cache.features(items))
+        scored = remap.unique()  # a subset of the model's classes (ImageNet-A/-R): only its logits are scored
+        pred = scored[logits[:, scored].argmax(dim=-1)]
         m = evaluate_predictions(pred, labels, self.classes_)
         return {"dataset": dataset.name, "split": split, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                 "per_class_accuracy": m["per_class_accuracy"], "n": m["n"], "method": self.method.name,
@@ -261,6 +268,10 @@ class AdaptedClassifier:
     def label_map(self, dataset, class_map: dict[str, str] | str | None = None) -> torch.Tensor:
         """Dataset label -> model label (a tensor indexed by the dataset's labels); see :meth:`evaluate`."""
         model, data = self.classes_, list(dataset.classnames)
+        data_ids, model_ids = class_ids(dataset), self.info.get("class_ids")
+        if class_map is None and sorted(data) != sorted(model) and data_ids is not None and model_ids is not None:
+            # both sides know their wnids (ImageNet and its variants): map by them, naming what does not map
+            return torch.tensor(map_classes(data, data_ids, model, model_ids, f"Dataset {dataset.name}")[0])
         if class_map is None:
             if sorted(data) != sorted(model):
                 only_data, only_model = sorted(set(data) - set(model)), sorted(set(model) - set(data))
