@@ -3,7 +3,6 @@ selection, transfer vs zero-shot fallback), domain shift through the wnid mappin
 Imagenette, and a synthetic one without ../shared), cross-dataset transfer, and their report tables."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -18,13 +17,14 @@ from safetensors.torch import load_file
 from clip_adapter import RunSpec, load_dataset, run_experiment, run_one
 from clip_adapter.cli import main
 from clip_adapter.datasets.base_new import base_new_labels, class_subset
-from clip_adapter.datasets.class_ids import class_ids, imagenet_wnids
+from clip_adapter.datasets.class_ids import class_ids
 from clip_adapter.datasets.types import Dataset, Item
 from clip_adapter.features import FeatureCache
 from clip_adapter.generalisation import base_to_new_split, harmonic_mean, run_base_to_new, score_on
 from clip_adapter.methods import get_method, get_method_class, list_methods
 from clip_adapter.model import AdaptedClassifier
 from clip_adapter.prompts import ClassText
+from clip_adapter.protocol import MEMORY_FIELDS, OPTIONAL_FIELDS, RECORD_FIELDS
 
 from conftest import SHARED, clustered, needs_shared
 
@@ -88,8 +88,8 @@ def test_split_rule_is_cocoops(labels):
 
 
 @needs_shared
-@pytest.mark.parametrize("folder,n_base,first_new", [("dtd10", 5, None), ("flowers89", 45, None)])
-def test_shared_split_and_order_are_cocoops(folder, n_base, first_new):
+@pytest.mark.parametrize("folder,n_base", [("dtd10", 5), ("flowers89", 45)])
+def test_shared_split_and_order_are_cocoops(folder, n_base):
     """CoCoOp samples 16-shot train / 4-shot val from all classes, then cuts each split to the base half."""
     ds = load_dataset(SHARED / folder)
     spec = RunSpec("linear_probe", shots=16, seed=1, repeat_shots=True)
@@ -190,6 +190,7 @@ def test_base_to_new_experiment_and_report(color_dir, tmp_path):
     assert len(result.records) == 2 * (1 + 2 * 2)
     assert all(r["protocol"] == "base_to_new" and r["run_settings"]["protocol"] == "base_to_new"
                for r in result.records)
+    assert all(set(r) - set(RECORD_FIELDS) - set(MEMORY_FIELDS) <= set(OPTIONAL_FIELDS) for r in result.records)
     md = Path(result.report["base_to_new_markdown"]).read_text()
     assert "| linear_probe |" in md and "zero-shot fallback" in md and "Average" in md
     assert not (tmp_path / "out" / "summary.md").exists()  # base-to-new records stay out of the few-shot table
@@ -280,6 +281,7 @@ def test_transfer_experiment_table(tiny_backbone, tmp_path):
     md = Path(result.report["transfer_markdown"]).read_text()
     assert "| linear_probe |" in md and "n/a" in md and "Not applicable:" in md
     assert result.records[0]["run_settings"]["transfer"] == ["shifted", "other"]
+    assert all(set(r) - set(RECORD_FIELDS) - set(MEMORY_FIELDS) <= set(OPTIONAL_FIELDS) for r in result.records)
 
 
 @pytest.mark.parametrize("change,fragment", [
