@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Iterable, Mapping
 
 __all__ = ["Constraint", "Interval", "Options", "Bool", "Text", "NoneOr", "IntList", "Predicate", "closest", "suggest",
-           "unknown_key", "invalid_value", "check_keys", "MethodConfig"]
+           "unknown_key", "invalid_value", "check_keys", "invalid_examples", "MethodConfig"]
 
 
 # -- messages ------------------------------------------------------------------------------------------------
@@ -201,6 +201,30 @@ class Predicate(Constraint):
 
     def describe(self) -> str:
         return self.text
+
+
+def invalid_examples(constraint: Constraint) -> list[Any]:
+    """Values ``constraint`` rejects (scikit-learn's ``generate_invalid_param_val``): a value of the wrong type plus,
+    for a range, one just outside each finite end. Tests feed each to the config to check its message."""
+    if isinstance(constraint, NoneOr):
+        return [v for v in invalid_examples(constraint.inner) if v is not None]
+    out: list[Any] = [object()]  # of no accepted type
+    if isinstance(constraint, Interval):
+        out += ["1", math.nan, True]
+        step = 1 if constraint.kind is int else 1e-9
+        if constraint.low is not None:
+            out.append(constraint.low if constraint.closed in ("right", "neither") else constraint.low - step)
+        if constraint.high is not None:
+            out.append(constraint.high if constraint.closed in ("left", "neither") else constraint.high + step)
+    elif isinstance(constraint, Options):
+        out.append("not-one-of-" + "-".join(map(str, constraint.values)))
+    elif isinstance(constraint, Bool):
+        out += [1, "yes"]
+    elif isinstance(constraint, Text):
+        out += [3, *([""] if constraint.nonempty else []), *(["a/b"] if constraint.no_slash else [])]
+    elif isinstance(constraint, IntList):
+        out += [[], [1, 1], [1.5]]
+    return [v for v in out if not constraint.ok(v)]
 
 
 # -- method configs ------------------------------------------------------------------------------------------

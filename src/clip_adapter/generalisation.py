@@ -88,9 +88,10 @@ def _new_classes_after(base_ds: Dataset, new_ds: Dataset, backbone, cache,
 
 def run_base_to_new(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | None = None,
                     output: str | Path | None = None, save_model: str | Path | None = None,
-                    extra: dict[str, Any] | None = None) -> dict:
+                    extra: dict[str, Any] | None = None, overwrite: bool = False) -> dict:
     """One base-to-new run (see the module docstring); returns (and writes, with ``output``) its record, whose
-    ``dataset`` is the full dataset's name and ``accuracy`` the base accuracy."""
+    ``dataset`` is the full dataset's name and ``accuracy`` the base accuracy (``save_model``, ``overwrite``: as
+    :func:`~clip_adapter.protocol.run_one`; the model saved is the base-class model)."""
     cache = cache or FeatureCache(backbone)
     base_ds, new_ds, base_spec = base_to_new_split(dataset, spec)
     templates = spec.templates or dataset.templates
@@ -98,7 +99,7 @@ def run_base_to_new(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCac
         log.info("%s is class-specific: the new classes of %s are scored by zero-shot CLIP (zero-shot fallback).",
                  spec.method, dataset.name)
     return run_one(base_ds, backbone, base_spec, cache=cache, output=output, save_model=save_model, extra=extra,
-                   after=_new_classes_after(base_ds, new_ds, backbone, cache, templates))
+                   overwrite=overwrite, after=_new_classes_after(base_ds, new_ds, backbone, cache, templates))
 
 
 # -- domain shift and cross-dataset transfer -------------------------------------------------------------------

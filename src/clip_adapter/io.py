@@ -3,8 +3,11 @@ root and the torch thread count. The bottom layer: it imports nothing from the p
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -16,27 +19,55 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_dir", "write_json", "write_text", "read_json", "file_digest", "safe_name",
+log = logging.getLogger(__name__)
+
+__all__ = ["atomic_path", "atomic_dir", "recover_dir", "write_error", "WriteError", "DISK_ERRNOS", "write_json", "write_text", "read_json", "file_digest", "safe_name",
            "package_versions", "default_cache_dir", "torch_threads", "progress_bar", "worker_error"]
 
 
+DISK_ERRNOS = {errno.ENOSPC: "the disk is full; free some space or choose another place",
+               errno.EDQUOT: "the disk quota is exceeded; free some space or choose another place",
+               errno.EROFS: "the file system is read-only; choose a writable place",
+               errno.EACCES: "permission denied; choose a place you can write to",
+               errno.EPERM: "permission denied; choose a place you can write to"}
+
+
+class WriteError(OSError):
+    """A write failed for a reason the user can act on (full disk, read-only, no permission); the message names the
+    user's path, never an internal temporary file."""
+
+
+def write_error(e: OSError, path: str | os.PathLike, what: str = "file") -> OSError:
+    """``e`` as one line naming ``path`` (the user's, not the temporary file) and what to do, for the errnos of
+    :data:`DISK_ERRNOS`; other errors unchanged."""
+    if isinstance(e, WriteError) or e.errno not in DISK_ERRNOS:
+        return e
+    err = WriteError(f"Cannot write the {what} {path}: {DISK_ERRNOS[e.errno]} ({os.strerror(e.errno)}).")
+    err.errno = e.errno
+    return err
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds.
 
-    Readers never see a half-written file: either the old file, no file, or the complete new one.
+    Readers never see a half-written file: either the old file, no file, or the complete new one. A full disk or a
+    read-only folder is a one-line :class:`WriteError` naming ``path`` (``what`` says what it is).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp_path, path)
+    except OSError as e:
+        raise write_error(e, path, what) from None
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
@@ -46,25 +77,79 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` as a whole when the block succeeds."""
+def _aside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_dir(path: str | os.PathLike) -> None:
+    """Finish what an interrupted :func:`atomic_dir` left: the previous folder set aside but no new one in place
+    (a kill between its two renames) is put back; an aside copy next to a complete folder is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = _aside(path)
+    if not old.is_dir() or old.is_symlink():
+        return
+    if not path.exists() and not path.is_symlink():
+        os.replace(old, path)
+        log.warning("%s was restored from %s (a save was interrupted).", path, old.name)
+    else:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _clean_stale_tmp(path: Path) -> None:
+    """Remove ``.NAME.<pid>-*.tmp`` folders of earlier, interrupted saves whose process is gone."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        m = re.fullmatch(rf"\.{re.escape(path.name)}\.(\d+)-[^/]*\.tmp", tmp.name)
+        if tmp.is_dir() and not tmp.is_symlink() and not (m and _alive(int(m.group(1)))):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
     try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's live process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, what: str = "folder") -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``path`` as a whole when the block succeeds.
+
+    The old folder stays until the new one is in place: it is renamed aside, the new one renamed in, then the old
+    one deleted; :func:`recover_dir` puts it back if a kill came between the two renames. Temporary folders of
+    earlier interrupted saves are removed first. Every file gets the usual permissions (``0666 & ~umask``, as
+    :func:`atomic_path`), whatever the library that wrote it chose. Disk errors: a one-line :class:`WriteError`
+    naming ``path``.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recover_dir(path)
+        _clean_stale_tmp(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        mask = _umask()
+        for f in tmp.rglob("*"):
+            if f.is_file() and not f.is_symlink():
+                os.chmod(f, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = _aside(path)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(e, path, what) from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 

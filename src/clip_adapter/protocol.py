@@ -25,7 +25,7 @@ from .features import FeatureCache
 from .fewshot import sample_k_shot, val_shots
 from .io import package_versions, write_json
 from .config import Bool, Interval, MethodConfig, NoneOr, Text, invalid_value
-from .methods import FewShotMethod, check_save_target, get_method_class
+from .methods import FewShotMethod, check_overrides, check_save_target, get_method_class
 from .model import AdaptedClassifier
 from .prompts import ClassText, encode_class_texts
 from .results import result_path
@@ -126,19 +126,19 @@ def resolve_config(method: str, overrides: dict[str, Any], seed: int = 1,
     """The method class and its validated config: ``seed``, then ``device`` (for methods that have one), then the
     overrides; an unknown override key is a one-line error with the closest field."""
     cls = get_method_class(method)
-    cls.config_cls.check_field_names(overrides, what="key", where=f"method {cls.name!r}")
+    check_overrides(cls, overrides, what="key", where=f"method {cls.name!r}")
     base: dict[str, Any] = {"seed": seed}
     if device is not None and "device" in cls.config_cls.field_names():
         base["device"] = device
     return cls, cls.config_cls(**{**base, **overrides})
 
 
-def _check_targets(output: str | Path | None, save_model: str | Path | None) -> None:
+def _check_targets(output: str | Path | None, save_model: str | Path | None, overwrite: bool) -> None:
     """Fail before any work when the results folder or the model folder cannot be written."""
     if output is not None and Path(output).exists() and not Path(output).is_dir():
         raise ValueError(f"The results folder {output} is an existing file; expected a folder.")
     if save_model is not None:
-        check_save_target(save_model)
+        check_save_target(save_model, overwrite=overwrite)
 
 
 def _labels(items: Sequence[Item]) -> torch.Tensor:
@@ -205,7 +205,7 @@ def _record(dataset: Dataset, backbone, spec: RunSpec, trains: bool, sel: Select
 
 def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | None = None,
             output: str | Path | None = None, save_model: str | Path | None = None,
-            text: ClassText | None = None, extra: dict[str, Any] | None = None,
+            text: ClassText | None = None, extra: dict[str, Any] | None = None, overwrite: bool = False,
             after: Callable[[FewShotMethod, dict], dict] | None = None) -> dict:
     """Fit ``spec.method`` on K shots, select on val, score on test; return (and optionally write) the record.
 
@@ -213,13 +213,15 @@ def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | Non
         cache: where features come from (a :class:`~clip_adapter.features.FeatureCache` of ``backbone`` by default;
             a :class:`~clip_adapter.layers.ActivationCache` for the insertion-layer adapter).
         output: write the record to ``<output>/<dataset>/<variant>/shots<K>-seed<S>.json``.
-        save_model: also save the fitted model there (:class:`~clip_adapter.model.AdaptedClassifier`).
+        save_model: also save the fitted model there (:class:`~clip_adapter.model.AdaptedClassifier`); it is
+            saved before the record is written, so a failed save leaves no record behind.
         text: precomputed class text features (an experiment encodes them once per dataset).
         extra: producer fields (:data:`OPTIONAL_FIELDS`) stored with the record.
+        overwrite: let ``save_model`` replace a model saved there before.
         after: called with the chosen model and the record once test is scored; the fields it returns
             (:data:`OPTIONAL_FIELDS`) are stored with the record (base-to-new's new classes, transfer targets).
     """
-    _check_targets(output, save_model)
+    _check_targets(output, save_model, overwrite)
     if not dataset.split("test"):
         raise ValueError(f"Dataset {dataset.name} ({dataset.source}) has no test images; nothing to score.")
     cache = cache or FeatureCache(backbone)
@@ -241,11 +243,7 @@ def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | Non
     record.update(extra or {})
     if after is not None:
         record.update(after(sel.model, record))
-    if output is not None:
-        path = result_path(output, dataset.name, spec.variant or spec.method, record["shots"], spec.seed)
-        write_json(path, record)
-        record["result_file"] = str(path)
-    if save_model is not None:
+    if save_model is not None:  # first: a model that cannot be saved must not leave a record claiming a run
         model = AdaptedClassifier(backbone, sel.model)
         facts = {"dataset": dataset.name, "shots": record["shots"], "seed": spec.seed,
                  "test_accuracy": record["accuracy"]}
@@ -253,6 +251,10 @@ def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | Non
             facts["class_ids"] = ids  # wnids: evaluation on ImageNet variants maps classes by them
         card = model.card(**facts, chosen=record["chosen"], val_accuracy=record["val_accuracy"],
                           macro_f1=record["macro_f1"], n_test=record["n_test"])
-        model.save_pretrained(save_model, model_card=card, **facts)
+        model.save_pretrained(save_model, model_card=card, overwrite=overwrite, **facts)
         record["model_dir"] = str(save_model)
+    if output is not None:
+        path = result_path(output, dataset.name, spec.variant or spec.method, record["shots"], spec.seed)
+        write_json(path, {k: v for k, v in record.items() if k != "model_dir"})
+        record["result_file"] = str(path)
     return record

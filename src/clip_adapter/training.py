@@ -1,8 +1,8 @@
 """The one training loop every trained method shares, on cached features (the encoder never runs here).
 
 Defaults follow the CLIP-Adapter/CoOp code (Dassl): SGD momentum 0.9, weight decay 5e-4, lr 2e-3, batch 32,
-cosine schedule over the epochs after one constant warm-up epoch at 1e-5, cross-entropy, and a batch is
-dropped at the end of an epoch only when the training set holds at least one full batch (Dassl's rule).
+cosine schedule over the epochs after one constant warm-up epoch at 1e-5, cross-entropy. Whether an epoch drops its
+last partial batch is each method's declared choice (``FewShotMethod.drop_last``, as its authors' code does).
 """
 from __future__ import annotations
 
@@ -76,11 +76,14 @@ def cpu_threads(n: int, device: torch.device):
 
 def train_loop(params: Iterable[torch.nn.Parameter], logits_fn: Callable[[torch.Tensor], torch.Tensor],
                features: torch.Tensor, labels: torch.Tensor, cfg: TrainingConfig,
-               views: torch.Tensor | None = None) -> dict:
+               views: torch.Tensor | None = None, drop_last: bool = True) -> dict:
     """Minimise cross-entropy of ``logits_fn(batch_features)`` over ``cfg.epochs``.
 
     Each epoch draws one augmented view per image from ``views`` ``(V, n, d)`` when given (the cached
     counterpart of re-augmenting every image every epoch), else uses ``features`` ``(n, d)``.
+    ``drop_last`` is the method's declared choice (``FewShotMethod.drop_last``, as its authors' code does): when
+    True, an epoch drops its last partial batch if the training set holds at least one full batch (Dassl's rule);
+    when False every image is seen every epoch (Tip-Adapter-F's loader).
     Returns a history dict (loss per epoch, train accuracy of the last epoch, steps, seconds).
     """
     params = [p for p in params if p.requires_grad]
@@ -95,7 +98,7 @@ def train_loop(params: Iterable[torch.nn.Parameter], logits_fn: Callable[[torch.
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=1e-4)
-    drop_last = n >= cfg.batch_size
+    drop_last = drop_last and n >= cfg.batch_size
     history: dict = {"loss": [], "steps": 0}
     t0 = time.perf_counter()
     with cpu_threads(1, device):

@@ -8,7 +8,7 @@ import json
 from ..datasets import SPLITS, load_dataset
 from ..fewshot import read_index_file
 from ..generalisation import run_base_to_new
-from ..methods import get_method_class
+from ..methods import check_overrides, get_method_class
 from ..protocol import RunSpec, run_one
 from ..report import format_table
 from .common import add_backbone_args, add_data_args, backbone_from_args, cache_from_args, count, parse_grid, seed
@@ -51,11 +51,16 @@ def register(sub) -> None:
                         "and new test images (records base/new accuracy and their harmonic mean; result folder "
                         "<method>-base_to_new).")
     g.add_argument("--output", default="runs", help="results directory (default: runs).")
-    g.add_argument("--save-model", default=None, metavar="DIR", help="also save the fitted model to DIR.")
+    g.add_argument("--save-model", default=None, metavar="DIR",
+                   help="also save the fitted model to DIR (a new or empty folder, or a model saved before with "
+                        "--overwrite).")
+    g.add_argument("--overwrite", action="store_true",
+                   help="let --save-model replace the model saved in DIR (never a folder with other files).")
     p.set_defaults(func=cmd_run)
 
 
 def _overrides(args: argparse.Namespace, cls) -> dict:
+    check_overrides(cls, [p.split("=", 1)[0].strip().replace("-", "_") for p in args.set or [] if "=" in p])
     overrides = cls.config_cls.parse_overrides(args.set or [])
     fields = cls.config_cls.field_names()
     for flag, key, attr in SHORTCUTS:
@@ -85,12 +90,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.base_to_new:
         spec = dataclasses.replace(spec, variant=f"{cls.name}-base_to_new")
         record = run_base_to_new(dataset, backbone, spec, cache=cache_from_args(args, backbone), output=args.output,
-                                 save_model=args.save_model)
+                                 save_model=args.save_model, overwrite=args.overwrite)
         if record["unseen_classes"] != "transfer":
             print(f"{cls.name} is class-specific: its new-class accuracy is zero-shot CLIP's (zero-shot fallback).")
     else:
         record = run_one(dataset, backbone, spec, cache=cache_from_args(args, backbone), output=args.output,
-                         save_model=args.save_model)
+                         save_model=args.save_model, overwrite=args.overwrite)
     rows = [{"dataset": record["dataset"], "method": record["method"], "shots": record["shots"],
              "seed": record["seed"], "chosen": json.dumps(record["chosen"]) if record["chosen"] else "-",
              "val acc": record["val_accuracy"], "test acc": record["accuracy"], "macro-F1": record["macro_f1"],

@@ -2,7 +2,8 @@
 benchmark datasets (``catalog.json``), their download and verification. A new dataset is a folder or a CSV.
 
     types.py      Item, Dataset
-    catalog.py    the catalog rows (catalog.json), name lookup, CoOp prompt templates
+    catalog.py    the catalog rows (catalog.json, validated; add_catalog for your own), name lookup, CoOp prompt
+                  templates, the registry of split-format readers
     checks.py     what every reader checks: paths inside the folder, labels, no image twice (no leakage)
     readers.py    one reader per on-disk form (CoOp split file, class folders, CSV)
     builtin.py    the catalog's datasets under a data root (CoOp layout, FGVC lists, ImageNet folders)
@@ -10,8 +11,8 @@ benchmark datasets (``catalog.json``), their download and verification. A new da
     fetch.py      fetch, check and unpack a row's resources into its folder
     verify.py     every image present and readable, counts as expected
 """
-from .catalog import REGISTRY, DatasetInfo, Resource, dataset_names, get_info, list_datasets, resolve_root, \
-    templates_for
+from .catalog import FORMATS, REGISTRY, DatasetInfo, Resource, add_catalog, catalog_markdown, dataset_names, \
+    get_info, list_datasets, read_catalog, register_format, resolve_root, templates_for
 from .fetch import DownloadError, download
 from .builtin import read_builtin
 from .checks import DataError
@@ -23,4 +24,5 @@ from .verify import VerifyReport, verify
 __all__ = ["Dataset", "Item", "DatasetInfo", "Resource", "REGISTRY", "SPLITS", "IMAGE_EXTENSIONS",
            "DEFAULT_TEMPLATE", "load_dataset", "read_builtin", "read_coop", "read_csv", "read_image_folder",
            "dataset_names", "get_info", "list_datasets", "resolve_root", "templates_for", "download",
-           "DownloadError", "DataError", "verify", "VerifyReport"]
+           "DownloadError", "DataError", "verify", "VerifyReport", "add_catalog", "read_catalog", "register_format",
+           "FORMATS", "catalog_markdown"]

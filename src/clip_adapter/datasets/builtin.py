@@ -1,5 +1,7 @@
-"""The built-in datasets (catalog rows) read from their folder under the data root: CoOp's split files, FGVC-Aircraft's
-variant lists, ImageNet's class folders (with a val split held out of train, so nothing is tuned on test)."""
+"""The built-in datasets (catalog rows) read from their folder under the data root: one reader per ``split_format``,
+registered with :func:`~clip_adapter.datasets.catalog.register_format` (no if-chain): CoOp's split files (``coop``),
+FGVC-Aircraft's variant lists (``fgvc``), ImageNet's class folders (``imagenet``, with a val split held out of train,
+so nothing is tuned on test), and the test-only ImageNet variants (``imagenet_variant``: -V2, -Sketch, -A, -R)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +12,7 @@ import random
 from pathlib import Path
 
 from ..io import atomic_path
-from .catalog import DatasetInfo, get_info, resolve_root
+from .catalog import DatasetInfo, format_reader, get_info, register_format, resolve_root
 from .checks import DataError, check_unique_images
 from .class_ids import imagenet_classnames, imagenet_wnids, is_wnid, subset_wnids
 from .readers import read_coop
@@ -41,18 +43,13 @@ def read_builtin(name: str, root: str | os.PathLike | None = None) -> Dataset:
         raise FileNotFoundError(f"Dataset {info.name} not found: {missing[0]} is missing; run `clip-adapter "
                                 f"datasets download {info.name} --root {root}` (it fetches what it can and prints "
                                 f"the manual steps).")
-    ds_dir = info.path(root)
-    if info.split_format == "coop":
-        return read_coop(ds_dir, split_file=ds_dir / info.split_file, image_dir=ds_dir / info.image_dir,
-                         name=info.name)
-    if info.split_format == "fgvc":
-        return read_fgvc(info, ds_dir)
-    if info.split_format == "imagenet":
-        return read_imagenet(info, ds_dir)
-    if info.split_format == "imagenet_variant":
-        return read_imagenet_variant(info, ds_dir)
-    raise ValueError(f"Dataset {info.name}: unknown split format {info.split_format!r} in the catalog; expected coop, "
-                     f"fgvc, imagenet or imagenet_variant.")
+    return format_reader(info)(info, info.path(root))
+
+
+@register_format("coop")
+def read_coop_row(info: DatasetInfo, ds_dir: Path) -> Dataset:
+    """A CoOp-layout row: ``split_zhou_<coop_name>.json`` in its folder, relpaths under ``image_dir``."""
+    return read_coop(ds_dir, split_file=ds_dir / info.split_file, image_dir=ds_dir / info.image_dir, name=info.name)
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:
@@ -64,6 +61,7 @@ def _lines(path: Path) -> list[tuple[int, str]]:
     return [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
 
 
+@register_format("fgvc")
 def read_fgvc(info: DatasetInfo, ds_dir: Path) -> Dataset:
     """FGVC-Aircraft as CoOp reads it: labels = line order of variants.txt, ``images_variant_<split>.txt`` lines
     are ``<image id> <variant name>`` and the image is ``images/<image id>.jpg``."""
@@ -104,6 +102,7 @@ def _list_images(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
 
 
+@register_format("imagenet")
 def read_imagenet(info: DatasetInfo, ds_dir: Path) -> Dataset:
     """ImageNet as CoOp lays it out; the scanned split is cached in ``split_clip_adapter_ImageNet.json`` (delete
     it to rescan; it is rebuilt when classnames.txt or the val rule change)."""
@@ -161,6 +160,7 @@ def _scan_imagenet(img_dir: Path, wnid_to_name: dict[str, str]) -> dict[str, lis
     return raw
 
 
+@register_format("imagenet_variant")
 def read_imagenet_variant(info: DatasetInfo, ds_dir: Path) -> Dataset:
     """A test-only ImageNet variant (-V2, -Sketch, -A, -R): one folder per class under ``image_dir``, named by wnid
     (ImageNet-V2: by class index 0..999); class names are CLIP's ImageNet names of those wnids. Every image is a

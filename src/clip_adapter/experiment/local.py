@@ -15,7 +15,7 @@ from ..features import FeatureCache
 from ..generalisation import run_base_to_new, transfer_after
 from ..io import progress_bar
 from ..prompts import encode_class_texts
-from ..protocol import RunSpec, run_one
+from ..protocol import run_one
 from ..results import append_run, claim_run, read_result
 from .plan import PlannedRun
 from .schema import ExperimentConfig
@@ -77,14 +77,23 @@ class RunContext:
         return self._text[di]
 
 
+def _first_difference(want: Any, have: Any, at: str = "") -> tuple[str, Any, Any]:
+    """The dotted key of the first leaf where two settings differ (``dataset.sha256.train``), and both values."""
+    if isinstance(want, dict) and isinstance(have, dict):
+        for k in sorted(set(want) | set(have), key=str):
+            if want.get(k) != have.get(k):
+                return _first_difference(want.get(k), have.get(k), f"{at}.{k}" if at else str(k))
+    return at, want, have
+
+
 def _check_settings(run: PlannedRun, rec: dict, config: ExperimentConfig) -> None:
     want = run.settings(config)
     have = rec.get("run_settings")
     if have is None or have == want:
         return
-    diff = next(k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k))
-    raise ValueError(f"Result {run.path} was made with other settings ({diff}: {have.get(diff)!r} there, "
-                     f"{want.get(diff)!r} in {config.source}); use another output folder or delete that file.")
+    diff, want_v, have_v = _first_difference(want, have)
+    raise ValueError(f"Result {run.path} was made with other settings ({diff}: {have_v!r} there, "
+                     f"{want_v!r} in {config.source}); use another output folder or delete that file.")
 
 
 def finished(run: PlannedRun, config: ExperimentConfig) -> dict | None:
@@ -98,9 +107,7 @@ def finished(run: PlannedRun, config: ExperimentConfig) -> dict | None:
 def execute_run(run: PlannedRun, ctx: RunContext) -> dict:
     """Compute one planned run through :func:`~clip_adapter.protocol.run_one` and record it in ``runs.jsonl``."""
     config = ctx.config
-    spec = RunSpec(method=run.method, shots=run.shots, seed=run.seed, overrides=dict(run.overrides), grid=run.grid,
-                   n_views=config.n_views, repeat_shots=config.repeat_shots, variant=run.variant,
-                   templates=list(config.templates) if config.templates else None, device=config.backbone.device)
+    spec = run.spec(config)
     extra: dict[str, Any] = {"variant": run.variant, "experiment": config.name, "run_settings": run.settings(config)}
     if run.ablation is not None:
         extra["ablation"] = dict(run.ablation)

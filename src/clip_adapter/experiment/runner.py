@@ -28,7 +28,7 @@ from ..io import torch_threads, write_text
 from ..report import build_report
 from ..results import RUNS_FILE, rebuild_runs_jsonl
 from .local import RunContext, finished, run_local
-from .plan import PlannedRun, dataset_labels, plan_runs
+from .plan import PlannedRun, dataset_identity, dataset_labels, plan_runs
 from .schema import ExperimentConfig, load_config, parse_config
 
 __all__ = ["ExperimentResult", "run_experiment", "parse_shard"]
@@ -108,7 +108,7 @@ def run_experiment(config: ExperimentConfig | Mapping | str | Path, *, progress:
     shard = parse_shard(shard)
     t0 = time.perf_counter()
     datasets = load_datasets(config)
-    runs = plan_runs(config, dataset_labels(config, datasets))
+    runs = plan_runs(config, dataset_labels(config, datasets), [dataset_identity(d) for d in datasets])
     if shard is not None:
         runs = runs[shard[0]::shard[1]]
     output = Path(config.output)

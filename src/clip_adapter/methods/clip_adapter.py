@@ -43,6 +43,7 @@ class ClipAdapter(FewShotMethod):
 
     config_cls = ClipAdapterConfig
     default_grid = {"alpha": [0.2, 0.4, 0.6, 0.8]}
+    trainable = ("image_adapter.*", "text_adapter.*")
     unseen_classes = "transfer"   # the adapters map any feature: new class names need only their text features
 
     def _build(self, dim: int) -> None:
@@ -61,20 +62,18 @@ class ClipAdapter(FewShotMethod):
         txt = blend(self.text_features_, self.text_adapter_, self.config.alpha_text)
         return cosine_logits(img, txt, self.logit_scale_)
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
-            views: torch.Tensor | None = None) -> "ClipAdapter":
-        self._start_fit(features, labels, text, views)
+    def _fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
+             views: torch.Tensor | None) -> None:
         self.text_features_ = text.features.float().clone().to(self.config.device)
         self._build(features.shape[1])
         params = []
         for a in self._adapters():
             a.to(self.config.device).train()
             params += list(a.parameters())
-        self.history_ = train_loop(params, self._logits, features, labels, self.config, views=views)
+        self.history_ = train_loop(params, self._logits, features, labels, self.config, views=views, drop_last=self.drop_last)
         for a in self._adapters():
             a.cpu().eval().requires_grad_(False)
         self.text_features_ = self.text_features_.cpu()
-        return self._end_fit()
 
     @torch.no_grad()
     def logits(self, features: torch.Tensor) -> torch.Tensor:
