@@ -298,3 +298,21 @@ def test_config_errors_are_one_line(change, fragment):
     with pytest.raises(ValueError) as e:
         parse_config(raw, source="exp.yaml")
     assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_variant_subset_of_a_model_without_wnids_maps_by_name(tiny_backbone, tmp_path):
+    """An ImageNet-A/-R-like subset (wnid folders, CLIP names) of a model saved without wnids: mapped by name."""
+    imgs = _wnid_images(tmp_path / "imgs", per_class=6)
+    names = dict(zip(WNIDS[:3], ["tench", "goldfish", "great white shark"]))
+    for w, name in names.items():
+        shutil.copytree(imgs / w, tmp_path / "src" / name)
+    ds = load_dataset(tmp_path / "src")
+    assert class_ids(ds) is None
+    run_one(ds, tiny_backbone, RunSpec("zero_shot"), save_model=tmp_path / "m")
+    model = AdaptedClassifier.from_pretrained(tmp_path / "m", backbone=tiny_backbone)
+    assert "class_ids" not in model.info
+    subset = [WNIDS[1], WNIDS[0]]
+    items = [Item(str(p), y) for y, w in enumerate(subset) for p in sorted((imgs / w).glob("*.png"))]
+    target = Dataset("variant", [names[w] for w in subset], {"train": [], "val": [], "test": items})
+    assert class_ids(target) == subset
+    assert model.label_map(target).tolist() == [model.classes_.index("goldfish"), model.classes_.index("tench")]

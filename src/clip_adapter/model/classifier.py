@@ -292,6 +292,8 @@ class AdaptedClassifier:
         if class_map is None and sorted(data) != sorted(model) and data_ids is not None and model_ids is not None:
             # both sides know their wnids (ImageNet and its variants): map by them, naming what does not map
             return torch.tensor(map_classes(data, data_ids, model, model_ids, f"Dataset {dataset.name}")[0])
+        if class_map is None and data_ids is not None and set(data) < set(model):
+            class_map = "by-name"  # an ImageNet variant's subset (-A, -R) of a model that did not keep its wnids
         if class_map is None:
             if sorted(data) != sorted(model):
                 only_data, only_model = sorted(set(data) - set(model)), sorted(set(model) - set(data))
