@@ -124,12 +124,18 @@ def transfer_rows(records: Sequence[Mapping]) -> list[dict[str, Any]]:
             mean, std = mean_std([100.0 * x["accuracy"] for x in ok])
             means.append(mean)
             rows.append({"source": src, "method": m, "shots": k, "target": t, "n_seeds": len(ok),
-                         "acc_mean_pct": mean, "acc_std_pct": std, "note": f"classes matched by {ok[0]['matched']}"})
+                         "acc_mean_pct": mean, "acc_std_pct": std, "note": _how(ok[0]["matched"])})
         if means and len(means) == len(targets):
             rows.append({"source": src, "method": m, "shots": k, "target": f"{AVERAGE} of targets",
                          "n_seeds": len(recs), "acc_mean_pct": sum(means) / len(means), "acc_std_pct": 0.0,
                          "note": ""})
     return rows
+
+
+def _how(matched: str) -> str:
+    if matched.startswith("transfer"):
+        return "its own class names (the method transfers)"
+    return f"the model's classes, matched by {matched}"
 
 
 def markdown_transfer(rows: Sequence[Mapping]) -> str:
@@ -146,16 +152,17 @@ def markdown_transfer(rows: Sequence[Mapping]) -> str:
                 row[r["target"]] = "n/a" if r["acc_mean_pct"] is None else \
                     _cell(r["acc_mean_pct"], r["acc_std_pct"], r["n_seeds"])
                 if r["acc_mean_pct"] is None:
-                    notes.append(f"- {key[1]} on {r['target']}: {r['note']}")
+                    notes.append(f"- {key[1]} on {r['target']}: {r['note'].removeprefix('not applicable: ')}")
         table.append({c: row.get(c, "-") for c in ["source", "method", "shots", *cols]})
-    matched = sorted({f"{r['target']}: {r['note']}" for r in rows if r["note"].startswith("classes matched")})
+    matched = sorted({f"{r['target']}: {r['note']}" for r in rows
+                      if r["acc_mean_pct"] is not None and r["note"] and "(source)" not in r["target"]})
     lines = ["# Transfer: models trained on the source, scored on each target", "",
              "Top-1 test accuracy (%), mean ± std over seeds. A target with the source's classes (mapped by wnid or "
              "name; a subset is scored on its own classes' logits only) takes every method; a target with other "
              "classes only methods whose learned part carries over to new class names (n/a otherwise).", "",
              format_table(table, ["source", "method", "shots", *cols]) if table else "(no transfer records)", ""]
     if matched:
-        lines += ["Class matching:", *[f"- {m}" for m in matched], ""]
+        lines += ["How each target was scored:", *[f"- {m}" for m in matched], ""]
     if notes:
         lines += ["Not applicable:", *notes, ""]
     return "\n".join(lines)
