@@ -17,7 +17,9 @@ The method contract (what a new method declares and implements; everything else 
   ``trains`` (False: ``fit`` ignores the labelled data, zero-shot), ``needs_backbone`` (True: built with
   ``backbone=bb`` because it runs the encoders, e.g. CoOp), ``trainable`` (which of its :meth:`state_tensors` ``fit``
   learns, as fnmatch patterns; the others are copied from the data or the text), ``drop_last`` (trained methods:
-  whether an epoch drops its last partial batch, as the authors' code does);
+  whether an epoch drops its last partial batch, as the authors' code does), ``inputs`` (``"images"``: ``fit`` and
+  ``logits`` take :class:`~clip_adapter.imageset.ImageSet` s, re-augmented at every step, instead of cached
+  features: CLIP-LoRA);
 * ``_fit(features, labels, *, text, views)``: the method's own learning. :meth:`FewShotMethod.fit` runs the shared
   checks (shapes, dtypes, finiteness, label range, dims; then the method's :meth:`check_train_data`), records the
   class names / dim / logit scale, calls ``_fit`` and marks the model fitted. ``_fit`` returns nothing;
@@ -97,8 +99,9 @@ def check_overrides(cls: type["FewShotMethod"], names, what: str = "key", where:
     """Every name is a field of ``cls``'s config; a training setting asked of a training-free method is a one-line
     error naming the method and what it takes instead."""
     fields = cls.config_cls.field_names()
+    iterates = "lr" in fields  # trained on its own schedule (CLIP-LoRA: iterations): an unknown key is just unknown
     for k in names:
-        if k in TRAINING_KEYS and k not in fields:
+        if k in TRAINING_KEYS and k not in fields and not iterates:
             kind = "training-free (closed form)" if cls.trains else "not trained"
             raise ValueError(f"{where + ': ' if where else ''}Method {cls.name!r} is {kind}: it takes no {k!r} "
                              f"(no epochs, lr or batch size). Its settings: {', '.join(fields)}.")
@@ -157,6 +160,9 @@ class FewShotMethod(abc.ABC):
     trainable: ClassVar[tuple[str, ...]] = ()
     #: trained methods: an epoch drops its last partial batch (when n >= batch size), as the authors' code does
     drop_last: ClassVar[bool] = True
+    #: what ``fit`` and ``logits`` take from the protocol: cached ``"features"``, or ``"images"``
+    #: (:class:`~clip_adapter.imageset.ImageSet`, for methods that back-propagate through the encoders)
+    inputs: ClassVar[str] = "features"
     #: what a fitted model does for classes it never saw (base-to-new, cross-dataset): "transfer" (what it learned
     #: is class-agnostic and serves any class names: :meth:`for_classes`) or "zero_shot_fallback" (it is
     #: class-specific, so unseen classes are scored by zero-shot CLIP)
@@ -180,7 +186,9 @@ class FewShotMethod(abc.ABC):
             labels = torch.zeros(0, dtype=torch.long)
         self._start_fit(features, labels, text, views)
         self.check_train_data(features, labels, views)
-        self._fit(features.float(), labels, text=text, views=None if views is None else views.float())
+        if self.inputs == "features":
+            features, views = features.float(), None if views is None else views.float()
+        self._fit(features, labels, text=text, views=views)
         return self._end_fit()
 
     def _fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,

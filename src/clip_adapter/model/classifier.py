@@ -46,9 +46,11 @@ from ..config import invalid_value
 from ..datasets.class_ids import class_ids, map_classes
 from ..evaluation import evaluate_predictions
 from ..features import FeatureCache, default_num_workers
+from ..imageset import ImageSet
 from ..io import package_versions, progress_bar
 from ..methods import CONFIG_NAME, FewShotMethod, check_fitted, read_saved_config
 from .card import model_card
+from ..datasets.images import to_rgb
 from .images import SafeImages, collate_safe, open_rgb
 
 __all__ = ["AdaptedClassifier", "check_recipe"]
@@ -177,7 +179,7 @@ class AdaptedClassifier:
 
     def _preprocess(self, x) -> torch.Tensor:
         if isinstance(x, Image.Image):
-            return self.transform(x.convert("RGB") if x.mode != "RGB" else x)
+            return self.transform(to_rgb(x))
         if isinstance(x, (str, os.PathLike)):
             return self.transform(open_rgb(x))
         if isinstance(x, torch.Tensor) and x.ndim == 3 and x.shape[0] == 3:
@@ -272,11 +274,15 @@ class AdaptedClassifier:
             raise ValueError(f"Split {split!r} of dataset {dataset.name} is empty.")
         remap = self.label_map(dataset, class_map)
         labels = remap[torch.tensor([it.label for it in items], dtype=torch.long)]
-        cache = cache or FeatureCache(self.backbone)
-        if cache.backbone.id != self.backbone.id:
-            raise ValueError(f"The feature cache is for {cache.backbone.id!r}; the model uses {self.backbone.id!r}.")
-        logits = self.method.logits(cache.features(items))
         scored = remap.unique()  # a subset of the model's classes (ImageNet-A/-R): only its logits are scored
+        if self.method.inputs == "images":  # its encoders are adapted: the backbone's cached features do not apply
+            logits = self.method.logits(ImageSet.of(items, self.backbone))
+        else:
+            cache = cache or FeatureCache(self.backbone)
+            if cache.backbone.id != self.backbone.id:
+                raise ValueError(f"The feature cache is for {cache.backbone.id!r}; the model uses "
+                                 f"{self.backbone.id!r}.")
+            logits = self.method.logits(cache.features(items))
         pred = scored[logits[:, scored].argmax(dim=-1)]
         m = evaluate_predictions(pred, labels, self.classes_)
         return {"dataset": dataset.name, "split": split, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
