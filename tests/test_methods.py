@@ -1,6 +1,7 @@
 """The common suite every registered method runs (as timm/PEFT/sklearn do), plus per-method maths."""
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 
 import pytest
@@ -11,6 +12,7 @@ from clip_adapter.methods.clip_adapter import ClipAdapter, ClipAdapterConfig
 from clip_adapter.methods.common import Adapter
 from clip_adapter.methods.zero_shot import ZeroShot
 from clip_adapter.config import invalid_examples
+from clip_adapter.imageset import ImageSet
 from clip_adapter.prompts import ClassText, encode_class_texts
 from clip_adapter.training import TrainingConfig
 
@@ -47,12 +49,20 @@ def any_method(request):
 
 
 @pytest.fixture
-def task(any_method, tiny_backbone):
+def task(any_method, tiny_backbone, color_dir):
     """(name, fresh-method factory, features, labels, views, text, backbone) for any registered method: synthetic
     clustered features, or, for a method that needs a backbone, inputs of its ``input_shape`` and the tiny
     backbone's class text features."""
     cls = get_method_class(any_method)
     g = torch.Generator().manual_seed(0)
+    if cls.inputs == "images":  # trains through the encoders (CLIP-LoRA): generated image files, no cached views
+        bb = tiny_backbone
+        text = encode_class_texts(bb, NAMES, ["a photo of a {}."])
+        paths = [p for d in sorted(color_dir.iterdir()) for p in sorted(d.glob("*.png"))[:3]]
+        labels = torch.tensor([sorted(color_dir.iterdir()).index(p.parent) for p in paths])
+        quick = {"iters": 4, "batch_size": 8}  # each step runs both towers forward and backward
+        return (any_method, (lambda **kw: make(any_method, bb, **{**quick, **kw})), ImageSet.of(paths, bb), labels,
+                None, text, bb)
     if cls.needs_backbone:
         bb = tiny_backbone
         text = encode_class_texts(bb, NAMES, ["a photo of a {}."])
@@ -132,11 +142,18 @@ def test_bad_fit_inputs_are_one_line_errors(task):
     for kwargs, msg in [(dict(labels=labels[:3]), rf"labels must be \({len(feats)},\)"),
                         (dict(labels=labels.float()), "labels must be an int64 tensor"),
                         (dict(labels=labels + len(NAMES) + 5), r"labels must lie in 0\.\."),
-                        (dict(features=torch.full_like(feats, float("nan"))), "non-finite values")]:
+                        (dict(features=_bad_features(feats)), "non-finite values|not found")]:
         args = {"features": feats, "labels": labels, **kwargs}
         with pytest.raises(ValueError, match=msg) as e:
             new().fit(args["features"], args["labels"], text=text, views=views)
         assert "\n" not in str(e.value)
+
+
+def _bad_features(feats):
+    """NaN features, or for image inputs a missing image file."""
+    if isinstance(feats, ImageSet):
+        return dataclasses.replace(feats, paths=feats.paths[:-1] + ("no/such/image.png",))
+    return torch.full_like(feats, float("nan"))
 
 
 def test_predict_on_wrong_shape_is_one_line_error(task):
@@ -165,6 +182,10 @@ def test_training_free_method_refuses_training_settings(any_method):
     cls = get_method_class(any_method)
     if issubclass(cls.config_cls, TrainingConfig):
         assert get_method(any_method, backbone=None, epochs=2).config.epochs == 2
+        return
+    if "lr" in cls.config_cls.field_names():  # trained on its own schedule (iterations): epochs is just unknown
+        with pytest.raises(ValueError, match=rf"^Unknown {cls.config_cls.__name__} key 'epochs'"):
+            get_method(any_method, epochs=5)
         return
     with pytest.raises(ValueError, match=rf"^Method '{any_method}' is (training-free|not trained).*takes no "
                                          r"'epochs'.*Its settings: "):

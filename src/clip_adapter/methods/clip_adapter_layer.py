@@ -144,10 +144,11 @@ class ClipAdapterLayer(FewShotMethod):
                 **{"adapter." + k: v for k, v in self.adapter_.state_dict().items()}}
 
     def save_pretrained(self, directory: str | Path, *, backbone_id: str | None = None,
-                        extra: dict[str, Any] | None = None) -> Path:
+                        extra: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
         check_fitted(self)
         info = {"input_shape": list(self.input_shape_), "layer": self.layer_, "num_blocks": self.num_blocks_}
-        return super().save_pretrained(directory, backbone_id=backbone_id, extra={**info, **(extra or {})})
+        return super().save_pretrained(directory, backbone_id=backbone_id, extra={**info, **(extra or {})},
+                                       overwrite=overwrite)
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         for key in ("input_shape", "layer", "num_blocks"):
