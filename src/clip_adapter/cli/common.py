@@ -72,8 +72,8 @@ def int_list(low: int):
 
 
 def parse_class_map(text: str | None) -> dict[str, str] | str | None:
-    """``--class-map``: ``by-name``, a JSON file ``{dataset class: model class}``, or ``a=b,c=d``."""
-    if text is None or text == "by-name":
+    """``--class-map``: ``by-name``, ``shared``, a JSON file ``{dataset class: model class}``, or ``a=b,c=d``."""
+    if text is None or text in ("by-name", "shared"):
         return text
     if text.endswith(".json"):
         try:
@@ -83,7 +83,7 @@ def parse_class_map(text: str | None) -> dict[str, str] | str | None:
     else:
         pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
         if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
-            raise ValueError(f"--class-map {text!r} must be 'by-name', FILE.json or dataset_class=model_class pairs "
+            raise ValueError(f"--class-map {text!r} must be 'by-name', 'shared', FILE.json or dataset_class=model_class pairs "
                              f"separated by commas.")
         mapping = {a.strip(): b.strip() for a, b in pairs}
     if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):

@@ -207,6 +207,7 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="result JSON (default: MODEL_DIR/eval-<dataset>-<split>.json).")
     p.add_argument("--class-map", default=None, metavar="MAP",
                    help="how the dataset's classes map to the model's when they differ: 'by-name' (a subset of the "
-                        "model's classes), FILE.json ({dataset class: model class}) or a=b,c=d (default: the classes "
-                        "must be the same).")
+                        "model's classes), 'shared' (only the classes both have, by name; images of the others are "
+                        "left out), FILE.json ({dataset class: model class}) or a=b,c=d (default: the classes must "
+                        "be the same).")
     p.set_defaults(func=cmd_evaluate)

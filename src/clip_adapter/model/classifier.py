@@ -263,7 +263,8 @@ class AdaptedClassifier:
 
         The dataset's classes must be the model's (in any order). Otherwise ``class_map`` says how they correspond:
         ``{dataset class: model class}`` (classes it does not name map to the model class of the same name), or
-        ``"by-name"`` to score a dataset whose classes are a subset of the model's. When both the dataset and the
+        ``"by-name"`` to score a dataset whose classes are a subset of the model's, or ``"shared"`` to score only
+        the classes both have by name (images of the dataset's other classes are left out and counted). When both the dataset and the
         model know their classes' wnids (:func:`~clip_adapter.datasets.class_ids.class_ids`; a model saved by
         ``run_one`` keeps them), classes are mapped by wnid without a ``class_map`` (ImageNet-V2/-Sketch/-A/-R). A
         dataset with a subset of the model's classes is scored on those classes' logits only, as the ImageNet-A/-R
@@ -273,8 +274,12 @@ class AdaptedClassifier:
         if not items:
             raise ValueError(f"Split {split!r} of dataset {dataset.name} is empty.")
         remap = self.label_map(dataset, class_map)
+        n_split = len(items)
+        items = [it for it in items if remap[it.label] >= 0]  # "shared": images of classes the model lacks are left out
+        if not items:
+            raise ValueError(f"Split {split!r} of dataset {dataset.name} has no image of a class the model knows.")
         labels = remap[torch.tensor([it.label for it in items], dtype=torch.long)]
-        scored = remap.unique()  # a subset of the model's classes (ImageNet-A/-R): only its logits are scored
+        scored = remap[remap >= 0].unique()  # a subset of the model's classes (-A/-R, shared): only its logits count
         if self.method.inputs == "images":  # its encoders are adapted: the backbone's cached features do not apply
             logits = self.method.logits(ImageSet.of(items, self.backbone))
         else:
@@ -289,11 +294,18 @@ class AdaptedClassifier:
                 "per_class_accuracy": m["per_class_accuracy"], "n": m["n"], "method": self.method.name,
                 "backbone": self.backbone.id, "saved_test_accuracy": self.info.get("test_accuracy"),
                 "class_map": class_map if isinstance(class_map, (str, type(None))) else dict(class_map),
+                "scored_classes": [self.classes_[i] for i in scored.tolist()], "left_out_images": n_split - len(items),
                 "versions": package_versions(), "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     def label_map(self, dataset, class_map: dict[str, str] | str | None = None) -> torch.Tensor:
         """Dataset label -> model label (a tensor indexed by the dataset's labels); see :meth:`evaluate`."""
         model, data = self.classes_, list(dataset.classnames)
+        if class_map == "shared":  # the classes both label sets have, by name; -1 marks a class the model lacks
+            common = set(data) & set(model)
+            if not common:
+                raise ValueError(f"Dataset {dataset.name} and the model share no class name (dataset: {data[:5]}..., "
+                                 f"model: {model[:5]}...); map them with a class map instead.")
+            return torch.tensor([model.index(c) if c in common else -1 for c in data], dtype=torch.long)
         data_ids, model_ids = class_ids(dataset), self.info.get("class_ids")
         if class_map is None and sorted(data) != sorted(model) and data_ids is not None and model_ids is not None:
             # both sides know their wnids (ImageNet and its variants): map by them, naming what does not map
@@ -309,7 +321,7 @@ class AdaptedClassifier:
                                  f"subset (CLI: --class-map FILE.json | a=b,c=d | by-name).")
             class_map = "by-name"
         if isinstance(class_map, str) and class_map != "by-name":
-            raise ValueError(f"class_map must be a mapping or 'by-name'. Got {class_map!r} instead.")
+            raise ValueError(f"class_map must be a mapping, 'by-name' or 'shared'. Got {class_map!r} instead.")
         mapping = {} if class_map == "by-name" else dict(class_map)
         unknown = sorted(set(mapping) - set(data))
         if unknown:
