@@ -51,17 +51,13 @@ class Selection:
     seconds: float
 
 
-def _fit(method: str, config: MethodConfig, train: FeatureSplit, text: ClassText, backbone) -> FewShotMethod:
-    model = get_method_class(method)(config, backbone=backbone)
-    return model.fit(train.features, train.labels, text=text, views=train.views)
-
-
 def select(method: str, config: MethodConfig, grid: dict[str, list], train: FeatureSplit, val: FeatureSplit,
-           text: ClassText, backbone=None) -> Selection:
+           text: ClassText, backbone=None, stack: bool | None = None) -> Selection:
     """Fit ``method`` for every point of ``grid`` (over ``config``) on ``train``; keep the best on ``val``.
 
     Ties go to the earlier grid point, so the result does not depend on anything but train and val.
-    An empty grid fits ``config`` once.
+    An empty grid fits ``config`` once. ``stack`` (None: the method decides) fits all points as one vectorised
+    model where the method supports it (:meth:`FewShotMethod.fit_many`); the choice is the same either way.
     """
     cls = get_method_class(method)
     cls.config_cls.check_field_names(grid, what="grid key")
@@ -79,9 +75,11 @@ def select(method: str, config: MethodConfig, grid: dict[str, list], train: Feat
     t0 = time.perf_counter()
     best: tuple[float, FewShotMethod, MethodConfig, dict] | None = None
     candidates = []
-    for point in points:
-        cfg = dataclasses.replace(config, **point)
-        model = _fit(method, cfg, train, text, backbone)
+    configs = [dataclasses.replace(config, **point) for point in points]
+    # One call for the whole grid: a trained method may fit every point at once (same result as one by one).
+    models = cls.fit_many(configs, train.features, train.labels, text=text, views=train.views, backbone=backbone,
+                           stack=stack)
+    for point, cfg, model in zip(points, configs, models):
         acc = float((model.predict(val.features) == val.labels).float().mean()) if val.labels.numel() else float("nan")
         candidates.append({**point, "val_accuracy": None if math.isnan(acc) else acc})  # strict JSON has no NaN
         log.debug("%s %s: val accuracy %.4f", method, point, acc)
