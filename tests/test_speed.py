@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,45 @@ def test_vmap_stack_equals_train_loop(problem):
         torch.testing.assert_close(b.head.weight, a.head.weight, atol=1e-6, rtol=0)
         torch.testing.assert_close(b.head.bias, a.head.bias, atol=1e-6, rtol=0)
     assert [h["steps"] for h in hist] == [10, 10]
+
+
+# -- instant start ------------------------------------------------------------------------------------------------
+HEAVY = ("torch", "open_clip", "timm", "sentence_transformers", "sklearn", "ray")
+
+
+def _loaded_after(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter on this tree; return which HEAVY modules it imported (and its output)."""
+    probe = f"import sys, json\n{code}\nprint(json.dumps({{m: m in sys.modules for m in {HEAVY!r}}}))"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_and_public_names_load_no_optional_heavy_library():
+    """Touching every public name loads torch but not open_clip, timm, sentence-transformers, sklearn or ray."""
+    got = _loaded_after("import clip_adapter as ca\nfor n in ca.__all__: getattr(ca, n)\n"
+                        "assert set(ca.__all__) <= set(dir(ca))")
+    assert got == {m: m == "torch" for m in HEAVY}
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    import clip_adapter
+    with pytest.raises(AttributeError, match="has no attribute 'load_backbones'"):
+        clip_adapter.load_backbones  # noqa: B018
+
+
+CLI_CASES = [["--help"], ["run", "--help"], ["experiment", "--help"], ["predict", "--help"],
+             ["datasets", "list", "--root", "/nonexistent"], ["run", "--shots", "x"], ["run", "--no-such-flag"]]
+
+
+def test_help_listing_and_bad_flags_import_no_torch():
+    """`clip-adapter --help`, `<command> --help`, `datasets list` and a bad flag answer without importing torch
+    (one interpreter runs them all: nothing any of them imports may be heavy)."""
+    code = ("import contextlib, io\nfrom clip_adapter.cli import main\ncodes = []\n"
+            f"for argv in {CLI_CASES!r}:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            "        try:\n            codes.append(main(argv))\n        except SystemExit as e:\n"
+            "            codes.append(e.code)\n"
+            "assert codes == [0, 0, 0, 0, 0, 2, 2], codes")
+    assert _loaded_after(code) == {m: False for m in HEAVY}

@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..demo import demo_dataset, run_demo
-from ..report import format_table
 from .common import add_backbone_args, backbone_from_args, int_list, seed
 
 
@@ -28,6 +26,8 @@ def _fmt(chosen: dict) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import demo_dataset, run_demo      # torch-heavy imports wait until a command runs
+    from ..report import format_table
     t0 = time.perf_counter()
     backbone = backbone_from_args(args)
     ds = demo_dataset()

@@ -5,9 +5,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from ..distributed import require_ray
-from ..experiment import load_config, run_experiment
-from ..experiment.schema import ExecutorEntry, RayEntry
 
 LOCAL = "local"  # --ray without an address
 
@@ -34,6 +31,9 @@ def register(sub) -> None:
 
 
 def cmd_experiment(args) -> int:
+    from ..distributed import require_ray      # torch-heavy imports wait until the command runs
+    from ..experiment import load_config, run_experiment
+    from ..experiment.schema import ExecutorEntry, RayEntry
     config = load_config(args.config, output=args.output, cache_dir=args.cache_dir)
     if args.device:
         config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, device=args.device))

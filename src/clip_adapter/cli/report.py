@@ -4,7 +4,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..report import build_report
 
 
 def register(sub) -> None:
@@ -21,6 +20,7 @@ def register(sub) -> None:
 
 
 def cmd_report(args) -> int:
+    from ..report import build_report     # torch-heavy: only when the command runs
     if len(args.outdir) > 1 and not args.into:
         raise SystemExit(f"report: {len(args.outdir)} folders given; merge them with --into DIR "
                          f"(one folder is reported in place).")

@@ -5,10 +5,6 @@ import argparse
 import json
 
 from ..datasets import SPLITS, load_dataset
-from ..fewshot import read_index_file
-from ..methods import get_method_class
-from ..protocol import RunSpec, run_one
-from ..report import format_table
 from .common import add_backbone_args, add_data_args, backbone_from_args, cache_from_args, count, parse_grid, seed
 
 # Shortcut flags for CLIP-Adapter's fields: (flag, config key, args attribute).
@@ -63,6 +59,10 @@ def _overrides(args: argparse.Namespace, cls) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ..fewshot import read_index_file         # torch-heavy imports wait until a command runs
+    from ..methods import get_method_class
+    from ..protocol import RunSpec, run_one
+    from ..report import format_table
     cls = get_method_class(args.method)
     overrides = _overrides(args, cls)
     grid = parse_grid(args.grid) if args.grid else None
