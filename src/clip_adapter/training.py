@@ -21,7 +21,7 @@ from torch import nn
 from .config import Interval, MethodConfig, Options, Predicate
 from .io import torch_threads
 
-__all__ = ["TrainingConfig", "train_loop", "train_stacked", "can_stack", "stacking_pays", "VmapStack", "lr_at_epoch"]
+__all__ = ["TrainingConfig", "train_loop", "train_stacked", "can_stack", "VmapStack", "lr_at_epoch"]
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +140,6 @@ def _epochs(params: list, logits_fn: Callable, source: torch.Tensor, labels: tor
 #: the fields that must agree for grid points to share one optimiser and one schedule (the seed may differ)
 SHARED_FIELDS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "warmup_epochs", "warmup_lr",
                  "device")
-
-
-def stacking_pays(device: str | torch.device) -> bool:
-    """Whether fitting grid points stacked is the default on ``device``: yes off the CPU, where a step of these
-    tiny models costs its launch overhead, not its arithmetic. On a CPU the products and the optimiser's
-    element-wise updates are memory- and compute-bound, so P stacked points cost about P fits (measured:
-    benchmarks/batched_search.py) and the one-by-one path, kinder to the caches, stays the default."""
-    return torch.device(device).type != "cpu"
 
 
 def can_stack(configs: Sequence[TrainingConfig]) -> bool:
