@@ -66,21 +66,26 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 
 
 # -- registry ----------------------------------------------------------------------------------------------------
-def test_registry_has_the_eleven_paper_datasets():
-    assert list(REGISTRY) == PAPER_NAMES
-    for name, info in REGISTRY.items():
-        assert isinstance(info, DatasetInfo) and info.name == name
-        assert list(info.templates) == templates_for(info.coop_name)
-        assert sum(info.split_sizes) > 0 and info.num_classes > 1 and info.required
-        assert info.licence and info.homepage
-        for res in info.resources:
-            assert res.urls or res.manual, f"{name}/{res.filename}: no URL and no manual step"
-            for cs, n in ((res.sha256, 64), (res.md5, 32)):
-                assert cs is None or (len(cs) == n and int(cs, 16) >= 0)
-        if info.download_mode != "auto":
-            assert info.manual_steps or any(not r.urls for r in info.resources)
+def test_registry_holds_the_eleven_paper_datasets():
+    assert set(PAPER_NAMES) <= set(REGISTRY)
     assert REGISTRY["dtd"].templates == ("{} texture.",)
     assert REGISTRY["eurosat"].templates == ("a centered satellite photo of {}.",)
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_catalog_row_is_complete(name):
+    info = REGISTRY[name]
+    assert isinstance(info, DatasetInfo) and info.name == name and get_info(name) is info
+    assert list(info.templates) == templates_for(info.coop_name)
+    assert sum(info.split_sizes) > 0 and info.num_classes > 1 and info.required
+    assert info.licence and info.homepage
+    assert info.split_format in catalog.FORMATS          # a reader is registered for its format
+    for res in info.resources:
+        assert res.urls or res.manual, f"{name}/{res.filename}: no URL and no manual step"
+        for cs, n in ((res.sha256, 64), (res.md5, 32)):
+            assert cs is None or (len(cs) == n and int(cs, 16) >= 0)
+    if info.download_mode != "auto":
+        assert info.manual_steps or any(not r.urls for r in info.resources)
 
 
 def test_paper_sizes():
@@ -91,7 +96,7 @@ def test_paper_sizes():
               "sun397": (397, (15880, 3970, 19850)), "dtd": (47, (2820, 1128, 1692)),
               "eurosat": (10, (13500, 5400, 8100)), "ucf101": (101, (7639, 1898, 3783)),
               "imagenet": (1000, (1_271_167, 10_000, 50_000))}
-    assert {n: (i.num_classes, i.split_sizes) for n, i in REGISTRY.items()} == expect
+    assert {n: (REGISTRY[n].num_classes, REGISTRY[n].split_sizes) for n in expect} == expect
     assert sum(REGISTRY["imagenet"].split_sizes[:2]) == 1_281_167
 
 
@@ -106,9 +111,102 @@ def test_unknown_name_lists_names_and_a_close_match():
     with pytest.raises(ValueError) as e:
         get_info("flowers1O2")
     msg = str(e.value)
-    assert "did you mean 'oxford_flowers'" in msg and "imagenet, caltech101" in msg and "\n" not in msg
+    assert "did you mean 'oxford_flowers'" in msg and ", ".join(REGISTRY) in msg and "\n" not in msg
     with pytest.raises(ValueError, match="did you mean 'dtd'"):
         data.load_dataset("dtdd")  # through data.load_dataset, as the CLI's --data does
+
+
+# -- the catalog as data: validated rows, add_catalog, readers by format, the README table --------------------------
+ROW = {"name": "mytextures", "title": "My textures", "coop_name": "MyTextures", "directory": "mytex",
+       "image_dir": "images", "split_format": "coop", "num_classes": 2, "split_sizes": [4, 2, 2],
+       "licence": "CC0", "homepage": "https://example.org", "templates": ["{} pattern."],
+       "required": ["split_zhou_MyTextures.json", "images"], "aliases": ["mytex"]}
+
+
+@pytest.fixture
+def restore_registry():
+    saved = dict(REGISTRY)
+    yield
+    REGISTRY.clear()
+    REGISTRY.update(saved)
+    catalog._template_table.cache_clear()
+
+
+def _catalog_file(tmp_path: Path, *rows: dict) -> Path:
+    path = tmp_path / "my_catalog.json"
+    path.write_text(json.dumps({"datasets": list(rows)}))
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"templtes": ["{}."]}, r"datasets\[0\] \('mytextures'\): unknown key 'templtes' \(did you mean 'templates'\?\)"),
+    ({"num_classes": "2"}, r"datasets\[0\] \('mytextures'\): 'num_classes' must be an int >= 1\. Got '2' instead"),
+    ({"split_sizes": [1, 2]}, r"'split_sizes' must be 3 ints >= 0 \(train, val, test\)"),
+    ({"templates": ["no slot"]}, r"'templates' must be a non-empty list of strings each with '\{\}' once"),
+    ({"name": "My Textures"}, r"'name' must be a lowercase name"),
+    ({"resources": [{"filename": "a.zip", "sha256": "xyz"}]}, r"resources\[0\]: 'sha256' must be 64 hex digits"),
+    ({"resources": [{"file": "a.zip"}]}, r"resources\[0\]: unknown key 'file' \(did you mean 'filename'\?\)"),
+])
+def test_a_bad_catalog_row_is_a_one_line_error_naming_the_key(tmp_path, change, message):
+    path = _catalog_file(tmp_path, {**ROW, **change})
+    with pytest.raises(ValueError, match=message) as e:
+        catalog.read_catalog(path)
+    assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
+
+
+def test_a_missing_key_and_a_repeated_name_are_one_line_errors(tmp_path):
+    row = {k: v for k, v in ROW.items() if k != "licence"}
+    with pytest.raises(ValueError, match=r"datasets\[0\] \('mytextures'\): missing key 'licence'"):
+        catalog.read_catalog(_catalog_file(tmp_path, row))
+    with pytest.raises(ValueError, match=r"datasets\[1\] \('other'\) has a name or alias of row 'mytextures'"):
+        catalog.read_catalog(_catalog_file(tmp_path, ROW, {**ROW, "name": "other", "coop_name": "Other"}))
+
+
+def test_add_catalog_makes_a_users_row_a_built_in_name(tmp_path, restore_registry):
+    ds_dir = make_coop_dtd(tmp_path / "root")            # CoOp layout, renamed into the user's row
+    ds_dir.rename(tmp_path / "root" / "mytex")
+    (tmp_path / "root" / "mytex" / "split_zhou_DescribableTextures.json").rename(
+        tmp_path / "root" / "mytex" / "split_zhou_MyTextures.json")
+    assert data.add_catalog(_catalog_file(tmp_path, ROW)) == ["mytextures"]
+    assert get_info("mytex").name == "mytextures" and templates_for("mytextures") == ["{} pattern."]
+    ds = data.load_dataset("mytex", root=tmp_path / "root")
+    assert ds.name == "mytextures" and ds.classnames == ["banded", "blotchy"] and ds.templates == ["{} pattern."]
+    assert [len(ds.split(s)) for s in data.SPLITS] == [4, 2, 2]
+    assert "| `mytextures` (`mytex`) |" in catalog.catalog_markdown()
+
+
+def test_add_catalog_refuses_taken_names_and_unknown_formats(tmp_path, restore_registry):
+    before = dict(REGISTRY)
+    with pytest.raises(ValueError, match=r"dataset 'mytextures' has a name or alias of the catalog's 'dtd'"):
+        data.add_catalog(_catalog_file(tmp_path, {**ROW, "aliases": ["textures"]}))
+    with pytest.raises(ValueError, match=r"catalog row 'mytextures': Unknown split_format 'coopp' \(did you mean "
+                                         r"'coop'\?\)"):
+        data.add_catalog(_catalog_file(tmp_path, {**ROW, "split_format": "coopp"}))
+    assert REGISTRY == before                                 # nothing half-added
+
+
+def test_split_formats_are_a_registry_of_readers(tmp_path, restore_registry, monkeypatch):
+    seen = []
+
+    def reader(info, ds_dir):
+        seen.append((info.name, ds_dir))
+        return data.Dataset(info.name, ["a"], {s: [] for s in data.SPLITS})
+    monkeypatch.setitem(catalog.FORMATS, "myformat", reader)
+    (tmp_path / "mytex" / "images").mkdir(parents=True)
+    (tmp_path / "mytex" / "split_zhou_MyTextures.json").write_text("{}")
+    data.add_catalog(_catalog_file(tmp_path, {**ROW, "split_format": "myformat"}))
+    assert load_builtin("mytextures", tmp_path).name == "mytextures" and seen == [("mytextures", tmp_path / "mytex")]
+    with pytest.raises(ValueError, match="already registered"):
+        catalog.register_format("coop")(reader)
+
+
+def test_readme_dataset_table_is_generated_from_the_catalog():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("| name (aliases) |")
+    table = readme[start:readme.index("<!-- end of the generated table -->", start)]
+    assert table == catalog.catalog_markdown(), (
+        "README.md's dataset table is stale; paste the output of python -c \"from clip_adapter.datasets import "
+        "catalog_markdown; print(catalog_markdown(), end='')\" between its markers.")
 
 
 def test_root_resolution(tmp_path, monkeypatch):
@@ -239,7 +337,7 @@ def test_cli_list_table_and_json(tmp_path):
     make_coop_dtd(tmp_path)
     code, out = run_cli(["datasets", "list", "--root", str(tmp_path), "--format", "json"])
     rows = json.loads(out)
-    assert code == 0 and [r["name"] for r in rows] == PAPER_NAMES
+    assert code == 0 and [r["name"] for r in rows] == list(REGISTRY)
     assert {r["name"]: r["present"] for r in rows}["dtd"] is True and rows[0]["present"] is False
     assert rows[0]["download"] == "manual" and {r["name"]: r["download"] for r in rows}["dtd"] == "auto"
     code, out = run_cli(["datasets", "list", "--root", str(tmp_path)])
@@ -324,8 +422,10 @@ def test_builtin_name_on_a_subset_reports_the_count_mismatch(tmp_path):
     (ds_dir / "images").symlink_to(SHARED / "dtd10" / "images")
     shutil.copy(SHARED / "dtd10" / "split_zhou_DescribableTextures10.json",
                 ds_dir / "split_zhou_DescribableTextures.json")
-    ds = load_builtin("dtd", tmp_path)
+    with pytest.raises(data.DataError, match="goes through a symlink to .*allow_outside_paths=True"):
+        load_builtin("dtd", tmp_path)  # the symlinked image folder reaches outside the dataset folder
+    ds = load_builtin("dtd", tmp_path, allow_outside_paths=True)
     assert ds.num_classes == 10 and ds.templates == ["{} texture."]
-    report = verify("dtd", tmp_path, progress=False)
+    report = verify("dtd", tmp_path, progress=False, allow_outside_paths=True)
     assert not report.ok and not report.missing and not report.corrupt
     assert "train 600 (expected 2820)" in report.summary() and "classes 10 (expected 47)" in report.summary()

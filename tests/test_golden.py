@@ -131,6 +131,7 @@ def test_golden_experiment_grid(tmp_path, update_golden, one_thread):
     records = {Path(r["result_file"]).relative_to(tmp_path / "out").as_posix(): r for r in result.records}
     for r in records.values():
         r["run_settings"] = {k: v for k, v in r["run_settings"].items() if k != "backbone"}  # holds tmp paths
+        r["run_settings"]["dataset"]["source"] = Path(r["run_settings"]["dataset"]["source"]).name
     with open(result.report["csv"]) as f:
         summary = [{k: v for k, v in row.items() if k != "train_seconds_mean"} for row in csv.DictReader(f)]
     _check("experiment_grid", _normalise({"records": records, "summary": summary}), update_golden)

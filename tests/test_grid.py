@@ -133,6 +133,69 @@ def test_changed_settings_are_not_silently_reused(small_run, datasets):
         run_experiment(raw, progress=False, dry_run=True)
 
 
+def _stale(raw: dict) -> str:
+    with pytest.raises(ValueError, match=r"was made with other settings") as err:
+        run_experiment(raw, progress=False, dry_run=True)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda r: r["methods"]["clip_adapter"].update(grid={"alpha": [0.2, 0.8]}), "grid.alpha"),
+    (lambda r: r["methods"]["clip_adapter"].update(method="tip_adapter_f"), "method"),
+    (lambda r: r.update(n_views=3), "n_views"),
+    (lambda r: r.update(repeat_shots=True), "repeat_shots"),
+    (lambda r: r.update(templates=["a {} thing."]), "templates"),
+    (lambda r: r.update(backbone={"name": "tiny-rn", "pretrained": None}), "backbone.name"),
+    (lambda r: r.update(backbone={"name": "tiny-vit", "pretrained": "openai"}), "backbone.pretrained"),
+])
+def test_each_setting_that_changes_a_result_makes_it_stale(small_run, datasets, change, key):
+    raw = small_config(datasets, small_run.config.output, small_run.config.cache_dir)
+    change(raw)
+    assert f"other settings ({key}:" in _stale(raw)
+
+
+def test_other_data_under_the_same_label_makes_results_stale(small_run, datasets, tmp_path):
+    # Same folder name (so the same label and result paths), other images: another source.
+    other = make_color_images(tmp_path / "elsewhere" / "colorsA", per_class=8, size=32, seed=7)
+    raw = small_config([str(other), datasets[1]], small_run.config.output, small_run.config.cache_dir)
+    assert "(dataset.source:" in _stale(raw)
+    # Nothing changed: every result is reused.
+    same = run_experiment(small_config(datasets, small_run.config.output, small_run.config.cache_dir),
+                          progress=False, dry_run=True)
+    assert same.skipped == N_RUNS
+
+
+def test_changed_split_lists_of_the_same_folder_make_results_stale(tmp_path):
+    data = make_color_images(tmp_path / "colors", per_class=4, size=16, seed=3)
+    raw = {**small_config([str(data)], tmp_path / "out", tmp_path / "cache"), "methods": {"zero_shot": {}}}
+    assert run_experiment(raw, progress=False, report=False).ran == 1
+    assert run_experiment(raw, progress=False, dry_run=True).skipped == 1
+    next((data / "red").iterdir()).unlink()       # the same folder (same source) now lists other images
+    assert "(dataset.sha256." in _stale(raw)
+
+
+def test_settings_hold_every_runspec_field_and_the_dataset_identity(tmp_path):
+    from clip_adapter.datasets import load_dataset
+    from clip_adapter.experiment.plan import NOT_IN_SETTINGS, dataset_identity
+    from clip_adapter.protocol import RunSpec
+    data = make_color_images(tmp_path / "colors", per_class=4, size=16, seed=3)
+    config = parse_config(small_config([str(data)], tmp_path / "o", tmp_path / "c"))
+    ident = dataset_identity(load_dataset(data))
+    run = plan_runs(config, ["colors"], [ident])[1]
+    settings = run.settings(config)
+    assert {f.name for f in dataclasses.fields(RunSpec)} - NOT_IN_SETTINGS <= set(settings)
+    assert settings["dataset"] == ident and set(ident["sha256"]) == {"train", "val", "test", "classnames",
+                                                                     "templates"}
+    spec = run.spec(config)
+    assert (spec.method, spec.shots, spec.seed, spec.variant, spec.n_views) == (run.method, run.shots, run.seed,
+                                                                               run.variant, config.n_views)
+    # A moved copy of the same folder has the same split fingerprints (paths are relative), another source.
+    import shutil
+    moved = dataset_identity(load_dataset(shutil.copytree(data, tmp_path / "moved" / "colors")))
+    assert moved["sha256"] == ident["sha256"] and moved["source"] != ident["source"]
+
+
 # -- resume after kill -9 ------------------------------------------------------------------------------------
 def test_kill_midway_then_resume_gives_same_results_without_duplicates(datasets, tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 
 import pytest
 import torch
@@ -10,13 +11,18 @@ from clip_adapter.methods import FewShotMethod, NotFittedError, get_method, get_
 from clip_adapter.methods.clip_adapter import ClipAdapter, ClipAdapterConfig
 from clip_adapter.methods.common import Adapter
 from clip_adapter.methods.zero_shot import ZeroShot
-from clip_adapter.prompts import ClassText
+from clip_adapter.config import invalid_examples
+from clip_adapter.imageset import ImageSet
+from clip_adapter.prompts import ClassText, encode_class_texts
+from clip_adapter.training import TrainingConfig
 
 from conftest import clustered
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = {"clip_adapter": {"epochs": 30}, "tip_adapter_f": {"epochs": 5}, "coop": {"epochs": 3}}
+# Fewer epochs than the papers' (the suite checks the contract, not accuracy); keys a method lacks are ignored.
+FAST = {"epochs": 3, "iters": 20, "max_iter": 200}
+NAMES = ["red", "green", "blue", "yellow", "purple"]
 
 
 def _text(text_feats: torch.Tensor) -> ClassText:
@@ -30,25 +36,11 @@ def data():
     return feats, labels, views, _text(text)
 
 
-def make(name: str, tiny_backbone=None, **kw) -> FewShotMethod:
+def make(name: str, backbone=None, **kw) -> FewShotMethod:
     cls = get_method_class(name)
-    fields = {f.name for f in dataclasses.fields(cls.config_cls)}
-    kw = {**{k: v for k, v in FAST.get(name, {}).items() if k in fields}, **kw}
-    return get_method(name, backbone=tiny_backbone, **kw)
-
-
-def _needs_backbone(name: str) -> bool:
-    return getattr(get_method_class(name), "needs_backbone", False)
-
-
-# Methods that run the backbone's encoders (CoOp, the layer adapter) need real class names and its dim: their own
-# test files run this same contract on a real tiny backbone (test_coop.py, test_layer_adapter.py).
-FEATURE_ONLY = [m for m in list_methods() if not _needs_backbone(m)]
-
-
-@pytest.fixture(params=FEATURE_ONLY)
-def method_name(request):
-    return request.param
+    fields = cls.config_cls.field_names()
+    kw = {**{k: v for k, v in FAST.items() if k in fields}, **kw}
+    return get_method(name, backbone=backbone if cls.needs_backbone else None, **kw)
 
 
 @pytest.fixture(params=list_methods())
@@ -56,59 +48,164 @@ def any_method(request):
     return request.param
 
 
-def _fit(name, data, tiny_backbone, **kw):
-    feats, labels, views, text = data
-    return make(name, **kw).fit(feats, labels, text=text, views=views)
+@pytest.fixture
+def task(any_method, tiny_backbone, color_dir):
+    """(name, fresh-method factory, features, labels, views, text, backbone) for any registered method: synthetic
+    clustered features, or, for a method that needs a backbone, inputs of its ``input_shape`` and the tiny
+    backbone's class text features."""
+    cls = get_method_class(any_method)
+    g = torch.Generator().manual_seed(0)
+    if cls.inputs == "images":  # trains through the encoders (CLIP-LoRA): generated image files, no cached views
+        bb = tiny_backbone
+        text = encode_class_texts(bb, NAMES, ["a photo of a {}."])
+        paths = [p for d in sorted(color_dir.iterdir()) for p in sorted(d.glob("*.png"))[:3]]
+        labels = torch.tensor([sorted(color_dir.iterdir()).index(p.parent) for p in paths])
+        quick = {"iters": 4, "batch_size": 8}  # each step runs both towers forward and backward
+        return (any_method, (lambda **kw: make(any_method, bb, **{**quick, **kw})), ImageSet.of(paths, bb), labels,
+                None, text, bb)
+    if cls.needs_backbone:
+        bb = tiny_backbone
+        text = encode_class_texts(bb, NAMES, ["a photo of a {}."])
+        shape = make(any_method, bb).input_shape() or (text.features.shape[1],)
+        labels = torch.arange(len(NAMES)).repeat_interleave(4)
+        centers = torch.randn(len(NAMES), *shape, generator=g)
+        feats = centers[labels] + 0.3 * torch.randn(len(labels), *shape, generator=g)
+    else:
+        bb = None
+        feats, labels, t = clustered()
+        text = _text(t)
+    views = torch.stack([feats + 0.1 * torch.randn(feats.shape, generator=g) for _ in range(2)])
+    return any_method, (lambda **kw: make(any_method, bb, **kw)), feats, labels, views, text, bb
 
 
-def test_fit_returns_self_and_shapes(method_name, data, tiny_backbone):
-    m = _fit(method_name, data, tiny_backbone)
-    feats = data[0]
-    assert isinstance(m, FewShotMethod)
-    assert m.logits(feats).shape == (len(feats), 5)
+def _fitted(task, **kw):
+    name, new, feats, labels, views, text, bb = task
+    return new(**kw).fit(feats, labels, text=text, views=views)
+
+
+# -- the common contract, run by every registered method ----------------------------------------------------------
+def test_fit_returns_self_and_shapes(task):
+    name, new, feats, labels, views, text, bb = task
+    m = new()
+    assert m.fit(feats, labels, text=text, views=views) is m
+    assert m.logits(feats).shape == (len(feats), len(text.classnames))
     p = m.predict_proba(feats)
     assert torch.allclose(p.sum(-1), torch.ones(len(feats)), atol=1e-5)
     assert m.predict(feats).dtype == torch.long
+    assert m.classes_ == list(text.classnames)
 
 
-def test_not_fitted_error(any_method, data):
-    m = make(any_method)
+def test_not_fitted_error(task):
+    name, new, feats, *_ = task
     with pytest.raises(NotFittedError, match="not fitted yet; call fit"):
-        m.predict(data[0])
+        new().predict(feats)
 
 
-def test_save_load_roundtrip_identical(method_name, data, tiny_backbone, tmp_path):
-    m = _fit(method_name, data, tiny_backbone)
-    m.save_pretrained(tmp_path / "m", backbone_id="test:bb")
-    loaded = FewShotMethod.from_pretrained(tmp_path / "m")
+def test_save_load_roundtrip_identical(task, tmp_path):
+    name, new, feats, labels, views, text, bb = task
+    m = _fitted(task)
+    m.save_pretrained(tmp_path / "m", backbone_id=bb.id if bb is not None else "test:bb")
+    loaded = FewShotMethod.from_pretrained(tmp_path / "m", backbone=bb)
     assert type(loaded) is type(m)
     assert loaded.config == m.config
-    assert torch.equal(loaded.logits(data[0]), m.logits(data[0]))
+    assert torch.equal(loaded.logits(feats), m.logits(feats))
     assert loaded.classes_ == m.classes_
+    assert loaded.num_trainable_parameters() == m.num_trainable_parameters()
 
 
-def test_same_seed_same_result_and_refit_forgets(method_name, data, tiny_backbone):
-    a = _fit(method_name, data, tiny_backbone)
-    b = _fit(method_name, data, tiny_backbone)
-    assert torch.equal(a.logits(data[0]), b.logits(data[0]))
+def test_same_seed_same_result_and_refit_forgets(task):
+    name, new, feats, labels, views, text, bb = task
+    a, b = _fitted(task), _fitted(task)
+    assert torch.equal(a.logits(feats), b.logits(feats))
     # Refit on other labels: nothing of the first fit survives (same result as a fresh fit).
-    feats, labels, views, text = data
     perm = labels.flip(0)
     a.fit(feats, perm, text=text, views=views)
-    fresh = make(method_name).fit(feats, perm, text=text, views=views)
+    fresh = new().fit(feats, perm, text=text, views=views)
     assert torch.equal(a.logits(feats), fresh.logits(feats))
 
 
-def test_learns_generated_task(method_name, tiny_backbone):
+def test_trainable_tensors_are_declared(task):
+    """``trainable`` picks saved tensors; an iteratively trained method learns some; a non-training one none."""
+    m = _fitted(task)
+    names = m.trainable_tensor_names()
+    assert set(names) <= set(m.state_tensors())
+    assert all(any(fnmatch.fnmatchcase(k, p) for p in m.trainable) for k in names)
+    assert m.num_trainable_parameters() == sum(m.state_tensors()[k].numel() for k in names)
+    if isinstance(m.config, TrainingConfig):
+        assert m.num_trainable_parameters() > 0
+    if not m.trains:
+        assert m.num_trainable_parameters() == 0
+
+
+def test_bad_fit_inputs_are_one_line_errors(task):
+    name, new, feats, labels, views, text, bb = task
+    for kwargs, msg in [(dict(labels=labels[:3]), rf"labels must be \({len(feats)},\)"),
+                        (dict(labels=labels.float()), "labels must be an int64 tensor"),
+                        (dict(labels=labels + len(NAMES) + 5), r"labels must lie in 0\.\."),
+                        (dict(features=_bad_features(feats)), "non-finite values|not found")]:
+        args = {"features": feats, "labels": labels, **kwargs}
+        with pytest.raises(ValueError, match=msg) as e:
+            new().fit(args["features"], args["labels"], text=text, views=views)
+        assert "\n" not in str(e.value)
+
+
+def _bad_features(feats):
+    """NaN features, or for image inputs a missing image file."""
+    if isinstance(feats, ImageSet):
+        return dataclasses.replace(feats, paths=feats.paths[:-1] + ("no/such/image.png",))
+    return torch.full_like(feats, float("nan"))
+
+
+def test_predict_on_wrong_shape_is_one_line_error(task):
+    name, new, feats, labels, views, text, bb = task
+    m = _fitted(task)
+    with pytest.raises(ValueError, match=r"expects .*of shape \(n, ") as e:
+        m.predict(torch.randn(2, 7))
+    assert "\n" not in str(e.value)
+
+
+def test_every_config_constraint_rejects_generated_values(any_method):
+    """Each declared constraint, fed each value it rejects, raises the one message shape naming the field."""
+    cfg_cls = get_method_class(any_method).config_cls
+    checked = 0
+    for field_name, constraint in cfg_cls.all_constraints().items():
+        for bad in invalid_examples(constraint):
+            with pytest.raises(ValueError, match=rf"^The '{field_name}' parameter of {cfg_cls.__name__} must be "
+                                                 rf".*\. Got .* instead\.$"):
+                cfg_cls(**{field_name: bad})
+            checked += 1
+    assert checked >= len(cfg_cls.all_constraints())  # every constraint produced at least one invalid value
+    assert set(cfg_cls.all_constraints()) <= set(cfg_cls.field_names())
+
+
+def test_training_free_method_refuses_training_settings(any_method):
+    cls = get_method_class(any_method)
+    if issubclass(cls.config_cls, TrainingConfig):
+        assert get_method(any_method, backbone=None, epochs=2).config.epochs == 2
+        return
+    if "lr" in cls.config_cls.field_names():  # trained on its own schedule (iterations): epochs is just unknown
+        with pytest.raises(ValueError, match=rf"^Unknown {cls.config_cls.__name__} key 'epochs'"):
+            get_method(any_method, epochs=5)
+        return
+    with pytest.raises(ValueError, match=rf"^Method '{any_method}' is (training-free|not trained).*takes no "
+                                         r"'epochs'.*Its settings: "):
+        get_method(any_method, epochs=5)
+
+
+# Methods that run the backbone's encoders learn on a real tiny task in their own files (test_coop.py, ...).
+@pytest.mark.parametrize("any_method", [m for m in list_methods() if not get_method_class(m).needs_backbone])
+def test_learns_generated_task(any_method):
+    cls = get_method_class(any_method)
     feats, labels, text = clustered(per_class=12, noise=0.5, seed=3)
     te_feats, te_labels, _ = clustered(per_class=12, noise=0.5, seed=3)
     # fresh noise for test, same centres/text
     g = torch.Generator().manual_seed(99)
     te_feats = te_feats + 0.5 * torch.randn(te_feats.shape, generator=g)
-    m = make(method_name).fit(feats, labels, text=_text(text))
+    longer = {"epochs": 30} if "epochs" in cls.config_cls.field_names() else {}
+    m = make(any_method, **longer).fit(feats, labels, text=_text(text))
     acc = float((m.predict(te_feats) == te_labels).float().mean())
     floor = 0.4 if not m.trains else 0.8  # zero-shot only knows the loosely aligned text
-    assert acc > floor, f"{method_name} accuracy {acc}"
+    assert acc > floor, f"{any_method} accuracy {acc}"
 
 
 def test_unknown_method_suggests():

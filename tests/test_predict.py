@@ -278,6 +278,7 @@ def test_jsonl_stream_resumes(trained, ckpt, loaded, images, tmp_path, monkeypat
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["path"] for r in lines] == paths  # each once, in order, the partial line gone
 
-    # the CLI appends to the same file and finds nothing left to do
-    assert main(["predict", str(trained["dir"]), str(images), "--checkpoint", str(ckpt), "--out", str(out)]) == 0
-    assert len(out.read_text().splitlines()) == len(paths)
+    # the CLI appends to the same file: only the failed image is tried again (it fails again: exit 1, one record)
+    assert main(["predict", str(trained["dir"]), str(images), "--checkpoint", str(ckpt), "--out", str(out)]) == 1
+    again = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(again) == len(paths) and sum("error" in r for r in again) == 1 and "error" in again[-1]

@@ -71,7 +71,7 @@ def layer_sweep(dataset: Dataset, backbone, layers: Sequence[int] | None = None,
         dataset, backbone: the data and an open_clip ViT backbone.
         layers: insertion positions ``1..L`` (negative: from the end); ``L`` = feature-level CLIP-Adapter.
         shots, seed: K images per class from train (seeded), val subsampled to min(K, 4) per class.
-        overrides: fixed :class:`~clip_adapter.methods.layer_adapter.LayerAdapterConfig` values (``epochs``...).
+        overrides: fixed :class:`~clip_adapter.methods.clip_adapter_layer.ClipAdapterLayerConfig` values (``epochs``...).
         grid: searched on val (default: the method's alpha grid).
         n_views: cached augmented views per training image; activations are large (ViT-B/16: 605 KB per image
             and view), so the default 0 trains on the test-transform activations.

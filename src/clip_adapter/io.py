@@ -3,8 +3,11 @@ root and the torch thread count. The bottom layer: it imports nothing from the p
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -16,27 +19,55 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_dir", "write_json", "write_text", "read_json", "file_digest", "safe_name",
+log = logging.getLogger(__name__)
+
+__all__ = ["atomic_path", "atomic_dir", "recover_dir", "write_error", "WriteError", "DISK_ERRNOS", "write_json", "write_text", "read_json", "file_digest", "safe_name",
            "package_versions", "default_cache_dir", "torch_threads", "progress_bar", "worker_error"]
 
 
+DISK_ERRNOS = {errno.ENOSPC: "the disk is full; free some space or choose another place",
+               errno.EDQUOT: "the disk quota is exceeded; free some space or choose another place",
+               errno.EROFS: "the file system is read-only; choose a writable place",
+               errno.EACCES: "permission denied; choose a place you can write to",
+               errno.EPERM: "permission denied; choose a place you can write to"}
+
+
+class WriteError(OSError):
+    """A write failed for a reason the user can act on (full disk, read-only, no permission); the message names the
+    user's path, never an internal temporary file."""
+
+
+def write_error(e: OSError, path: str | os.PathLike, what: str = "file") -> OSError:
+    """``e`` as one line naming ``path`` (the user's, not the temporary file) and what to do, for the errnos of
+    :data:`DISK_ERRNOS`; other errors unchanged."""
+    if isinstance(e, WriteError) or e.errno not in DISK_ERRNOS:
+        return e
+    err = WriteError(f"Cannot write the {what} {path}: {DISK_ERRNOS[e.errno]} ({os.strerror(e.errno)}).")
+    err.errno = e.errno
+    return err
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds.
 
-    Readers never see a half-written file: either the old file, no file, or the complete new one.
+    Readers never see a half-written file: either the old file, no file, or the complete new one. A full disk or a
+    read-only folder is a one-line :class:`WriteError` naming ``path`` (``what`` says what it is).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp_path, path)
+    except OSError as e:
+        raise write_error(e, path, what) from None
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
@@ -46,25 +77,79 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` as a whole when the block succeeds."""
+def _aside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_dir(path: str | os.PathLike) -> None:
+    """Finish what an interrupted :func:`atomic_dir` left: the previous folder set aside but no new one in place
+    (a kill between its two renames) is put back; an aside copy next to a complete folder is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = _aside(path)
+    if not old.is_dir() or old.is_symlink():
+        return
+    if not path.exists() and not path.is_symlink():
+        os.replace(old, path)
+        log.warning("%s was restored from %s (a save was interrupted).", path, old.name)
+    else:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _clean_stale_tmp(path: Path) -> None:
+    """Remove ``.NAME.<pid>-*.tmp`` folders of earlier, interrupted saves whose process is gone."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        m = re.fullmatch(rf"\.{re.escape(path.name)}\.(\d+)-[^/]*\.tmp", tmp.name)
+        if tmp.is_dir() and not tmp.is_symlink() and not (m and _alive(int(m.group(1)))):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
     try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's live process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, what: str = "folder") -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``path`` as a whole when the block succeeds.
+
+    The old folder stays until the new one is in place: it is renamed aside, the new one renamed in, then the old
+    one deleted; :func:`recover_dir` puts it back if a kill came between the two renames. Temporary folders of
+    earlier interrupted saves are removed first. Every file gets the usual permissions (``0666 & ~umask``, as
+    :func:`atomic_path`), whatever the library that wrote it chose. Disk errors: a one-line :class:`WriteError`
+    naming ``path``.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recover_dir(path)
+        _clean_stale_tmp(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        mask = _umask()
+        for f in tmp.rglob("*"):
+            if f.is_file() and not f.is_symlink():
+                os.chmod(f, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = _aside(path)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(e, path, what) from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -92,9 +177,16 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int =
     return h.hexdigest()
 
 
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """``"1 run"``, ``"2 runs"``, ``"0 runs"``: a count with its noun in the right number."""
+    return f"{n} {noun if n == 1 else (many or noun + 's')}"
+
+
 def safe_name(name: str, default: str = "_") -> str:
-    """``name`` as one path component: runs of characters other than ``A-Za-z0-9._+-`` become ``_`` (80 at most)."""
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)[:80] or default
+    """``name`` as one path component: runs of characters other than ``A-Za-z0-9._+-`` become ``_`` (80 at most),
+    and leading dots too, so that the result is never ``.``, ``..`` or a hidden name."""
+    out = re.sub(r"[^A-Za-z0-9._+-]+", "_", name)[:80]
+    return re.sub(r"^\.+", lambda m: "_" * len(m.group()), out) or default
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
@@ -121,9 +213,15 @@ def package_versions() -> dict[str, str]:
 
 
 def default_cache_dir() -> Path:
-    """Root of every cache (features, alignment maps): ``$CLIP_ADAPTER_CACHE`` or ``~/.cache/clip_adapter``."""
+    """Root of every cache (features, alignment maps): ``$CLIP_ADAPTER_CACHE`` or ``~/.cache/clip_adapter``; per
+    user, and created readable by its owner only (0700) when missing: cached features reveal the images."""
     env = os.environ.get("CLIP_ADAPTER_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "clip_adapter"
+    path = Path(env) if env else Path.home() / ".cache" / "clip_adapter"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            os.mkdir(path, 0o700)
+    return path
 
 
 @contextlib.contextmanager
@@ -144,21 +242,35 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
-class _StageLine:
-    """A progress "bar" for logs: nothing while running, one line when the stage ends (``desc: n unit in t s``)."""
+HEARTBEAT_SECONDS = 30.0  # off a terminal, a running stage prints a line at least this often
 
-    def __init__(self, total: int | None, desc: str, unit: str, initial: int = 0):
+
+class _StageLine:
+    """A progress "bar" for logs: one line when the stage ends (``desc: n unit in t s``), and a line every
+    :data:`HEARTBEAT_SECONDS` while a long stage runs, so that a log is never silent for minutes."""
+
+    def __init__(self, total: int | None, desc: str, unit: str, initial: int = 0, min_seconds: float = 0.0):
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self._t0, self._postfix = time.perf_counter(), ""
+        self._last, self._min_seconds = self._t0, min_seconds
 
     def update(self, n: int = 1) -> None:
         self.n += n
+        now = time.perf_counter()
+        if self.desc is not None and now - self._last >= HEARTBEAT_SECONDS:
+            self._last = now
+            of = f"/{self.total}" if self.total is not None else ""
+            print(f"{self.desc}: {self.n}{of} {self.unit} after {now - self._t0:.0f} s ...", file=sys.stderr,
+                  flush=True)
 
     def set_postfix_str(self, s: str, refresh: bool = True) -> None:
         self._postfix = s
 
     def close(self) -> None:
         if self.desc is None:
+            return
+        if time.perf_counter() - self._t0 < self._min_seconds:  # a quick stage: not worth a log line
+            self.desc = None
             return
         of = f"/{self.total}" if self.total is not None and self.total != self.n else ""
         more = f" ({self._postfix})" if self._postfix else ""
@@ -173,15 +285,16 @@ class _StageLine:
         self.close()
 
 
-def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True, **kw: Any):
+def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True, min_seconds: float = 0.0,
+                 **kw: Any):
     """A tqdm bar on a terminal; one line per finished stage when stderr is not one (CI logs, ``> log 2>&1``), so
     logs do not fill with carriage-return frames; nothing when ``enabled`` is false. Use as a context manager with
-    ``update(n)``."""
+    ``update(n)``. Off a terminal, a stage shorter than ``min_seconds`` prints nothing."""
     if not enabled:
         from tqdm.auto import tqdm
         return tqdm(total=total, desc=desc, unit=unit, disable=True, **kw)
     if not getattr(sys.stderr, "isatty", lambda: False)():
-        return _StageLine(total, desc, unit, kw.get("initial", 0))
+        return _StageLine(total, desc, unit, kw.get("initial", 0), min_seconds)
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, **kw)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,16 +22,18 @@ import torch
 from .datasets.types import Dataset, Item
 from .evaluation import evaluate_predictions
 from .features import FeatureCache
-from .fewshot import sample_k_shot, val_shots
+from .fewshot import check_shots, sample_k_shot, sample_val
+from .imageset import ImageSource
 from .io import package_versions, write_json
 from .config import Bool, Interval, MethodConfig, NoneOr, Text, invalid_value
-from .methods import FewShotMethod, check_save_target, get_method_class
+from .methods import FewShotMethod, check_overrides, check_save_target, get_method_class
 from .model import AdaptedClassifier
 from .prompts import ClassText, encode_class_texts
 from .results import result_path
 from .selection import FeatureSplit, Selection, select
 
-__all__ = ["RunSpec", "run_one", "resolve_config", "fewshot_items", "RECORD_FIELDS", "OPTIONAL_FIELDS", "MEMORY_FIELDS"]
+__all__ = ["RunSpec", "run_one", "resolve_config", "input_source", "fewshot_items", "select_on_val", "RECORD_FIELDS",
+           "OPTIONAL_FIELDS", "MEMORY_FIELDS"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ RECORD_FIELDS: dict[str, str] = {
     "candidates": "every grid point with its validation accuracy",
     "config": "the resolved method config of the chosen model",
     "grid": "the grid searched on validation",
-    "n_views": "cached augmented views per training image (0 when the method does not train)",
+    "n_views": "cached augmented views per training image (0 when the method does not train or trains on images)",
     "templates": "prompt templates of the class text features",
     "backbone": "backbone id (see clip_adapter.backbones.BackboneSpec)",
     "backbone_detail": "facts beyond the id that determine the features (lite: alignment recipe)",
@@ -74,6 +77,7 @@ OPTIONAL_FIELDS: dict[str, str] = {
     "target": "placement ablation: where the adapter sits",
     "layer": "insertion-layer ablation: the block the adapter follows",
     "num_blocks": "insertion-layer ablation: blocks of the ViT",
+    "auto": "--method auto: the methods tried with their validation accuracy, the rule and budget that chose",
 }
 # Set on the record in memory, never written into its file.
 MEMORY_FIELDS: dict[str, str] = {"result_file": "where the record was written or read",
@@ -116,19 +120,19 @@ def resolve_config(method: str, overrides: dict[str, Any], seed: int = 1,
     """The method class and its validated config: ``seed``, then ``device`` (for methods that have one), then the
     overrides; an unknown override key is a one-line error with the closest field."""
     cls = get_method_class(method)
-    cls.config_cls.check_field_names(overrides, what="key", where=f"method {cls.name!r}")
+    check_overrides(cls, overrides, what="key", where=f"method {cls.name!r}")
     base: dict[str, Any] = {"seed": seed}
     if device is not None and "device" in cls.config_cls.field_names():
         base["device"] = device
     return cls, cls.config_cls(**{**base, **overrides})
 
 
-def _check_targets(output: str | Path | None, save_model: str | Path | None) -> None:
+def _check_targets(output: str | Path | None, save_model: str | Path | None, overwrite: bool) -> None:
     """Fail before any work when the results folder or the model folder cannot be written."""
     if output is not None and Path(output).exists() and not Path(output).is_dir():
         raise ValueError(f"The results folder {output} is an existing file; expected a folder.")
     if save_model is not None:
-        check_save_target(save_model)
+        check_save_target(save_model, overwrite=overwrite)
 
 
 def _labels(items: Sequence[Item]) -> torch.Tensor:
@@ -136,12 +140,32 @@ def _labels(items: Sequence[Item]) -> torch.Tensor:
 
 
 def fewshot_items(dataset: Dataset, spec: RunSpec) -> tuple[list[Item], list[Item]]:
-    """The run's few-shot train and val items (the index file's when the spec has them, else seeded samples)."""
-    train = list(spec.train_items) if spec.train_items is not None else sample_k_shot(
-        dataset.split("train"), spec.shots, spec.seed, repeat=spec.repeat_shots, classnames=dataset.classnames)
-    val = list(spec.val_items) if spec.val_items is not None else sample_k_shot(
-        dataset.split("val"), val_shots(spec.shots), spec.seed, repeat=True, classnames=dataset.classnames)
+    """The run's few-shot train and val items (the index file's when the spec has them, else seeded samples).
+    Every class must be in the train set (with ``spec.shots`` images unless ``repeat_shots``): a one-line error
+    naming the dataset and the classes, never a class silently left out."""
+    where = f"Dataset {dataset.name} ({dataset.source or 'in memory'})"
+    if spec.train_items is not None:
+        train = list(spec.train_items)
+        counts = Counter(it.label for it in train)
+        check_shots(counts, spec.shots, dataset.classnames, where=f"{where}: the given few-shot train set")
+        if set(counts.values()) != {spec.shots}:
+            raise ValueError(f"{where}: the given few-shot train set has {min(counts.values())} to "
+                             f"{max(counts.values())} images per class; the spec says {spec.shots} shots.")
+    else:
+        train = sample_k_shot(dataset.split("train"), spec.shots, spec.seed, repeat=spec.repeat_shots,
+                              classnames=dataset.classnames, where=where)
+    val = list(spec.val_items) if spec.val_items is not None else sample_val(
+        dataset.split("val"), spec.shots, spec.seed, dataset.classnames, where=where)
     return train, val
+
+
+def input_source(cls: type[FewShotMethod], backbone, cache=None):
+    """Where ``cls`` reads its train/val/test inputs: ``cache`` (a feature cache by default), or an
+    :class:`~clip_adapter.imageset.ImageSource` for methods that train on images (``cls.inputs == "images"``)
+    whatever cache was given, since cached features are of no use to them."""
+    if cls.inputs == "images":
+        return cache if isinstance(cache, ImageSource) else ImageSource(backbone)
+    return cache or FeatureCache(backbone)
 
 
 def _select(dataset: Dataset, backbone, spec: RunSpec, cls, config: MethodConfig, grid: dict, cache,
@@ -151,10 +175,26 @@ def _select(dataset: Dataset, backbone, spec: RunSpec, cls, config: MethodConfig
         empty = FeatureSplit(torch.zeros(0, text.features.shape[1]), torch.zeros(0, dtype=torch.long))
         return select(spec.method, config, grid, empty, empty, text, backbone=backbone), [], []
     train_items, val_items = fewshot_items(dataset, spec)
-    views = cache.views(train_items, spec.n_views) if spec.n_views > 0 else None
+    views = cache.views(train_items, spec.n_views) if spec.n_views > 0 else None  # None from an ImageSource
     train = FeatureSplit(cache.features(train_items), _labels(train_items), views)
     val = FeatureSplit(cache.features(val_items), _labels(val_items))
     return select(spec.method, config, grid, train, val, text, backbone=backbone), train_items, val_items
+
+
+def select_on_val(dataset: Dataset, backbone, spec: RunSpec, cache, text: ClassText) -> tuple[Selection, float]:
+    """The run's validation search only (the test split is not touched): the selection and its validation
+    accuracy on the run's few-shot val set, also for methods with nothing to search (zero-shot)."""
+    cls, config = resolve_config(spec.method, spec.overrides, spec.seed, spec.device)
+    grid = dict(cls.default_grid if spec.grid is None else spec.grid)
+    grid = {k: v for k, v in grid.items() if k not in spec.overrides}
+    sel, _, _ = _select(dataset, backbone, spec, cls, config, grid, cache, text)
+    if not math.isnan(sel.val_accuracy):
+        return sel, float(sel.val_accuracy)
+    _, val_items = fewshot_items(dataset, spec)
+    if not val_items:
+        raise ValueError(f"Dataset {dataset.name} has no validation images: nothing to choose a method on.")
+    pred = sel.model.predict(cache.features(val_items))
+    return sel, float((pred == _labels(val_items)).float().mean())
 
 
 def _predict_test(model: FewShotMethod, cache, items: list[Item]) -> tuple[torch.Tensor, float]:
@@ -183,7 +223,8 @@ def _record(dataset: Dataset, backbone, spec: RunSpec, trains: bool, sel: Select
         "n_train": sizes[0], "n_val": sizes[1],
         "val_accuracy": None if math.isnan(sel.val_accuracy) else sel.val_accuracy,  # strict JSON has no NaN
         "chosen": sel.chosen, "candidates": sel.candidates, "config": sel.config.to_dict(), "grid": grid,
-        "n_views": spec.n_views if trains else 0, "templates": templates, "backbone": backbone.id,
+        "n_views": spec.n_views if trains and sel.model.inputs == "features" else 0, "templates": templates,
+        "backbone": backbone.id,
         "backbone_detail": backbone.describe() if hasattr(backbone, "describe") else {},
         "text_features_sha256": text.fingerprint(), "trainable_parameters": sel.model.num_trainable_parameters(),
         "train_seconds": sel.seconds, **seconds, "dataset_source": dataset.source, "versions": package_versions(),
@@ -195,22 +236,24 @@ def _record(dataset: Dataset, backbone, spec: RunSpec, trains: bool, sel: Select
 
 def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | None = None,
             output: str | Path | None = None, save_model: str | Path | None = None,
-            text: ClassText | None = None, extra: dict[str, Any] | None = None) -> dict:
+            text: ClassText | None = None, extra: dict[str, Any] | None = None, overwrite: bool = False) -> dict:
     """Fit ``spec.method`` on K shots, select on val, score on test; return (and optionally write) the record.
 
     Args:
         cache: where features come from (a :class:`~clip_adapter.features.FeatureCache` of ``backbone`` by default;
             a :class:`~clip_adapter.layers.ActivationCache` for the insertion-layer adapter).
         output: write the record to ``<output>/<dataset>/<variant>/shots<K>-seed<S>.json``.
-        save_model: also save the fitted model there (:class:`~clip_adapter.model.AdaptedClassifier`).
+        save_model: also save the fitted model there (:class:`~clip_adapter.model.AdaptedClassifier`); it is
+            saved before the record is written, so a failed save leaves no record behind.
         text: precomputed class text features (an experiment encodes them once per dataset).
         extra: producer fields (:data:`OPTIONAL_FIELDS`) stored with the record.
+        overwrite: let ``save_model`` replace a model saved there before.
     """
-    _check_targets(output, save_model)
+    _check_targets(output, save_model, overwrite)
     if not dataset.split("test"):
         raise ValueError(f"Dataset {dataset.name} ({dataset.source}) has no test images; nothing to score.")
-    cache = cache or FeatureCache(backbone)
     cls, config = resolve_config(spec.method, spec.overrides, spec.seed, spec.device)
+    cache = input_source(cls, backbone, cache)
     grid = dict(cls.default_grid if spec.grid is None else spec.grid)
     grid = {k: v for k, v in grid.items() if k not in spec.overrides}  # a fixed value beats its grid
     templates = spec.templates or dataset.templates
@@ -226,16 +269,16 @@ def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | Non
     record = _record(dataset, backbone, spec, cls.trains, sel, metrics, text, templates, grid,
                      (len(train_items), len(val_items)), seconds)
     record.update(extra or {})
-    if output is not None:
-        path = result_path(output, dataset.name, spec.variant or spec.method, record["shots"], spec.seed)
-        write_json(path, record)
-        record["result_file"] = str(path)
-    if save_model is not None:
+    if save_model is not None:  # first: a model that cannot be saved must not leave a record claiming a run
         model = AdaptedClassifier(backbone, sel.model)
         facts = {"dataset": dataset.name, "shots": record["shots"], "seed": spec.seed,
                  "test_accuracy": record["accuracy"]}
         card = model.card(**facts, chosen=record["chosen"], val_accuracy=record["val_accuracy"],
                           macro_f1=record["macro_f1"], n_test=record["n_test"])
-        model.save_pretrained(save_model, model_card=card, **facts)
+        model.save_pretrained(save_model, model_card=card, overwrite=overwrite, **facts)
         record["model_dir"] = str(save_model)
+    if output is not None:
+        path = result_path(output, dataset.name, spec.variant or spec.method, record["shots"], spec.seed)
+        write_json(path, {k: v for k, v in record.items() if k != "model_dir"})
+        record["result_file"] = str(path)
     return record

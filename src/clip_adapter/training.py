@@ -1,8 +1,8 @@
 """The one training loop every trained method shares, on cached features (the encoder never runs here).
 
 Defaults follow the CLIP-Adapter/CoOp code (Dassl): SGD momentum 0.9, weight decay 5e-4, lr 2e-3, batch 32,
-cosine schedule over the epochs after one constant warm-up epoch at 1e-5, cross-entropy, and a batch is
-dropped at the end of an epoch only when the training set holds at least one full batch (Dassl's rule).
+cosine schedule over the epochs after one constant warm-up epoch at 1e-5, cross-entropy. Whether an epoch drops its
+last partial batch is each method's declared choice (``FewShotMethod.drop_last``, as its authors' code does).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Interval, MethodConfig, Options, Predicate
-from .io import torch_threads
+from .io import progress_bar, torch_threads
 
 __all__ = ["TrainingConfig", "train_loop", "train_stacked", "can_stack", "VmapStack", "lr_at_epoch"]
 
@@ -78,11 +78,14 @@ def cpu_threads(n: int, device: torch.device):
 
 def train_loop(params: Iterable[torch.nn.Parameter], logits_fn: Callable[[torch.Tensor], torch.Tensor],
                features: torch.Tensor, labels: torch.Tensor, cfg: TrainingConfig,
-               views: torch.Tensor | None = None) -> dict:
+               views: torch.Tensor | None = None, drop_last: bool = True) -> dict:
     """Minimise cross-entropy of ``logits_fn(batch_features)`` over ``cfg.epochs``.
 
     Each epoch draws one augmented view per image from ``views`` ``(V, n, d)`` when given (the cached
     counterpart of re-augmenting every image every epoch), else uses ``features`` ``(n, d)``.
+    ``drop_last`` is the method's declared choice (``FewShotMethod.drop_last``, as its authors' code does): when
+    True, an epoch drops its last partial batch if the training set holds at least one full batch (Dassl's rule);
+    when False every image is seen every epoch (Tip-Adapter-F's loader).
     Returns a history dict (loss per epoch, train accuracy of the last epoch, steps, seconds).
     """
     params = [p for p in params if p.requires_grad]
@@ -97,18 +100,19 @@ def train_loop(params: Iterable[torch.nn.Parameter], logits_fn: Callable[[torch.
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=1e-4)
-    drop_last = n >= cfg.batch_size
+    drop_last = drop_last and n >= cfg.batch_size
     history: dict = {"loss": [], "steps": 0}
     t0 = time.perf_counter()
-    with cpu_threads(1, device):
-        _epochs(params, logits_fn, source, labels, cfg, opt, gen, drop_last, history)
+    with cpu_threads(1, device), progress_bar(cfg.epochs, f"train on {n} images", unit="epochs",
+                                              enabled=log.isEnabledFor(logging.INFO), min_seconds=10) as bar:
+        _epochs(params, logits_fn, source, labels, cfg, opt, gen, drop_last, history, bar)
     history["seconds"] = time.perf_counter() - t0
     log.debug("trained %d steps in %.1fs, final loss %.4f", history["steps"], history["seconds"], history["loss"][-1])
     return history
 
 
 def _epochs(params: list, logits_fn: Callable, source: torch.Tensor, labels: torch.Tensor, cfg: TrainingConfig,
-            opt: torch.optim.Optimizer, gen: torch.Generator, drop_last: bool, history: dict) -> None:
+            opt: torch.optim.Optimizer, gen: torch.Generator, drop_last: bool, history: dict, bar) -> None:
     device = source.device
     n_views, n = source.shape[0], source.shape[1]
     for epoch in range(cfg.epochs):
@@ -134,6 +138,7 @@ def _epochs(params: list, logits_fn: Callable, source: torch.Tensor, labels: tor
             seen += idx.numel()
         history["loss"].append(total / max(seen, 1))
         history["train_acc"] = correct / max(seen, 1)
+        bar.update(1)
 
 
 # -- one vectorised fit for several grid points ----------------------------------------------------------------
@@ -150,7 +155,7 @@ def can_stack(configs: Sequence[TrainingConfig]) -> bool:
 
 
 def train_stacked(model: nn.Module, configs: Sequence[TrainingConfig], features: torch.Tensor, labels: torch.Tensor,
-                  views: torch.Tensor | None = None) -> list[dict]:
+                  views: torch.Tensor | None = None, drop_last: bool = True) -> list[dict]:
     """Fit ``P = len(configs)`` grid points as ONE vectorised model; each point as :func:`train_loop` fits it alone.
 
     ``model`` maps a stacked batch ``(P, B, d)`` to stacked logits ``(P, B, C)``, point ``p`` reading only its own
@@ -158,7 +163,8 @@ def train_stacked(model: nn.Module, configs: Sequence[TrainingConfig], features:
     own with batched matrix products). Each point draws its batches from its own generator seeded with its own
     ``cfg.seed`` exactly as :func:`train_loop` does, the optimiser and the schedule act element by element, and the
     summed loss gives each point exactly its own gradient: every point sees the seeds, batches and schedule of
-    fitting it alone, in one pass over the batches. Returns one history per point.
+    fitting it alone, in one pass over the batches. ``drop_last`` as in :func:`train_loop`. Returns one history
+    per point.
     """
     if not can_stack(configs):
         raise ValueError("train_stacked needs at least two configs with equal optimisation settings "
@@ -180,7 +186,7 @@ def train_stacked(model: nn.Module, configs: Sequence[TrainingConfig], features:
         for epoch in range(cfg.epochs):
             for g in opt.param_groups:
                 g["lr"] = lr_at_epoch(cfg, epoch)
-            _stacked_epoch(model, source, labels, cfg, opt, gens, histories)
+            _stacked_epoch(model, source, labels, cfg, opt, gens, histories, drop_last)
     seconds = time.perf_counter() - t0
     for h in histories:
         h["seconds"] = seconds
@@ -224,13 +230,13 @@ class VmapStack(nn.Module):
 
 def _stacked_epoch(logits_fn: nn.Module, source: torch.Tensor, labels: torch.Tensor,
                    cfg: TrainingConfig, opt: torch.optim.Optimizer, gens: list[torch.Generator],
-                   histories: list[dict]) -> None:
+                   histories: list[dict], drop_last: bool) -> None:
     device, (n_views, n) = source.device, source.shape[:2]
     # Each point consumes its own generator exactly as train_loop's epoch does: one permutation, then view indices.
     draws = [(torch.randperm(n, generator=g), torch.randint(n_views, (n,), generator=g)) for g in gens]
     order = torch.stack([o for o, _ in draws]).to(device)                       # (P, n)
     view_idx = torch.stack([v for _, v in draws]).to(device)                    # (P, n)
-    drop_last = n >= cfg.batch_size
+    drop_last = drop_last and n >= cfg.batch_size
     P = len(gens)
     total, correct, seen, steps = torch.zeros(P, dtype=torch.float64), torch.zeros(P, dtype=torch.long), 0, 0
     for start in range(0, n, cfg.batch_size):

@@ -51,7 +51,8 @@ def _cmd_predict_stream(args, fmt: str) -> int:
     paths, bad_args = expand_images(args.images)
     if not paths and bad_args:
         raise FileNotFoundError(f"No images found in {', '.join(map(str, args.images))}.")
-    kw = {"top_k": args.top_k or 5, "batch_size": args.batch_size, "extra_records": bad_args}
+    kw = {"top_k": args.top_k or 5, "batch_size": args.batch_size, "extra_records": bad_args,
+          "overwrite": args.overwrite}
     if args.ray is not None:
         ray = connect(None if args.ray == "local" else args.ray)
         check_shared_folder(ray, Path(args.model_dir), "model folder")
@@ -73,6 +74,8 @@ def _cmd_predict_stream(args, fmt: str) -> int:
 
 
 def _check_out(out: str | None) -> None:
+    if out is not None and Path(out).is_symlink():
+        raise ValueError(f"--out {out} is a symbolic link; refusing to write through it. Give the real path.")
     if out is not None and Path(out).is_dir():
         raise ValueError(f"--out {out} is a folder; expected a file name (e.g. {Path(out) / 'predictions.jsonl'}).")
 
@@ -94,7 +97,8 @@ def cmd_predict(args) -> int:
     progress = not args.no_progress and len(paths) > args.batch_size
     kw = {"top_k": k, "batch_size": args.batch_size, "num_workers": args.workers}
     if fmt == "jsonl" and args.out:
-        counts = predict_to_jsonl(model, paths, args.out, progress=progress, extra_records=bad_args, **kw)
+        counts = predict_to_jsonl(model, paths, args.out, progress=progress, extra_records=bad_args,
+                                  overwrite=args.overwrite, **kw)
         print(f"{args.out}: {counts['written']} new records ({counts['errors']} errors), "
               f"{counts['skipped']} already done.", file=sys.stderr)
         return 1 if counts["errors"] or any("error" in r for r in bad_args) else 0
@@ -134,9 +138,9 @@ def _render(fmt: str, records: list[dict], model: AdaptedClassifier, args, k: in
         w.writerow(["path", "rank", "class", "probability", "error"])
         for r in records:
             if "error" in r:
-                w.writerow([r["path"], "", "", "", r["error"]])
+                w.writerow([_cell(r["path"]), "", "", "", _cell(r["error"])])
             else:
-                w.writerows([r["path"], j, t["class"], f"{t['probability']:.6f}", ""]
+                w.writerows([_cell(r["path"]), j, _cell(t["class"]), f"{t['probability']:.6f}", ""]
                             for j, t in enumerate(r["top_k"], 1))
         return buf.getvalue()
     rows = [{"image": r["path"], "prediction": r.get("prediction", "(error)"),
@@ -144,6 +148,15 @@ def _render(fmt: str, records: list[dict], model: AdaptedClassifier, args, k: in
              f"top-{k}": r["error"] if "error" in r else ", ".join(f"{t['class']} {t['probability']:.3f}"
                                                                   for t in r["top_k"])} for r in records]
     return format_table(rows, ["image", "prediction", "probability", f"top-{k}"]) + "\n"
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: one starting like a formula (= + - @, tab, CR) gets a leading
+    apostrophe (OWASP's advice against CSV injection); the csv module quotes the rest."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def cmd_evaluate(args) -> int:
@@ -172,13 +185,18 @@ def register(sub) -> None:
                        description="Classify image files, folders (recursive) and globs with a model saved by "
                                    "'clip-adapter run --save-model DIR'. Unreadable images are reported and skipped "
                                    "(exit status 1 if any). With --out FILE.jsonl, results are appended as they come "
-                                   "and a rerun skips the images already in the file.")
+                                   "and a rerun with the same model and --top-k skips the images already in the file "
+                                   "and retries the failed ones (--overwrite starts over).")
     _add_model_args(p)
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders (searched recursively) or globs.")
     p.add_argument("--top-k", type=count(1), default=None, help="classes per image (default: 5, or fewer classes).")
     p.add_argument("--format", choices=["table", "json", "csv", "jsonl", "parquet"], default=None,
                    help="output format (default: from --out's extension, else table).")
-    p.add_argument("--out", default=None, help="write to FILE instead of stdout; FILE.jsonl streams and resumes.")
+    p.add_argument("--out", default=None,
+                   help="write to FILE instead of stdout; FILE.jsonl streams and resumes (only a file written by the "
+                        "same model with the same --top-k; failed images are tried again).")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start --out FILE.jsonl / .parquet over instead of resuming it.")
     p.add_argument("--batch-size", type=count(1), default=32, help="images per encoder call (default: 32).")
     p.add_argument("--workers", type=count(0), default=None, help="image-decoding processes (default: half the cores).")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar.")

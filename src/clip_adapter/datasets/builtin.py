@@ -1,5 +1,7 @@
-"""The built-in datasets (catalog rows) read from their folder under the data root: CoOp's split files, FGVC-Aircraft's
-variant lists, ImageNet's class folders (with a val split held out of train, so nothing is tuned on test)."""
+"""The built-in datasets (catalog rows) read from their folder under the data root: one reader per ``split_format``,
+registered with :func:`~clip_adapter.datasets.catalog.register_format` (no if-chain): CoOp's split files (``coop``),
+FGVC-Aircraft's variant lists (``fgvc``), ImageNet's class folders (``imagenet``, with a val split held out of train,
+so nothing is tuned on test)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +12,7 @@ import random
 from pathlib import Path
 
 from ..io import atomic_path
-from .catalog import DatasetInfo, get_info, resolve_root
+from .catalog import DatasetInfo, format_reader, get_info, register_format, resolve_root
 from .checks import DataError, check_unique_images
 from .readers import read_coop
 from .types import SPLITS, Dataset, Item, anchor
@@ -26,8 +28,9 @@ IMAGENET_VAL_SEED = 0
 IMAGENET_SPLIT_CACHE = "split_clip_adapter_ImageNet.json"
 
 
-def read_builtin(name: str, root: str | os.PathLike | None = None) -> Dataset:
-    """Load a built-in dataset from its CoOp layout under ``root``.
+def read_builtin(name: str, root: str | os.PathLike | None = None, allow_outside_paths: bool = False) -> Dataset:
+    """Load a built-in dataset from its CoOp layout under ``root`` (``allow_outside_paths``: let its split file's
+    entries reach outside its folder, e.g. through a symlinked image folder).
 
     Raises:
         ValueError: unknown name (with a close match).
@@ -40,16 +43,17 @@ def read_builtin(name: str, root: str | os.PathLike | None = None) -> Dataset:
         raise FileNotFoundError(f"Dataset {info.name} not found: {missing[0]} is missing; run `clip-adapter "
                                 f"datasets download {info.name} --root {root}` (it fetches what it can and prints "
                                 f"the manual steps).")
-    ds_dir = info.path(root)
-    if info.split_format == "coop":
-        return read_coop(ds_dir, split_file=ds_dir / info.split_file, image_dir=ds_dir / info.image_dir,
-                         name=info.name)
-    if info.split_format == "fgvc":
-        return read_fgvc(info, ds_dir)
-    if info.split_format == "imagenet":
-        return read_imagenet(info, ds_dir)
-    raise ValueError(f"Dataset {info.name}: unknown split format {info.split_format!r} in the catalog; expected coop, "
-                     f"fgvc or imagenet.")
+    reader = format_reader(info)
+    if allow_outside_paths:  # only readers of split-file paths take the opt-in (a reader without it fails loudly)
+        return reader(info, info.path(root), allow_outside_paths=True)
+    return reader(info, info.path(root))
+
+
+@register_format("coop")
+def read_coop_row(info: DatasetInfo, ds_dir: Path, allow_outside_paths: bool = False) -> Dataset:
+    """A CoOp-layout row: ``split_zhou_<coop_name>.json`` in its folder, relpaths under ``image_dir``."""
+    return read_coop(ds_dir, split_file=ds_dir / info.split_file, image_dir=ds_dir / info.image_dir, name=info.name,
+                     allow_outside_paths=allow_outside_paths)
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:
@@ -61,6 +65,7 @@ def _lines(path: Path) -> list[tuple[int, str]]:
     return [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
 
 
+@register_format("fgvc")
 def read_fgvc(info: DatasetInfo, ds_dir: Path) -> Dataset:
     """FGVC-Aircraft as CoOp reads it: labels = line order of variants.txt, ``images_variant_<split>.txt`` lines
     are ``<image id> <variant name>`` and the image is ``images/<image id>.jpg``."""
@@ -101,6 +106,7 @@ def _list_images(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
 
 
+@register_format("imagenet")
 def read_imagenet(info: DatasetInfo, ds_dir: Path) -> Dataset:
     """ImageNet as CoOp lays it out; the scanned split is cached in ``split_clip_adapter_ImageNet.json`` (delete
     it to rescan; it is rebuilt when classnames.txt or the val rule change)."""

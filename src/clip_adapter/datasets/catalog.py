@@ -11,22 +11,30 @@ adding or fixing a dataset is an edit of ``catalog.json``, never of code. The on
 
 ``root`` is the argument, else ``$CLIP_ADAPTER_DATA``, else ``~/data``. :func:`templates_for` gives the CoOp prompt
 template of any dataset name (a catalog name, alias or CoOp name, or one of those followed by a count: ``dtd10``).
+
+Rows are validated when read (an unknown or missing key, a value of the wrong kind: one line naming the file, the row
+and the key). :func:`add_catalog` adds the rows of a user's own catalog file (same schema) to the built-in ones. A
+row's ``split_format`` names a reader in :data:`FORMATS` (:func:`register_format`; the built-in ones, ``coop``,
+``fgvc`` and ``imagenet``, live in :mod:`~clip_adapter.datasets.builtin`). :func:`catalog_markdown` renders the
+README's dataset table from the rows.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from ..config import closest
+from ..config import Constraint, Interval, Predicate, Text, check_keys, closest, invalid_value, unknown_key
 from .types import DEFAULT_TEMPLATE
 
-__all__ = ["DatasetInfo", "Resource", "REGISTRY", "DATA_ENV", "CATALOG_FILE", "resolve_root", "get_info",
-           "dataset_names", "list_datasets", "templates_for"]
+__all__ = ["DatasetInfo", "Resource", "REGISTRY", "FORMATS", "DATA_ENV", "CATALOG_FILE", "resolve_root", "get_info",
+           "dataset_names", "list_datasets", "templates_for", "read_catalog", "add_catalog", "register_format",
+           "catalog_markdown"]
 
 DATA_ENV = "CLIP_ADAPTER_DATA"
 CATALOG_FILE = Path(__file__).with_name("catalog.json")
@@ -46,6 +54,8 @@ class Resource:
         dest: where a plain (non-archive) file goes under the dataset folder (default: ``filename``).
         inner: an archive inside the archive to unpack instead (Caltech-101's zip holds a .tar.gz).
         manual: how to get the file by hand when ``urls`` is empty or fails.
+        max_bytes: the most an archive may unpack to (its size budget; default: 256 GiB and at most 100x the
+            archive's size, see :class:`~clip_adapter.datasets.archive.Budget`).
     """
 
     filename: str
@@ -56,6 +66,7 @@ class Resource:
     dest: str | None = None
     inner: str | None = None
     manual: str = ""
+    max_bytes: int | None = None
 
     @property
     def is_archive(self) -> bool:
@@ -139,38 +150,147 @@ class DatasetInfo:
                 "train": tr, "val": va, "test": te, "download": self.download_mode}
 
 
-def _resource(d: dict[str, Any]) -> Resource:
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name).lower()
+
+
+def _keys(info: DatasetInfo) -> set[str]:
+    return {_norm(info.name), _norm(info.coop_name), *(_norm(a) for a in info.aliases)}
+
+
+# -- reading and validating rows ---------------------------------------------------------------------------------
+def _str_list(nonempty: bool = False, text: str = "a list of strings") -> Predicate:
+    return Predicate(lambda v: isinstance(v, list) and (len(v) > 0 or not nonempty)
+                     and all(isinstance(x, str) and x for x in v), text)
+
+
+_NAME = Predicate(lambda v: isinstance(v, str) and bool(re.fullmatch(r"[a-z0-9][a-z0-9_\-]*", v)),
+                  "a lowercase name (letters, digits, '_', '-')")
+_ROW: dict[str, Constraint] = {
+    "name": _NAME, "title": Text(), "coop_name": Text(), "directory": Text(), "image_dir": Text(nonempty=False),
+    "split_format": Text(), "num_classes": Interval(int, 1),
+    "split_sizes": Predicate(lambda v: isinstance(v, list) and len(v) == 3 and all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v), "3 ints >= 0 (train, val, test)"),
+    "resources": Predicate(lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+                           "a list of mappings"),
+    "licence": Text(), "homepage": Text(),
+    "templates": Predicate(lambda v: isinstance(v, list) and len(v) > 0 and all(
+        isinstance(t, str) and t.count("{}") == 1 for t in v), "a non-empty list of strings each with '{}' once"),
+    "required": _str_list(), "manual_steps": _str_list(), "aliases": _str_list(), "notes": Text(nonempty=False),
+}
+_RESOURCE: dict[str, Constraint] = {
+    "filename": Text(no_slash=True), "urls": _str_list(),
+    "sha256": Predicate(lambda v: v is None or bool(re.fullmatch(r"[0-9a-f]{64}", v)), "64 hex digits or null"),
+    "md5": Predicate(lambda v: v is None or bool(re.fullmatch(r"[0-9a-f]{32}", v)), "32 hex digits or null"),
+    "members": Predicate(lambda v: isinstance(v, list) and all(
+        isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m) for m in v),
+        "a list of [path in archive, path under the dataset folder] pairs"),
+    "dest": Predicate(lambda v: v is None or (isinstance(v, str) and bool(v)), "a path or null"),
+    "inner": Predicate(lambda v: v is None or (isinstance(v, str) and bool(v)), "a path or null"),
+    "manual": Text(nonempty=False),
+    "max_bytes": Predicate(lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
+                           "an int > 0 (bytes) or null"),
+}
+
+
+def _checked(d: Any, table: dict[str, Constraint], cls: type, where: str) -> dict[str, Any]:
+    """``d``'s keys and values checked against ``table``; the keys ``cls`` has no default for are required (but
+    ``resources``: a row without files to fetch has none)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be a mapping. Got {d!r} instead.")
+    check_keys(d, table, where)
+    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and
+                f.default_factory is dataclasses.MISSING and f.name in table and f.name != "resources"]
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise ValueError(f"{where}: missing key {missing[0]!r} (required: {', '.join(required)}).")
+    for k, v in d.items():
+        if not table[k].ok(v):
+            raise invalid_value(k, v, table[k].describe(), where=where)
+    return d
+
+
+def _resource(d: Any, where: str) -> Resource:
+    d = _checked(d, _RESOURCE, Resource, where)
     return Resource(d["filename"], urls=tuple(d.get("urls", ())), sha256=d.get("sha256"), md5=d.get("md5"),
                     members=tuple(tuple(m) for m in d.get("members", ())), dest=d.get("dest"),
-                    inner=d.get("inner"), manual=d.get("manual", ""))
+                    inner=d.get("inner"), manual=d.get("manual", ""), max_bytes=d.get("max_bytes"))
 
 
-def _row(d: dict[str, Any]) -> DatasetInfo:
+def _row(d: Any, where: str) -> DatasetInfo:
+    d = _checked(d, _ROW, DatasetInfo, where)
     tuples = ("split_sizes", "templates", "required", "manual_steps", "aliases")
     kw = {k: tuple(v) if k in tuples else v for k, v in d.items() if k != "resources"}
-    return DatasetInfo(resources=tuple(_resource(r) for r in d.get("resources", ())), **kw)
+    res = tuple(_resource(r, f"{where}.resources[{i}]") for i, r in enumerate(d.get("resources", ())))
+    return DatasetInfo(resources=res, **kw)
 
 
 def read_catalog(path: str | os.PathLike = CATALOG_FILE) -> dict[str, DatasetInfo]:
-    """The rows of a catalog file, by name, in file order."""
-    rows = [_row(d) for d in json.loads(Path(path).read_text())["datasets"]]
-    return {row.name: row for row in rows}
+    """The rows of a catalog file (``{"datasets": [row, ...]}``, the schema of the built-in ``catalog.json``), by
+    name, in file order; every row validated (one-line ``ValueError`` naming the file, the row and the key)."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Catalog file {path} not found.") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a JSON catalog ({e}).") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("datasets"), list):
+        raise ValueError(f"{path}: expected a JSON object with a 'datasets' list of rows.")
+    rows: dict[str, DatasetInfo] = {}
+    for i, d in enumerate(raw["datasets"]):
+        name = d.get("name") if isinstance(d, dict) else None
+        row = _row(d, f"{path}: datasets[{i}]" + (f" ({name!r})" if isinstance(name, str) else ""))
+        clash = next((o for o in rows.values() if _keys(row) & _keys(o)), None)
+        if clash is not None:
+            raise ValueError(f"{path}: datasets[{i}] ({row.name!r}) has a name or alias of row {clash.name!r}; "
+                             f"expected each name and alias once.")
+        rows[row.name] = row
+    return rows
 
 
 REGISTRY: dict[str, DatasetInfo] = read_catalog()
 
+# split_format -> reader(info, dataset folder) -> Dataset; filled by register_format (builtin.py: coop, fgvc...).
+FORMATS: dict[str, Callable[..., Any]] = {}
 
-def _norm(name: str) -> str:
-    return re.sub(r"[\s_\-]", "", name).lower()
+
+def register_format(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``reader(info: DatasetInfo, ds_dir: Path) -> Dataset`` for catalog rows with ``split_format: name``."""
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in FORMATS:
+            raise ValueError(f"Split format {name!r} is already registered ({FORMATS[name].__qualname__}).")
+        FORMATS[name] = fn
+        return fn
+    return deco
+
+
+def format_reader(info: DatasetInfo) -> Callable[..., Any]:
+    """The reader of ``info.split_format`` (one-line error listing the registered formats)."""
+    if info.split_format not in FORMATS:
+        raise unknown_key("split_format", info.split_format, FORMATS, where=f"catalog row {info.name!r}")
+    return FORMATS[info.split_format]
+
+
+def add_catalog(path: str | os.PathLike) -> list[str]:
+    """Add the rows of your own catalog file (the schema of the built-in ``catalog.json``) to the built-in datasets;
+    returns their names. A name or alias already taken, or a ``split_format`` with no reader, is a one-line error
+    and nothing is added."""
+    rows = read_catalog(path)
+    for row in rows.values():
+        clash = next((o for o in REGISTRY.values() if _keys(row) & _keys(o)), None)
+        if clash is not None:
+            raise ValueError(f"{path}: dataset {row.name!r} has a name or alias of the catalog's {clash.name!r}; "
+                             f"rename it or drop the alias.")
+        format_reader(row)
+    REGISTRY.update(rows)
+    _template_table.cache_clear()
+    return list(rows)
 
 
 def dataset_names() -> list[str]:
     """Canonical names of the built-in datasets, in the paper's order."""
     return list(REGISTRY)
-
-
-def _keys(info: DatasetInfo) -> set[str]:
-    return {_norm(info.name), _norm(info.coop_name), *(_norm(a) for a in info.aliases)}
 
 
 def get_info(name: str) -> DatasetInfo:
@@ -220,3 +340,15 @@ def list_datasets(root: str | os.PathLike | None = None) -> list[dict[str, Any]]
     root = resolve_root(root)
     return [{**info.summary(), "present": info.present(root), "path": str(info.path(root))}
             for info in REGISTRY.values()]
+
+
+def catalog_markdown() -> str:
+    """The README's dataset table, from the rows (a test keeps the README equal to it)."""
+    out = ["| name (aliases) | folder under DIR: what must be there | classes | train / val / test | download |",
+           "|---|---|---:|---|---|"]
+    for info in REGISTRY.values():
+        name = f"`{info.name}`" + (f" (`{info.aliases[0]}`)" if info.aliases else "")
+        need = ", ".join(f"`{r}`" for r in info.required)
+        sizes = " / ".join(f"{n:,}" for n in info.split_sizes)
+        out.append(f"| {name} | `{info.directory}/`: {need} | {info.num_classes} | {sizes} | {info.download_mode} |")
+    return "\n".join(out) + "\n"

@@ -20,7 +20,7 @@ import torch
 
 from ..model import AdaptedClassifier
 from ..model.images import open_rgb
-from ..model.stream import pending, write_records
+from ..model.stream import open_append, pending, settings_of, write_records
 from .cluster import actor_cpus, check_resources, require_ray
 
 __all__ = ["predict_on_ray"]
@@ -63,31 +63,36 @@ class _Predictor:
         return {"i": batch["i"], "record": np.array([json.dumps(r) for r in records])}
 
 
-def _probe_shape(model_dir: str, checkpoint: str | None) -> tuple[Any, tuple[int, ...]]:
-    """The model's transform and the shape of one preprocessed image (for error placeholders)."""
+def _probe(model_dir: str, checkpoint: str | None) -> tuple[AdaptedClassifier, tuple[int, ...]]:
+    """The model (for its transform, fingerprint and classes) and the shape of one preprocessed image (for error
+    placeholders)."""
     from PIL import Image
     model = AdaptedClassifier.from_pretrained(model_dir, device="cpu", checkpoint=checkpoint)
-    return model.transform, tuple(model.transform(Image.new("RGB", (32, 32))).shape)
+    return model, tuple(model.transform(Image.new("RGB", (32, 32))).shape)
 
 
 def predict_on_ray(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                    top_k: int = 5, batch_size: int = 32, device: str = "cpu", checkpoint: str | None = None,
-                   actors: int | None = None, extra_records: Sequence[dict[str, Any]] = ()) -> dict[str, int]:
+                   actors: int | None = None, extra_records: Sequence[dict[str, Any]] = (),
+                   overwrite: bool = False) -> dict[str, int]:
     """Append one JSON line per image to ``out`` (skipping images already there), predicted on the Ray cluster.
 
-    Returns counts: ``written``, ``errors``, ``skipped`` (as :func:`~clip_adapter.model.predict_to_jsonl`).
+    Records and resume rules are :func:`~clip_adapter.model.predict_to_jsonl`'s (same model and settings only,
+    failures retried, ``overwrite`` starts over). Returns counts: ``written``, ``errors``, ``skipped``.
     """
     ray = require_ray()
     gpus = 1.0 if str(device).startswith("cuda") else 0.0
     total = check_resources(ray, gpus=gpus, what="each predictor actor")
     n_actors = actors or (max(1, int(total["GPU"])) if gpus else 1)
-    todo, fresh, counts = pending(Path(out), images, extra_records)
-    transform, shape = _probe_shape(str(model_dir), checkpoint)
+    model, shape = _probe(str(model_dir), checkpoint)
+    transform, model_id, settings = model.transform, model.fingerprint(), settings_of(model, top_k)
+    todo, fresh, counts = pending(Path(out), images, extra_records, model_id=model_id, settings=settings,
+                                  overwrite=overwrite)
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # the single-process file order
     threads = 0 if gpus else max(1, int(total["CPU"] // n_actors) - 1)
     ds = ray.data.from_items([{"i": i, "path": p} for i, p in enumerate(todo)]) if todo else None
-    with open(out, "a", encoding="utf-8") as f:
-        write_records(f, fresh, counts)
+    with open_append(Path(out)) as f:
+        write_records(f, fresh, counts, model_id, settings)
         if ds is None:
             return counts
         ds = ds.map_batches(_decode, fn_kwargs={"transform": transform, "shape": shape}, batch_size=batch_size,
@@ -98,6 +103,6 @@ def predict_on_ray(model_dir: str | os.PathLike, images: Sequence[str | os.PathL
                             batch_size=batch_size, concurrency=n_actors, num_gpus=gpus,
                             num_cpus=actor_cpus(total["CPU"], n_actors, gpus))
         for batch in ds.iter_batches(batch_size=None):
-            write_records(f, (json.loads(r) for r in batch["record"]), counts)
+            write_records(f, (json.loads(r) for r in batch["record"]), counts, model_id, settings)
     log.info("Ray prediction: %d images with %d predictor actor(s) -> %s", len(todo), n_actors, out)
     return counts

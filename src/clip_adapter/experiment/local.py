@@ -4,6 +4,7 @@ folder never compute the same one."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from ..backbones import load_backbone
 from ..features import FeatureCache
 from ..io import progress_bar
 from ..prompts import encode_class_texts
-from ..protocol import RunSpec, run_one
+from ..protocol import run_one
 from ..results import append_run, claim_run, read_result
 from .plan import PlannedRun
 from .schema import ExperimentConfig
@@ -63,14 +64,23 @@ class RunContext:
         return self._text[di]
 
 
+def _first_difference(want: Any, have: Any, at: str = "") -> tuple[str, Any, Any]:
+    """The dotted key of the first leaf where two settings differ (``dataset.sha256.train``), and both values."""
+    if isinstance(want, dict) and isinstance(have, dict):
+        for k in sorted(set(want) | set(have), key=str):
+            if want.get(k) != have.get(k):
+                return _first_difference(want.get(k), have.get(k), f"{at}.{k}" if at else str(k))
+    return at, want, have
+
+
 def _check_settings(run: PlannedRun, rec: dict, config: ExperimentConfig) -> None:
     want = run.settings(config)
     have = rec.get("run_settings")
     if have is None or have == want:
         return
-    diff = next(k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k))
-    raise ValueError(f"Result {run.path} was made with other settings ({diff}: {have.get(diff)!r} there, "
-                     f"{want.get(diff)!r} in {config.source}); use another output folder or delete that file.")
+    diff, want_v, have_v = _first_difference(want, have)
+    raise ValueError(f"Result {run.path} was made with other settings ({diff}: {have_v!r} there, "
+                     f"{want_v!r} in {config.source}); use another output folder or delete that file.")
 
 
 def finished(run: PlannedRun, config: ExperimentConfig) -> dict | None:
@@ -84,9 +94,7 @@ def finished(run: PlannedRun, config: ExperimentConfig) -> dict | None:
 def execute_run(run: PlannedRun, ctx: RunContext) -> dict:
     """Compute one planned run through :func:`~clip_adapter.protocol.run_one` and record it in ``runs.jsonl``."""
     config = ctx.config
-    spec = RunSpec(method=run.method, shots=run.shots, seed=run.seed, overrides=dict(run.overrides), grid=run.grid,
-                   n_views=config.n_views, repeat_shots=config.repeat_shots, variant=run.variant,
-                   templates=list(config.templates) if config.templates else None, device=config.backbone.device)
+    spec = run.spec(config)
     extra: dict[str, Any] = {"variant": run.variant, "experiment": config.name, "run_settings": run.settings(config)}
     if run.ablation is not None:
         extra["ablation"] = dict(run.ablation)
@@ -99,9 +107,9 @@ def execute_run(run: PlannedRun, ctx: RunContext) -> dict:
 class _Progress:
     """Claims, runs and counts planned runs for :func:`_run_all` (one per experiment)."""
 
-    def __init__(self, config: ExperimentConfig, records: dict[str, dict], ctx: RunContext, bar):
+    def __init__(self, config: ExperimentConfig, records: dict[str, dict], ctx: RunContext, bar, total: int):
         self.config, self.records, self.ctx, self.bar = config, records, ctx, bar
-        self.ran, self.failed = 0, []
+        self.ran, self.failed, self.total = 0, [], total
 
     def do(self, run: PlannedRun, wait: bool) -> bool:
         """Run ``run`` unless another process holds it (False) or finished it meanwhile; errors are collected."""
@@ -111,6 +119,7 @@ class _Progress:
             rec = finished(run, self.config)  # another process may have finished it meanwhile
             if rec is None:
                 self.bar.set_postfix_str(run.describe(), refresh=True)
+                t0 = time.perf_counter()
                 try:
                     rec = execute_run(run, self.ctx)
                 except Exception as e:  # one broken run must not stop the grid
@@ -120,8 +129,10 @@ class _Progress:
                     self.bar.update(1)
                     return True
                 self.ran += 1
-                log.info("%s: accuracy %.4f (chosen on val: %s)", run.describe(), rec["accuracy"],
-                         rec.get("chosen") or "-")
+                # One line per finished run, as it finishes (a log or a file shows the experiment moving).
+                log.info("[%d/%d] %s: accuracy %.4f (chosen on val: %s), %.0f s", len(self.records) + 1,
+                         self.total, run.describe(), rec["accuracy"], rec.get("chosen") or "-",
+                         time.perf_counter() - t0)
             self.records[run.path] = rec
             self.bar.update(1)
             return True
@@ -133,7 +144,7 @@ def run_local(config: ExperimentConfig, runs: list[PlannedRun], records: dict[st
     todo = [r for r in runs if r.path not in records]
     with logging_redirect_tqdm(), progress_bar(len(runs), config.name, "run", enabled=progress,
                                                initial=skipped) as bar:
-        state = _Progress(config, records, ctx, bar)
+        state = _Progress(config, records, ctx, bar, len(runs))
         busy = [run for run in todo if not state.do(run, wait=False)]  # held by another process: come back later
         for run in busy:
             log.info("waiting for another process to finish %s", run.describe())

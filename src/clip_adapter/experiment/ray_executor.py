@@ -19,7 +19,7 @@ import logging
 from ..distributed import (BackboneRecipe, ExtractRequest, check_resources, check_shared_folder, connect,
                            extract_features)
 from ..features import FeatureCache
-from ..protocol import RunSpec, fewshot_items
+from ..protocol import fewshot_items
 from ..results import claim_run
 from .local import RunContext, execute_run, finished
 from .plan import PlannedRun
@@ -61,8 +61,7 @@ def extraction_requests(config: ExperimentConfig, runs: list[PlannedRun], datase
     for r in runs:
         if not get_method_class(r.method).trains:
             continue
-        spec = RunSpec(r.method, shots=r.shots, seed=r.seed, n_views=config.n_views, repeat_shots=config.repeat_shots)
-        tr, va = fewshot_items(datasets[r.dataset_index], spec)
+        tr, va = fewshot_items(datasets[r.dataset_index], r.spec(config))
         train.extend(tr)
         val.extend(va)
     requests = [ExtractRequest(test + train + val, "test")]

@@ -6,11 +6,11 @@ import importlib
 import pkgutil
 
 from .base import (CONFIG_NAME, WEIGHTS_NAME, FewShotMethod, NotFittedError, check_finite, check_fitted,
-                   check_save_target, get_method, get_method_class, list_methods, read_saved_config, register_method)
+                   check_overrides, check_save_target, get_method, get_method_class, list_methods, read_saved_config, register_method)
 
 for _m in pkgutil.iter_modules(__path__):
     if _m.name not in ("base", "common"):
         importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["FewShotMethod", "NotFittedError", "check_finite", "check_fitted", "check_save_target", "get_method",
+__all__ = ["FewShotMethod", "NotFittedError", "check_finite", "check_fitted", "check_overrides", "check_save_target", "get_method",
            "get_method_class", "list_methods", "read_saved_config", "register_method", "CONFIG_NAME", "WEIGHTS_NAME"]

@@ -10,32 +10,52 @@ Data conventions at the method boundary:
 
 Each method normalises where its own formula says. ``logits`` is the one place a method's formula lives;
 ``predict`` / ``predict_proba`` are its argmax / softmax.
+
+The method contract (what a new method declares and implements; everything else is shared):
+
+* class attributes: ``config_cls`` (a frozen :class:`MethodConfig`), ``default_grid`` (searched on validation),
+  ``trains`` (False: ``fit`` ignores the labelled data, zero-shot), ``needs_backbone`` (True: built with
+  ``backbone=bb`` because it runs the encoders, e.g. CoOp), ``trainable`` (which of its :meth:`state_tensors` ``fit``
+  learns, as fnmatch patterns; the others are copied from the data or the text), ``drop_last`` (trained methods:
+  whether an epoch drops its last partial batch, as the authors' code does), ``inputs`` (``"images"``: ``fit`` and
+  ``logits`` take :class:`~clip_adapter.imageset.ImageSet` s, re-augmented at every step, instead of cached
+  features: CLIP-LoRA);
+* ``_fit(features, labels, *, text, views)``: the method's own learning. :meth:`FewShotMethod.fit` runs the shared
+  checks (shapes, dtypes, finiteness, label range, dims; then the method's :meth:`check_train_data`), records the
+  class names / dim / logit scale, calls ``_fit`` and marks the model fitted. ``_fit`` returns nothing;
+* ``logits``, ``state_tensors``, ``load_state_tensors``; optionally ``input_shape`` (inputs other than cached
+  image features, e.g. block activations), ``check_train_data`` (a method's own needs: GDA's two features per
+  class), ``refine_grid`` (a second, finer search around the first choice).
+
+Transition: a subclass may still override ``fit`` itself and call ``_start_fit`` / ``_end_fit`` (the old contract).
 """
 from __future__ import annotations
 
 import abc
 import dataclasses
+import fnmatch
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from ..backbones.base import check_backbone
 from ..config import MethodConfig, suggest
 from ..io import atomic_dir, package_versions
 from ..prompts import ClassText
+from .folder import (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, check_finite_tensors, check_header, check_save_target,
+                     marker, read_header, read_saved_config)
 
-__all__ = ["MethodConfig", "FewShotMethod", "NotFittedError", "register_method", "get_method", "get_method_class",
+__all__ = ["MethodConfig", "check_overrides", "FewShotMethod", "NotFittedError", "register_method", "get_method", "get_method_class",
            "list_methods", "check_fitted", "check_finite", "check_save_target", "read_saved_config", "CONFIG_NAME",
            "WEIGHTS_NAME"]
 
 log = logging.getLogger(__name__)
-
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 class NotFittedError(RuntimeError):
@@ -69,12 +89,31 @@ def get_method_class(name: str) -> type["FewShotMethod"]:
     return _METHODS[key]
 
 
+# Settings only methods that iterate have (TrainingConfig's fields): asked of a training-free method, they get an
+# error that says why instead of a bare "unknown key".
+TRAINING_KEYS = ("epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay", "warmup_epochs", "warmup_lr")
+
+
+def check_overrides(cls: type["FewShotMethod"], names, what: str = "key", where: str = "") -> None:
+    """Every name is a field of ``cls``'s config; a training setting asked of a training-free method is a one-line
+    error naming the method and what it takes instead."""
+    fields = cls.config_cls.field_names()
+    iterates = "lr" in fields  # trained on its own schedule (CLIP-LoRA: iterations): an unknown key is just unknown
+    for k in names:
+        if k in TRAINING_KEYS and k not in fields and not iterates:
+            kind = "training-free (closed form)" if cls.trains else "not trained"
+            raise ValueError(f"{where + ': ' if where else ''}Method {cls.name!r} is {kind}: it takes no {k!r} "
+                             f"(no epochs, lr or batch size). Its settings: {', '.join(fields)}.")
+    cls.config_cls.check_field_names(names, what=what, where=where)
+
+
 def get_method(name: str, config: MethodConfig | dict | None = None, **kwargs) -> "FewShotMethod":
     """Build a method by name: ``get_method("clip_adapter", alpha=0.6)`` or with a config object/dict."""
     cls = get_method_class(name)
     backbone = kwargs.pop("backbone", None)
     if isinstance(config, dict):
         config = cls.config_cls.from_dict(config)
+    check_overrides(cls, kwargs)
     if kwargs:
         config = dataclasses.replace(config or cls.config_cls(), **kwargs)
     return cls(config, backbone=backbone)
@@ -93,17 +132,6 @@ def check_finite(x: torch.Tensor, what: str) -> None:
                          f"{'...' if len(rows) > 5 else ''}; expected finite image features.")
 
 
-def check_save_target(directory: str | Path) -> None:
-    """A model folder may replace a saved model, never a file or another folder with content."""
-    d = Path(directory)
-    if d.exists() and not d.is_dir():
-        raise ValueError(f"Cannot save the model to {d}: it is an existing file; expected a folder (new, or a saved "
-                         f"model to replace).")
-    if d.is_dir() and any(d.iterdir()) and not (d / CONFIG_NAME).is_file():
-        raise ValueError(f"Cannot save the model to {d}: it is a folder with other content (no {CONFIG_NAME}); "
-                         f"refusing to replace it. Choose a new folder.")
-
-
 def check_fitted(method: "FewShotMethod") -> None:
     if not getattr(method, "fitted_", False):
         raise NotFittedError(f"This {type(method).__name__} instance is not fitted yet; "
@@ -115,6 +143,8 @@ class FewShotMethod(abc.ABC):
 
     The constructor stores ``config`` (and an optional ``backbone`` collaborator for methods that need the
     encoders, e.g. CoOp) and nothing else. Learned state lives in attributes ending in ``_``.
+    Subclasses implement ``_fit``, ``logits``, ``state_tensors`` and ``load_state_tensors`` and declare the class
+    attributes below (the module docstring states the whole contract).
     """
 
     name: ClassVar[str] = ""
@@ -123,6 +153,15 @@ class FewShotMethod(abc.ABC):
     default_grid: ClassVar[dict[str, list]] = {}
     #: whether ``fit`` uses the labelled data (zero-shot does not)
     trains: ClassVar[bool] = True
+    #: whether the method runs the backbone's encoders itself (built with ``backbone=bb``: CoOp, the layer adapter)
+    needs_backbone: ClassVar[bool] = False
+    #: the :meth:`state_tensors` that ``fit`` learns (fnmatch patterns); the rest are copied from data or text
+    trainable: ClassVar[tuple[str, ...]] = ()
+    #: trained methods: an epoch drops its last partial batch (when n >= batch size), as the authors' code does
+    drop_last: ClassVar[bool] = True
+    #: what ``fit`` and ``logits`` take from the protocol: cached ``"features"``, or ``"images"``
+    #: (:class:`~clip_adapter.imageset.ImageSet`, for methods that back-propagate through the encoders)
+    inputs: ClassVar[str] = "features"
 
     def __init__(self, config: MethodConfig | None = None, *, backbone=None):
         if config is not None and not isinstance(config, self.config_cls):
@@ -131,10 +170,41 @@ class FewShotMethod(abc.ABC):
         self.backbone = backbone
 
     # -- to implement --------------------------------------------------------------------------------------
-    @abc.abstractmethod
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
+    def fit(self, features: torch.Tensor | None, labels: torch.Tensor | None, *, text: ClassText,
             views: torch.Tensor | None = None) -> "FewShotMethod":
-        """Learn from raw ``features`` ``(n, d)`` (and augmented ``views`` ``(V, n, d)``); returns ``self``."""
+        """Learn from raw ``features`` ``(n, d)`` (and augmented ``views`` ``(V, n, d)``); returns ``self``.
+
+        Runs the shared checks, then :meth:`check_train_data`, then the method's ``_fit``; refitting replaces the
+        previous fit. A method that does not train (``trains = False``) may be given ``None`` for both."""
+        if features is None and labels is None and not self.trains:
+            features = torch.zeros(0, text.features.shape[1])
+            labels = torch.zeros(0, dtype=torch.long)
+        self._start_fit(features, labels, text, views)
+        self.check_train_data(features, labels, views)
+        if self.inputs == "features":
+            features, views = features.float(), None if views is None else views.float()
+        self._fit(features, labels, text=text, views=views)
+        return self._end_fit()
+
+    def _fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
+             views: torch.Tensor | None) -> None:
+        """The method's own learning, on checked inputs (float32 features). Sets the ``_``-suffixed state."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _fit (or, before the contract change, fit).")
+
+    def check_train_data(self, features: torch.Tensor, labels: torch.Tensor, views: torch.Tensor | None) -> None:
+        """What this method needs of the training data beyond the shared checks (e.g. two features per class for a
+        covariance); raise a one-line ``ValueError`` naming the method and what it needs. Nothing by default."""
+
+    def input_shape(self) -> tuple[int, ...] | None:
+        """Shape of one input row of ``fit`` / ``logits`` when it is not a cached image feature ``(dim,)`` (e.g.
+        block activations ``(tokens, width)``); ``None`` = image features of the backbone's dim."""
+        return None
+
+    @classmethod
+    def refine_grid(cls, grid: dict[str, list], chosen: dict[str, Any]) -> dict[str, list]:
+        """A second, finer grid around ``chosen`` (searched after ``grid``; its candidates compete with the first
+        pass's). Empty (no refinement) by default."""
+        return {}
 
     @classmethod
     def fit_many(cls, configs: "list[MethodConfig]", features: torch.Tensor, labels: torch.Tensor, *,
@@ -202,36 +272,51 @@ class FewShotMethod(abc.ABC):
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         return self.logits(features).argmax(dim=-1)
 
+    def trainable_tensor_names(self) -> list[str]:
+        """The names of :meth:`state_tensors` that ``fit`` learns (matching a ``trainable`` pattern)."""
+        return [k for k in self.state_tensors() if any(fnmatch.fnmatchcase(k, p) for p in self.trainable)]
+
     def num_trainable_parameters(self) -> int:
-        """Parameters learned by ``fit`` (0 for zero-shot)."""
-        return sum(t.numel() for k, t in self.state_tensors().items() if not k.startswith("fixed."))
+        """Parameters learned by ``fit`` (0 for zero-shot and for training-free caches)."""
+        tensors = self.state_tensors()
+        return sum(tensors[k].numel() for k in self.trainable_tensor_names())
 
     # -- persistence ---------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, *, backbone_id: str | None = None,
-                        extra: dict[str, Any] | None = None) -> Path:
-        """Write ``adapter_config.json`` + ``adapter_model.safetensors`` into ``directory`` atomically."""
+                        extra: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+        """Write ``adapter_config.json`` + ``adapter_model.safetensors`` into ``directory`` atomically.
+
+        ``directory`` must be new, empty, or (with ``overwrite=True``) a model this tool saved holding nothing
+        else (:func:`~clip_adapter.methods.folder.check_save_target`)."""
         check_fitted(self)
-        check_save_target(directory)
-        meta = {"method": self.name, "config": self.config.to_dict(), "classnames": self.classes_,
+        check_save_target(directory, overwrite=overwrite)
+        meta = {**marker(), "method": self.name, "config": self.config.to_dict(), "classnames": self.classes_,
                 "templates": self.templates_, "embed_dim": self.embed_dim_, "logit_scale": self.logit_scale_,
                 "backbone_id": backbone_id or getattr(self.backbone, "id", None),
                 "versions": package_versions(), **(extra or {})}
         directory = Path(directory)
-        with atomic_dir(directory) as tmp:
-            save_file({k: v.detach().float().contiguous().cpu() for k, v in self.state_tensors().items()},
-                      str(tmp / WEIGHTS_NAME), metadata={"method": self.name})
+        # Serialised in memory, then written by Python: a full disk is an OSError naming the folder (atomic_dir),
+        # not a SafetensorError naming nothing.
+        weights = safetensors_bytes({k: v.detach().float().contiguous().cpu() for k, v in self.state_tensors().items()},
+                                    metadata={"method": self.name})
+        with atomic_dir(directory, what="model folder") as tmp:
+            (tmp / WEIGHTS_NAME).write_bytes(weights)
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
             if "model_card" in (extra or {}):
-                (tmp / "README.md").write_text(str(extra["model_card"]))
+                (tmp / CARD_NAME).write_text(str(extra["model_card"]))
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, backbone=None) -> "FewShotMethod":
         """Load a method saved by :meth:`save_pretrained` (never unpickles). Called on the base class, the
-        method class is found by the saved name."""
+        method class is found by the saved name.
+
+        Everything is checked before anything is built: the config (types, finiteness, unique class names), the
+        tensors' dtypes and shapes against the safetensors header, then a dry run of the loading on torch's
+        ``meta`` device (no memory) that must use exactly the file's tensors; the weights must be finite."""
         directory = Path(directory)
         meta = read_saved_config(directory)
-        cfg_file = directory / CONFIG_NAME
+        cfg_file, w_file = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         try:
             klass = get_method_class(meta["method"]) if cls is FewShotMethod or not cls.name else cls
         except ValueError as e:
@@ -244,65 +329,73 @@ class FewShotMethod(abc.ABC):
             config = klass.config_cls.from_dict(meta["config"], source=str(cfg_file))
         except (ValueError, TypeError) as e:
             raise ValueError(f"{cfg_file}: {str(e).splitlines()[0]}") from None
-        obj = klass(config, backbone=backbone)
-        w_file = directory / WEIGHTS_NAME
+        header = read_header(w_file)
+        check_header(header, meta, w_file, cfg_file)
+        _dry_run(klass, config, meta, header, w_file)
         try:
             tensors = load_file(str(w_file))
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
             raise ValueError(f"{w_file} could not be read as safetensors ({e}).") from None
-        text = tensors.get("fixed.text_features")
-        if text is not None and (text.ndim != 2 or text.shape != (len(meta["classnames"]), int(meta["embed_dim"]))):
-            raise ValueError(f"{w_file}: its class text features have shape {tuple(text.shape)}, but {cfg_file} lists "
-                             f"{len(meta['classnames'])} classes of dim {meta['embed_dim']}.")
-        obj.classes_ = list(meta["classnames"])
-        obj.templates_ = list(meta.get("templates") or [])
-        obj.embed_dim_ = int(meta["embed_dim"])
-        obj.logit_scale_ = float(meta["logit_scale"])
+        check_finite_tensors(tensors, w_file)
+        obj = klass(config, backbone=backbone)
+        _set_facts(obj, meta)
         try:
             obj.load_state_tensors(tensors, meta)
         except KeyError as e:
-            raise ValueError(f"{w_file} lacks the tensor {e.args[0]!r} of a {klass.name!r} model (it holds "
-                             f"{', '.join(sorted(tensors)) or 'no tensors'}); it was written by another method or "
-                             f"is damaged.") from None
+            raise _lacks(w_file, klass, e.args[0], tensors) from None
         except (RuntimeError, ValueError) as e:  # torch's load_state_dict: size mismatches, many lines
-            raise ValueError(f"{w_file} does not fit a {klass.name!r} model of dim {meta['embed_dim']} "
-                             f"({str(e).strip().splitlines()[-1].strip()}).") from None
+            raise _misfit(w_file, klass, meta, e) from None
         obj.fitted_ = True
         obj.metadata_ = meta
         return obj
 
 
-REQUIRED_KEYS = ("method", "config", "classnames", "embed_dim", "logit_scale")
+def _set_facts(obj: FewShotMethod, meta: dict[str, Any]) -> None:
+    obj.classes_ = list(meta["classnames"])
+    obj.templates_ = list(meta.get("templates") or [])
+    obj.embed_dim_ = int(meta["embed_dim"])
+    obj.logit_scale_ = float(meta["logit_scale"])
 
 
-def read_saved_config(directory: str | Path) -> dict[str, Any]:
-    """The ``adapter_config.json`` of a saved model folder, checked; one-line errors name the file."""
-    directory = Path(directory)
-    cfg_file, w_file = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    if not directory.is_dir():
-        raise FileNotFoundError(f"Model directory {directory} not found.")
-    for f in (cfg_file, w_file):
-        if not f.is_file():
-            raise FileNotFoundError(f"{f} not found; expected a folder written by save_pretrained "
-                                    f"(clip-adapter run --save-model DIR).")
+def _lacks(w_file: Path, klass: type[FewShotMethod], name: str, tensors) -> ValueError:
+    return ValueError(f"{w_file} lacks the tensor {name!r} of a {klass.name!r} model (it holds "
+                      f"{', '.join(sorted(tensors)) or 'no tensors'}); it was written by another method or is damaged.")
+
+
+def _misfit(w_file: Path, klass: type[FewShotMethod], meta: dict[str, Any], e: Exception) -> ValueError:
+    return ValueError(f"{w_file} does not fit a {klass.name!r} model of dim {meta['embed_dim']} "
+                      f"({str(e).strip().splitlines()[-1].strip()}).")
+
+
+_STATE_DICT_ERROR = re.compile(r"size mismatch|Missing key|Unexpected key|shape")
+
+
+def _dry_run(klass: type[FewShotMethod], config: MethodConfig, meta: dict[str, Any],
+             header: dict[str, tuple[str, tuple[int, ...]]], w_file: Path) -> None:
+    """Load the method on torch's ``meta`` device from tensors shaped as the header says: what the config would
+    build is checked against the file (shapes, tensors missing or unused) without allocating any memory."""
+    fake = {k: torch.empty(shape, dtype=torch.float32, device="meta") for k, (_, shape) in header.items()}
+    obj = klass(config, backbone=None)
+    _set_facts(obj, meta)
     try:
-        meta = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_file} is not valid JSON ({e}).") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{cfg_file} must hold a JSON object; got {type(meta).__name__}.")
-    for key in REQUIRED_KEYS:
-        if key not in meta:
-            raise ValueError(f"{cfg_file} lacks the required key {key!r}.")
-    checks = {"method": isinstance(meta["method"], str), "config": isinstance(meta["config"], dict),
-              "classnames": isinstance(meta["classnames"], list) and bool(meta["classnames"])
-              and all(isinstance(c, str) for c in meta["classnames"]),
-              "embed_dim": isinstance(meta["embed_dim"], int) and not isinstance(meta["embed_dim"], bool)
-              and meta["embed_dim"] > 0,
-              "logit_scale": isinstance(meta["logit_scale"], (int, float)) and meta["logit_scale"] > 0}
-    expected = {"method": "a method name", "config": "an object", "classnames": "a non-empty list of strings",
-                "embed_dim": "an int > 0", "logit_scale": "a number > 0"}
-    for key, ok in checks.items():
-        if not ok:
-            raise ValueError(f"{cfg_file}: {key!r} must be {expected[key]}. Got {meta[key]!r} instead.")
-    return meta
+        with torch.device("meta"):
+            obj.load_state_tensors(fake, meta)
+            state = obj.state_tensors()
+    except KeyError as e:
+        raise _lacks(w_file, klass, e.args[0], header) from None
+    except ValueError as e:  # the method's own checks of the saved config
+        raise _misfit(w_file, klass, meta, e) from None
+    except RuntimeError as e:  # torch's load_state_dict reports shapes and keys; anything else is the meta device's
+        if _STATE_DICT_ERROR.search(str(e)):
+            raise _misfit(w_file, klass, meta, e) from None
+        return
+    except Exception:  # noqa: BLE001 - a step the meta device cannot run: the real load below decides
+        return
+    for name, t in state.items():
+        if name in header and tuple(t.shape) != header[name][1]:
+            raise ValueError(f"{w_file}: tensor {name!r} has shape {header[name][1]}; a {klass.name!r} model with "
+                             f"this config has {tuple(t.shape)}.")
+    unused = sorted(set(header) - set(state))
+    if unused:
+        raise ValueError(f"{w_file} holds tensors that a {klass.name!r} model does not use ({', '.join(unused[:5])}"
+                         f"{', ...' if len(unused) > 5 else ''}); it was written by another method or edited.")

@@ -44,6 +44,7 @@ class ClipAdapter(FewShotMethod):
 
     config_cls = ClipAdapterConfig
     default_grid = {"alpha": [0.2, 0.4, 0.6, 0.8]}
+    trainable = ("image_adapter.*", "text_adapter.*")
 
     def _build(self, dim: int) -> None:
         c = self.config
@@ -61,20 +62,18 @@ class ClipAdapter(FewShotMethod):
         txt = blend(self.text_features_, self.text_adapter_, self.config.alpha_text)
         return cosine_logits(img, txt, self.logit_scale_)
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
-            views: torch.Tensor | None = None) -> "ClipAdapter":
-        self._start_fit(features, labels, text, views)
+    def _fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
+             views: torch.Tensor | None) -> None:
         self.text_features_ = text.features.float().clone().to(self.config.device)
         self._build(features.shape[1])
         params = []
         for a in self._adapters():
             a.to(self.config.device).train()
             params += list(a.parameters())
-        self.history_ = train_loop(params, self._logits, features, labels, self.config, views=views)
+        self.history_ = train_loop(params, self._logits, features, labels, self.config, views=views, drop_last=self.drop_last)
         for a in self._adapters():
             a.cpu().eval().requires_grad_(False)
         self.text_features_ = self.text_features_.cpu()
-        return self._end_fit()
 
     @classmethod
     def fit_many(cls, configs: Sequence[ClipAdapterConfig], features: torch.Tensor, labels: torch.Tensor, *,
@@ -90,12 +89,14 @@ class ClipAdapter(FewShotMethod):
         if stack is False or not (same_arch and can_stack(configs)):
             return super().fit_many(configs, features, labels, text=text, views=views, backbone=backbone)
         models = [cls(c, backbone=backbone) for c in configs]
-        for m in models:
+        for m in models:            # what fit() does before _fit
             m._start_fit(features, labels, text, views)
+            m.check_train_data(features, labels, views)
             m.text_features_ = text.features.float().clone()
             m._build(features.shape[1])
+        features, views = features.float(), None if views is None else views.float()
         stacked = _StackedClipAdapter(models)
-        histories = train_stacked(stacked, configs, features, labels, views=views)
+        histories = train_stacked(stacked, configs, features, labels, views=views, drop_last=cls.drop_last)
         stacked.write_back()
         for m, h in zip(models, histories):
             m.history_ = h

@@ -298,6 +298,7 @@ class CoOp(FewShotMethod):
 
     config_cls = CoOpConfig
     needs_backbone = True
+    trainable = ("ctx",)
     default_grid: dict[str, list] = {}  # the paper fixes the schedule; nothing is searched
 
     def _encoder(self, classnames: Sequence[str], n_ctx: int) -> ContextPromptEncoder:
@@ -305,9 +306,8 @@ class CoOp(FewShotMethod):
             raise ValueError("CoOp needs the backbone whose text encoder it trains: CoOp(config, backbone=bb).")
         return prompt_encoder(self.backbone, classnames, n_ctx=n_ctx, init=self.config.init)
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
-            views: torch.Tensor | None = None) -> "CoOp":
-        self._start_fit(features, labels, text, views)
+    def _fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
+             views: torch.Tensor | None) -> None:
         c = self.config
         encoder = self._encoder(text.classnames, c.n_ctx)
         bdim = getattr(self.backbone, "embed_dim", features.shape[1])
@@ -327,12 +327,11 @@ class CoOp(FewShotMethod):
             return cosine_logits(x, encoder(self.ctx_).float().to(x.device), scale)
 
         self.history_ = train_loop([self.ctx_], logits_fn, features, labels,
-                                   dataclasses.replace(c, epochs=self.epochs_), views=views)
+                                   dataclasses.replace(c, epochs=self.epochs_), views=views, drop_last=self.drop_last)
         with torch.no_grad():
             self.text_features_ = encoder(self.ctx_).float().cpu()
         self.ctx_ = self.ctx_.detach().cpu()
         self.n_ctx_ = encoder.n_ctx
-        return self._end_fit()
 
     @torch.no_grad()
     def logits(self, features: torch.Tensor) -> torch.Tensor:

@@ -29,11 +29,11 @@ class LinearProbe(FewShotMethod):
 
     config_cls = LinearProbeConfig
     default_grid = {"C": [0.1, 0.316, 1.0, 3.16, 10.0, 31.6, 100.0]}
+    trainable = ("coef", "intercept")
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
-            views: torch.Tensor | None = None) -> "LinearProbe":
+    def _fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
+             views: torch.Tensor | None) -> None:
         from sklearn.linear_model import LogisticRegression
-        self._start_fit(features, labels, text, views)
         n_classes = len(text.classnames)
         x = F.normalize(features.float(), dim=-1).numpy()
         y = labels.numpy()
@@ -52,7 +52,6 @@ class LinearProbe(FewShotMethod):
             coef[present] = torch.from_numpy(clf.coef_).float()
             intercept[present] = torch.from_numpy(clf.intercept_).float()
         self.coef_, self.intercept_ = coef, intercept
-        return self._end_fit()
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         x = F.normalize(self._check_features(features), dim=-1)

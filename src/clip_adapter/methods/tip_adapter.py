@@ -89,16 +89,14 @@ class TipAdapter(FewShotMethod):
     default_grid = {"alpha": ALPHA_GRID, "beta": BETA_GRID}
     finetune = False  # Tip-Adapter-F learns the keys
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
-            views: torch.Tensor | None = None) -> "TipAdapter":
-        self._start_fit(features, labels, text, views)
+    def _fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
+             views: torch.Tensor | None) -> None:
         self.text_features_ = text.features.float().clone()
         keys, self.cache_values_ = build_cache(features, labels, len(text.classnames), views)
         if self.finetune:
             self.cache_keys_ = self._finetune(keys, features, labels, views)
         else:
             self.cache_keys_ = keys
-        return self._end_fit()
 
     def _finetune(self, keys, features, labels, views) -> torch.Tensor:
         c = self.config
@@ -109,7 +107,7 @@ class TipAdapter(FewShotMethod):
         def logits_fn(x: torch.Tensor) -> torch.Tensor:
             return tip_logits(x, text, keys, values, c.alpha, c.beta, self.logit_scale_)
 
-        self.history_ = train_loop([keys], logits_fn, features, labels, c, views=views)
+        self.history_ = train_loop([keys], logits_fn, features, labels, c, views=views, drop_last=self.drop_last)
         return keys.detach().cpu()
 
     def _logits(self, features: torch.Tensor) -> torch.Tensor:
@@ -137,3 +135,4 @@ class TipAdapterF(TipAdapter):
 
     config_cls = TipAdapterFConfig
     finetune = True
+    trainable = ("cache_keys",)

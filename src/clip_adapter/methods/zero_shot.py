@@ -26,12 +26,12 @@ class ZeroShot(FewShotMethod):
 
     def fit(self, features: torch.Tensor | None = None, labels: torch.Tensor | None = None, *, text: ClassText,
             views: torch.Tensor | None = None) -> "ZeroShot":
-        if features is None:
-            features = torch.zeros(0, text.features.shape[1])
-            labels = torch.zeros(0, dtype=torch.long)
-        self._start_fit(features, labels, text, views)
+        """Stores the text head; ``features``/``labels`` may be omitted (they are not used)."""
+        return super().fit(features, labels, text=text, views=views)
+
+    def _fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
+             views: torch.Tensor | None) -> None:
         self.text_features_ = text.features.float().clone()
-        return self._end_fit()
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return cosine_logits(self._check_features(features), self.text_features_, self.logit_scale_)

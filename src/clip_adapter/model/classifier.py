@@ -28,8 +28,11 @@ Inputs of :meth:`AdaptedClassifier.predict` / :meth:`~AdaptedClassifier.predict_
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -38,16 +41,18 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ..backbones.base import BackboneSpec, check_backbone
+from ..backbones.base import OPEN_CLIP, BackboneSpec, check_backbone, list_backbones
 from ..config import invalid_value
 from ..evaluation import evaluate_predictions
 from ..features import FeatureCache, default_num_workers
+from ..imageset import ImageSet
 from ..io import package_versions, progress_bar
-from ..methods import FewShotMethod, check_fitted, read_saved_config
+from ..methods import CONFIG_NAME, FewShotMethod, check_fitted, read_saved_config
 from .card import model_card
+from ..datasets.images import to_rgb
 from .images import SafeImages, collate_safe, open_rgb
 
-__all__ = ["AdaptedClassifier"]
+__all__ = ["AdaptedClassifier", "check_recipe"]
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +92,28 @@ class AdaptedClassifier:
                 f"classes={len(self.classes_)})")
 
     # -- persistence --------------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, *, model_card: str | None = None, **info: Any) -> Path:
+    def save_pretrained(self, directory: str | Path, *, model_card: str | None = None, overwrite: bool = False,
+                        **info: Any) -> Path:
         """Write ``adapter_config.json``, ``adapter_model.safetensors`` and ``README.md`` into ``directory``
         (atomically: the folder is replaced as a whole). ``info`` (e.g. ``dataset=``, ``test_accuracy=``) is
-        stored in the JSON and shown in the card."""
+        stored in the JSON and shown in the card. An existing saved model is replaced only with ``overwrite=True``;
+        a folder holding anything else is never replaced."""
         facts = {**{k: v for k, v in self.info.items() if k != "model_card"}, **info}
         facts["backbone"] = self.backbone.spec.to_dict()
         facts["model_card"] = model_card or self.info.get("model_card") or self.card(**facts)
-        return self.method.save_pretrained(directory, backbone_id=self.backbone.id, extra=facts)
+        return self.method.save_pretrained(directory, backbone_id=self.backbone.id, extra=facts, overwrite=overwrite)
+
+    def fingerprint(self) -> str:
+        """Short sha256 of what decides this model's predictions (method, config, classes, backbone id, learned
+        tensors); prediction records carry it so that a resumed output file mixes no two models."""
+        h = hashlib.sha256()
+        head = {"method": self.method.name, "config": self.method.config.to_dict(), "classes": self.classes_,
+                "backbone": self.backbone.id, "logit_scale": float(self.method.logit_scale_)}
+        h.update(json.dumps(head, sort_keys=True, default=str).encode())
+        for k, v in sorted(self.method.state_tensors().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().contiguous().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def card(self, **facts: Any) -> str:
         """The model card of this model (see :func:`~clip_adapter.model.card.model_card`)."""
@@ -114,11 +133,14 @@ class AdaptedClassifier:
         directory = Path(directory)
         meta = read_saved_config(directory)
         bid = meta.get("backbone_id")
+        if bid is not None and not isinstance(bid, str):
+            raise ValueError(f"{directory / CONFIG_NAME}: 'backbone_id' must be a string. Got {bid!r:.80} instead.")
         if isinstance(meta.get("backbone"), dict):
             spec = BackboneSpec.from_dict(meta["backbone"])
         else:  # written before the "backbone" block existed: the id says enough for named backbones
             spec = BackboneSpec.parse(str(bid), int(meta["embed_dim"])) if bid else BackboneSpec(family="")
         if backbone is None:
+            check_recipe(spec, directory / CONFIG_NAME)
             backbone = spec.load(device, None if checkpoint is None else str(checkpoint), where=f"Model {directory}")
         check_backbone(bid, meta["embed_dim"], backbone, where=f"Adapter in {directory}")
         method = FewShotMethod.from_pretrained(directory, backbone=backbone)
@@ -156,7 +178,7 @@ class AdaptedClassifier:
 
     def _preprocess(self, x) -> torch.Tensor:
         if isinstance(x, Image.Image):
-            return self.transform(x.convert("RGB") if x.mode != "RGB" else x)
+            return self.transform(to_rgb(x))
         if isinstance(x, (str, os.PathLike)):
             return self.transform(open_rgb(x))
         if isinstance(x, torch.Tensor) and x.ndim == 3 and x.shape[0] == 3:
@@ -247,10 +269,14 @@ class AdaptedClassifier:
             raise ValueError(f"Split {split!r} of dataset {dataset.name} is empty.")
         remap = self.label_map(dataset, class_map)
         labels = remap[torch.tensor([it.label for it in items], dtype=torch.long)]
-        cache = cache or FeatureCache(self.backbone)
-        if cache.backbone.id != self.backbone.id:
-            raise ValueError(f"The feature cache is for {cache.backbone.id!r}; the model uses {self.backbone.id!r}.")
-        pred = self.method.predict(cache.features(items))
+        if self.method.inputs == "images":  # its encoders are adapted: the backbone's cached features do not apply
+            pred = self.method.predict(ImageSet.of(items, self.backbone))
+        else:
+            cache = cache or FeatureCache(self.backbone)
+            if cache.backbone.id != self.backbone.id:
+                raise ValueError(f"The feature cache is for {cache.backbone.id!r}; the model uses "
+                                 f"{self.backbone.id!r}.")
+            pred = self.method.predict(cache.features(items))
         m = evaluate_predictions(pred, labels, self.classes_)
         return {"dataset": dataset.name, "split": split, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                 "per_class_accuracy": m["per_class_accuracy"], "n": m["n"], "method": self.method.name,
@@ -275,14 +301,69 @@ class AdaptedClassifier:
         unknown = sorted(set(mapping) - set(data))
         if unknown:
             raise ValueError(f"class_map names {unknown[0]!r}, which is not a class of dataset {dataset.name}.")
-        out = []
+        out, source = [], {}
         for c in data:
             target = mapping.get(c, c)
             if target not in model:
                 raise ValueError(f"Dataset class {c!r} maps to {target!r}, which is not a class of the model "
                                  f"(its classes: {model[:20]}).")
+            if target in source:  # two dataset classes scored as one would count confusions between them as right
+                raise ValueError(f"Dataset classes {source[target]!r} and {c!r} both map to the model class "
+                                 f"{target!r}; a class map must map each dataset class to its own model class.")
+            source[target] = c
             out.append(model.index(target))
         return torch.tensor(out, dtype=torch.long)
+
+
+# What open_clip reads from an architecture config to fetch other weights or code: a saved model may not name them.
+_FETCHING_KEYS = ("hf_model_name", "hf_tokenizer_name", "hf_model_pretrained", "timm_model_pretrained")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]{0,127}")
+
+
+def check_recipe(spec: BackboneSpec, cfg_file: Path) -> None:
+    """A saved backbone description is rebuilt only if it is a recipe this tool writes: a registered backbone, or
+    an open_clip architecture by its registered name (or by a plain name with the architecture config saved next to
+    it, which names no Hugging Face model or other weights to fetch). Never a path, a hub repo or an HF folder."""
+    registered = set(list_backbones())
+    if not spec.family:
+        return  # nothing to rebuild: from_pretrained says to pass the backbone
+    if spec.family != OPEN_CLIP:
+        if spec.family not in registered:
+            raise ValueError(f"{cfg_file}: backbone family {spec.family!r:.80} is not one this clip-adapter builds "
+                             f"(registered: {', '.join(sorted(b for b in registered if ':' not in b)[:5])}, ...); "
+                             f"refusing to load it. Pass the backbone yourself: from_pretrained(dir, backbone=bb).")
+        return
+    name = spec.name or ""
+    if not _PLAIN_NAME.fullmatch(name) or name.endswith(".json"):
+        raise ValueError(f"{cfg_file}: the backbone {name!r:.80} is not a registered open_clip architecture name (a "
+                         f"path, hub repo or folder is never opened from a saved model); refusing to load it.")
+    if name in registered:
+        return
+    cfg = spec.model_config
+    if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        raise ValueError(f"{cfg_file}: the backbone {name!r} is not a known open_clip architecture and no valid "
+                         f"architecture config is saved with the model; refusing to load it.")
+    bad = _fetching(cfg)
+    if bad:
+        raise ValueError(f"{cfg_file}: the saved architecture of backbone {name!r} names weights or code to fetch "
+                         f"({bad}); a saved model may not. Load that backbone yourself and pass it: "
+                         f"from_pretrained(dir, backbone=bb).")
+
+
+def _fetching(obj: Any, path: str = "") -> str | None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in _FETCHING_KEYS and v not in (None, False, ""):
+                return f"{path}{k}={v!r:.60}"
+            found = _fetching(v, f"{path}{k}.")
+            if found:
+                return found
+    elif isinstance(obj, list):
+        for v in obj:
+            found = _fetching(v, path)
+            if found:
+                return found
+    return None
 
 
 def _check_count(name: str, value: Any, low: int) -> None:

@@ -13,7 +13,7 @@ from clip_adapter.ablations import layer_sweep, placement_specs
 from clip_adapter.layers import ActivationCache, ViTTail, activation_shape, block_activations
 from clip_adapter.methods import FewShotMethod, NotFittedError
 from clip_adapter.methods.clip_adapter import ClipAdapter, ClipAdapterConfig
-from clip_adapter.methods.layer_adapter import LayerAdapter, LayerAdapterConfig
+from clip_adapter.methods.clip_adapter_layer import ClipAdapterLayer, ClipAdapterLayerConfig
 from clip_adapter.prompts import ClassText
 
 from conftest import clustered, seeded_backbone
@@ -64,7 +64,7 @@ def test_tail_after_block_k_reproduces_encode_image(vit3, layer):
 @pytest.mark.parametrize("layer", [1, 2])
 def test_blocks_after_k_run_exactly_once_per_forward(vit3, layer):
     images, acts, labels = _acts(vit3, layer)
-    m = LayerAdapter(LayerAdapterConfig(layer=layer, **FAST), backbone=vit3).fit(acts, labels, text=_text())
+    m = ClipAdapterLayer(ClipAdapterLayerConfig(layer=layer, **FAST), backbone=vit3).fit(acts, labels, text=_text())
     blocks = vit3.model.visual.transformer.resblocks
     calls = [0] * len(blocks)
     hooks = [b.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1)) for i, b in enumerate(blocks)]
@@ -82,11 +82,11 @@ def test_last_layer_equals_feature_level_clip_adapter(tiny_backbone):
     bb = tiny_backbone
     views = torch.stack([feats + 0.1 * torch.randn(feats.shape) for _ in range(2)])
     cfg = dict(alpha=0.4, epochs=5, reduction=4)
-    ours = LayerAdapter(LayerAdapterConfig(layer=-1, **cfg), backbone=bb).fit(feats, labels, text=text, views=views)
+    ours = ClipAdapterLayer(ClipAdapterLayerConfig(layer=-1, **cfg), backbone=bb).fit(feats, labels, text=text, views=views)
     ref = ClipAdapter(ClipAdapterConfig(target="image", **cfg)).fit(feats, labels, text=text, views=views)
     assert torch.equal(ours.logits(feats), ref.logits(feats))  # same init, same loop -> same weights, same logits
     # Same weights loaded into a differently trained adapter -> same logits again.
-    other = LayerAdapter(LayerAdapterConfig(layer=-1, alpha=0.4, epochs=1, seed=7), backbone=bb).fit(
+    other = ClipAdapterLayer(ClipAdapterLayerConfig(layer=-1, alpha=0.4, epochs=1, seed=7), backbone=bb).fit(
         feats, labels, text=text)
     other.adapter_.load_state_dict(ref.image_adapter_.state_dict())
     assert torch.allclose(other.logits(feats), ref.logits(feats), atol=1e-6)
@@ -96,7 +96,7 @@ def test_last_layer_equals_feature_level_clip_adapter(tiny_backbone):
 @pytest.mark.parametrize("tokens", ["cls", "all"])
 def test_token_options(tiny_backbone, tokens):
     images, acts, labels = _acts(tiny_backbone, 1)
-    m = LayerAdapter(LayerAdapterConfig(layer=1, tokens=tokens, alpha=0.5, **FAST), backbone=tiny_backbone)
+    m = ClipAdapterLayer(ClipAdapterLayerConfig(layer=1, tokens=tokens, alpha=0.5, **FAST), backbone=tiny_backbone)
     m.fit(acts, labels, text=_text())
     x = acts[:2]
     blended = m.adapter_(x) * 0.5 + x * 0.5
@@ -113,8 +113,8 @@ def test_fit_shapes_save_load_determinism_refit(tiny_backbone, tmp_path):
     views = torch.stack([acts + 0.01 * torch.randn(acts.shape) for _ in range(2)])
     text = _text()
     with pytest.raises(NotFittedError, match="not fitted yet"):
-        LayerAdapter(LayerAdapterConfig(layer=1), backbone=tiny_backbone).predict(acts)
-    m = LayerAdapter(LayerAdapterConfig(layer=1, **FAST), backbone=tiny_backbone)
+        ClipAdapterLayer(ClipAdapterLayerConfig(layer=1), backbone=tiny_backbone).predict(acts)
+    m = ClipAdapterLayer(ClipAdapterLayerConfig(layer=1, **FAST), backbone=tiny_backbone)
     assert m.fit(acts, labels, text=text, views=views) is m
     assert m.logits(acts).shape == (12, 4) and m.predict(acts).dtype == torch.long
     assert torch.allclose(m.predict_proba(acts).sum(-1), torch.ones(12), atol=1e-5)
@@ -122,18 +122,18 @@ def test_fit_shapes_save_load_determinism_refit(tiny_backbone, tmp_path):
 
     m.save_pretrained(tmp_path / "m")
     loaded = FewShotMethod.from_pretrained(tmp_path / "m", backbone=tiny_backbone)
-    assert type(loaded) is LayerAdapter and loaded.config == m.config and loaded.layer_ == 1
+    assert type(loaded) is ClipAdapterLayer and loaded.config == m.config and loaded.layer_ == 1
     assert torch.equal(loaded.logits(acts), m.logits(acts))
     assert torch.equal(loaded.encode_images(images), acts)  # images -> this adapter's inputs
     with pytest.raises(ValueError, match="needs the ViT backbone"):
         FewShotMethod.from_pretrained(tmp_path / "m").logits(acts)
 
-    again = LayerAdapter(LayerAdapterConfig(layer=1, **FAST), backbone=tiny_backbone).fit(
+    again = ClipAdapterLayer(ClipAdapterLayerConfig(layer=1, **FAST), backbone=tiny_backbone).fit(
         acts, labels, text=text, views=views)
     assert torch.equal(again.logits(acts), m.logits(acts))
     perm = labels.flip(0)
     m.fit(acts, perm, text=text, views=views)
-    fresh = LayerAdapter(LayerAdapterConfig(layer=1, **FAST), backbone=tiny_backbone).fit(
+    fresh = ClipAdapterLayer(ClipAdapterLayerConfig(layer=1, **FAST), backbone=tiny_backbone).fit(
         acts, perm, text=text, views=views)
     assert torch.equal(m.logits(acts), fresh.logits(acts))
 
@@ -176,16 +176,16 @@ def test_errors(tiny_backbone):
     rn = seeded_backbone("tiny-rn")
     with pytest.raises(ValueError, match=r"needs an open_clip ViT image tower; "
                                          r"'open_clip:tiny-rn/random-init[^']*' has ModifiedResNet"):
-        LayerAdapter(LayerAdapterConfig(layer=1), backbone=rn).fit(torch.zeros(4, 32), torch.arange(4), text=_text())
+        ClipAdapterLayer(ClipAdapterLayerConfig(layer=1), backbone=rn).fit(torch.zeros(4, 32), torch.arange(4), text=_text())
     with pytest.raises(ValueError, match=r"Insertion layer must be in 1\.\.2 .* got 3"):
         ViTTail(tiny_backbone, 3)
     _, acts, labels = _acts(tiny_backbone, 1)
     with pytest.raises(ValueError, match=r"at layer 2 expects activations of shape \(n, 32\); got \(12, 17, 64\)"):
-        LayerAdapter(LayerAdapterConfig(layer=2), backbone=tiny_backbone).fit(acts, labels, text=_text())
-    with pytest.raises(ValueError, match=r"The 'layer' parameter of LayerAdapterConfig must be a non-zero int"):
-        LayerAdapterConfig(layer=0)
+        ClipAdapterLayer(ClipAdapterLayerConfig(layer=2), backbone=tiny_backbone).fit(acts, labels, text=_text())
+    with pytest.raises(ValueError, match=r"The 'layer' parameter of ClipAdapterLayerConfig must be a non-zero int"):
+        ClipAdapterLayerConfig(layer=0)
     with pytest.raises(ValueError, match=r"'tokens' parameter .* one of 'cls', 'all'"):
-        LayerAdapterConfig(tokens="patch")
+        ClipAdapterLayerConfig(tokens="patch")
     with pytest.raises(ValueError, match="layer_sweep sets 'layer' itself"):
         layer_sweep(None, tiny_backbone, overrides={"layer": 1})
 
@@ -206,3 +206,14 @@ def test_three_placements_run_through_run_one(tiny_backbone, color_dir, tmp_path
         assert r["trainable_parameters"] == n_adapters * 2 * d * (d // 4)
         assert 0.0 <= r["accuracy"] <= 1.0
     assert set(rows["text"]["chosen"]) == {"alpha_text"} and set(rows["both"]["chosen"]) == {"alpha", "alpha_text"}
+
+
+def test_old_names_still_import_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match=r"layer_adapter\.LayerAdapter is now clip_adapter\.methods\."
+                                                r"clip_adapter_layer\.ClipAdapterLayer"):
+        from clip_adapter.methods.layer_adapter import LayerAdapter
+    with pytest.warns(DeprecationWarning, match="ClipAdapterLayerConfig"):
+        from clip_adapter.methods.layer_adapter import LayerAdapterConfig
+    assert LayerAdapter is ClipAdapterLayer and LayerAdapterConfig is ClipAdapterLayerConfig
+    from clip_adapter.methods import get_method_class
+    assert get_method_class("clip_adapter_layer") is ClipAdapterLayer
