@@ -6,11 +6,12 @@ freshly augmented images at every step) extrapolated from measured epochs.
 Inputs: the experiment's output folder (its runs.jsonl: ``train_seconds`` = search, ``predict_seconds`` = test
 scoring, ``total_seconds`` = the run's wall time), the wall time of the whole command (``--wall``, a JSON with
 ``start``/``end`` written around it), the extraction measured by ``--extraction-run`` (the same datasets, shots and
-seeds with zero_shot + linear_probe on an empty cache: every image encoded once), and the paper-way encoding rate
+seeds with zero_shot + linear_probe on an empty cache: every image the plan needs encoded once, test transform and
+n_views augmented views), and the paper-way encoding rate
 from benchmarks/results/training_cost_dtd10.json (images/s of decode + augment + encode, same machine, lite).
 
     CLIP_ADAPTER_CACHE=/work/cache clip-adapter experiment configs/full_protocol_lite.yaml --output OUT
-    python benchmarks/full_protocol.py OUT --wall wall.json --extraction-run EXTRACT_OUT --extraction-wall w2.json
+    python benchmarks/full_protocol.py OUT --wall wall.json --extraction-run EXTRACT_OUT --load load.txt
 """
 from __future__ import annotations
 
@@ -90,7 +91,9 @@ def main() -> None:
     p = _util.parser(__doc__.splitlines()[0])
     p.add_argument("output", help="the experiment's output folder (runs.jsonl)")
     p.add_argument("--wall", default=None, help="JSON {start, end} around the experiment command")
-    p.add_argument("--extraction-wall", default=None, help="JSON {start, end} around the empty-cache extraction run")
+    p.add_argument("--extraction-run", default=None,
+                   help="output folder of the same plan with zero_shot + linear_probe on an EMPTY cache: its runs' "
+                        "time outside fit and scoring (sum of total - train - predict seconds) is the extraction")
     p.add_argument("--load", default=None, help="load-average samples taken during the run (one line each)")
     p.add_argument("--methods-on-main", default=None, help="the methods registered on main when measured")
     args = p.parse_args()
@@ -99,7 +102,11 @@ def main() -> None:
     rate = paper_rate()
     res = _util.Result("full_protocol", args, {"output": args.output, "config": "configs/full_protocol_lite.yaml",
                                                "paper_rate": rate, "methods_on_main": args.methods_on_main})
-    res.record["results"] = summarize(rows, _wall(args.wall), _wall(args.extraction_wall), rate["images_per_s"])
+    extraction = None
+    if args.extraction_run:
+        cold = _rows(Path(args.extraction_run))
+        extraction = round(sum(r["total_seconds"] - r["train_seconds"] - r["predict_seconds"] for r in cold), 1)
+    res.record["results"] = summarize(rows, _wall(args.wall), extraction, rate["images_per_s"])
     if args.load:
         loads = [float(line.split()[1]) for line in Path(args.load).read_text().splitlines() if line.strip()]
         res.record["machine"]["loadavg_1min_during_run"] = {"min": min(loads), "median": statistics.median(loads),
