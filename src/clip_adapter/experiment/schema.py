@@ -243,7 +243,12 @@ def _datasets(v: Any, where: str, ctx: _Ctx) -> tuple[DatasetEntry, ...]:
         if not isinstance(d.get("data"), str) or not d["data"]:
             raise ValueError(f"{at}: 'data' (a path or a built-in name) is required. Got {brief(d.get('data'))}.")
         kw = _parse_fields(DatasetEntry, {"root": ctx.root, **d}, at, ctx)
-        if _looks_like_path(kw["data"]):
+        if kw["data"].startswith("hf:"):  # a save_to_disk folder (relative to the config) or a hub name
+            rest = kw["data"][3:]
+            local = _resolve_path(rest, ctx.base)
+            if rest.startswith((".", "/", "~")) or Path(local).is_dir():
+                kw["data"] = "hf:" + local
+        elif _looks_like_path(kw["data"]):
             kw["data"] = _resolve_path(kw["data"], ctx.base)
         out.append(DatasetEntry(**kw))
     return tuple(out)
