@@ -158,6 +158,13 @@ def list_backbones() -> list[str]:
     return plain + [n for f in _families().values() for n in f.names()]
 
 
+def builds_by_name(family: str, name: str | None) -> bool:
+    """Whether a registered factory builds ``name`` of ``family`` by name: a plain registered backbone, or a name
+    its family lists. A saved model's backbone is rebuilt only from such a recipe (never a path or hub repo)."""
+    factory = _REGISTRY.get(family)
+    return factory is not None and (factory.names is None or name in factory.names())
+
+
 def load_backbone(name: str = "RN50", pretrained: str | None = "openai", checkpoint: str | None = None,
                   device: str | torch.device = "cpu") -> Backbone:
     """Load a frozen backbone.

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import (Bool, Constraint, IntList, Interval, NoneOr, Predicate, Text, brief, check_keys,
+from ..config import (Bool, Constraint, IntList, Interval, NoneOr, Options, Predicate, Text, brief, check_keys,
                       invalid_value)
 from ..backbones.base import normalise_pretrained
 from ..methods import get_method_class
+from ..selection import HP_SELECTION
 
 __all__ = ["ExperimentConfig", "DatasetEntry", "MethodEntry", "BackboneEntry", "AblationEntry", "ExecutorEntry",
            "RayEntry", "parse_config", "load_config", "read_yaml", "MAX_YAML_NODES", "reference_markdown", "setting",
@@ -356,6 +357,9 @@ class ExperimentConfig:
                                       parse=_backbone, shown="{name: RN50, pretrained: openai, device: cpu}",
                                       accepts="a mapping or a name")
     n_views: int = setting(10, "cached augmented views per training image", Interval(int, 0))
+    hp_selection: str = setting("few_shot_val", "where hyper-parameters are chosen: few_shot_val (min(K, 4) val "
+                                "images per class), full_val (the whole val split) or none (no search)",
+                                Options(HP_SELECTION))
     repeat_shots: bool = setting(False, "sample with repetition when a class has fewer images than shots", Bool())
     templates: tuple[str, ...] | None = setting(None, "prompt templates with {} (null: each dataset's)",
                                                 parse=_templates, accepts="a list of strings with {} once, or null")
