@@ -234,8 +234,8 @@ def test_run_one_trains_on_images(tiny_backbone, color_dir, tmp_path):
 
 
 def test_backbones_it_cannot_adapt(lite_backbone):
-    with pytest.raises(ValueError, match=r"^clip_lora needs an open_clip backbone whose vision and text towers are a "
-                                         r"transformer .*'lite:[^']*' has no such tower \(use a ViT CLIP"):
+    with pytest.raises(ValueError, match=r"^clip_lora needs an open_clip backbone whose vision and text towers are "
+                                         r"transformers .*'lite:[^']*' has no such tower \(use a ViT CLIP"):
         get_method("clip_lora", backbone=lite_backbone).fit(
             ImageSet(("a.png",), lite_backbone.test_transform, lite_backbone.train_transform), torch.tensor([0]),
             text=encode_class_texts(lite_backbone, ["a"], ["a photo of a {}."]))

@@ -178,7 +178,7 @@ def check_adaptable(backbone, encoder: str = "both") -> None:
     if missing:
         has = f"has attention only in its {' and '.join(towers)} tower" if towers else "has no such tower"
         raise ValueError(f"clip_lora needs an open_clip backbone whose {' and '.join(missing)} tower"
-                         f"{'s are' if len(missing) > 1 else ' is'} a transformer (nn.MultiheadAttention) to adapt; "
+                         f"{'s are transformers' if len(missing) > 1 else ' is a transformer'} (nn.MultiheadAttention) to adapt; "
                          f"{bid!r} {has} (use a ViT CLIP such as --backbone ViT-B-16"
                          f"{', or encoder=' + repr(next(iter(towers))) if towers and encoder == 'both' else ''}).")
 
