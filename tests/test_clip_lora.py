@@ -170,6 +170,16 @@ def test_logits_inputs_agree(fitted, toy):
     assert fitted.predict_proba(images).sum(1).allclose(torch.ones(len(images)))
 
 
+def test_fit_and_predict_leave_the_global_rng_alone(tiny_backbone, toy):
+    images, labels, text = toy
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    ClipLora(ClipLoraConfig(iters=2, batch_size=8), backbone=tiny_backbone).fit(images, labels, text=text).predict(
+        images)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_same_seed_same_model(tiny_backbone, toy):
     images, labels, text = toy
     cfg = ClipLoraConfig(iters=4, batch_size=8, lr=1e-2, seed=3)
