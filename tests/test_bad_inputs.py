@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -146,9 +147,9 @@ def _subset(tmp: Path) -> Path:
     return d
 
 
-def _yaml(tmp: Path, text: str) -> list[str]:
+def _yaml(tmp: Path, text: str, make: Callable[[Path], Path] = _images) -> list[str]:
     f = tmp / "cfg.yaml"
-    f.write_text(text.replace("DATA", str(_images(tmp))))
+    f.write_text(text.replace("DATA", str(make(tmp))) if "DATA" in text else text)
     return ["experiment", str(f), "--dry-run", "--no-progress"]
 
 
@@ -188,191 +189,331 @@ def _with_empty_class(tmp: Path) -> Path:
     return folder
 
 
-CASES: dict[str, tuple[Callable, str]] = {
+def _split_tree(tmp: Path, splits=("train", "val", "test"), only_in_test: str | None = "yellow",
+                extra: str | None = None) -> Path:
+    """``<tmp>/tree/<split>/<class>/`` from the generated images (2 per class per split); ``only_in_test``: a class
+    with no train/val images; ``extra``: a class folder next to the split folders."""
+    images, root = _images(tmp), tmp / "tree"
+    for s in splits:
+        for c in CLASSES:
+            if c == only_in_test and s != "test":
+                continue
+            (root / s / c).mkdir(parents=True)
+            for p in sorted((images / c).glob("*.png"))[:2]:
+                shutil.copy(p, root / s / c / p.name)
+    if extra:
+        shutil.copytree(images / "blue", root / extra)
+    return root
+
+
+def _rename(folder: Path, old: str, new: str) -> Path:
+    (folder / old).rename(folder / new)
+    return folder
+
+
+def _one_class(tmp: Path) -> Path:
+    images = _images(tmp)
+    for c in CLASSES[1:]:
+        shutil.rmtree(images / c)
+    return images
+
+
+def _not_in_train(name: str) -> Callable[[dict], None]:
+    """A split-JSON change: the train entries of class ``name`` move to test."""
+    def change(raw: dict) -> None:
+        raw["test"] += [e for e in raw["train"] if e[2] == name]
+        raw["train"] = [e for e in raw["train"] if e[2] != name]
+    return change
+
+
+BOMB = "".join(f"{a}: &{a} [{', '.join([f'*{b}'] * 9)}]\n" for b, a in zip("abcdefgh", "bcdefghi"))
+BOMB = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + BOMB + "datasets: *i\n"
+YAML_OK = "datasets: [DATA]\nmethods: {zero_shot: {}}\n"
+TRAINED = "datasets: [DATA]\nmethods: {linear_probe: {}}\n"
+
+
+# -- the table: one row per bad input (name, how to build its command line, the fragment its error must contain) --
+Build = Callable[[Path, dict], list]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    build: Build
+    fragment: str
+
+
+def _args(t: Path, args) -> list[str]:
+    """Arguments; a callable one is called with the test's tmp folder (e.g. to create a file there)."""
+    return [a(t) if callable(a) else a for a in args]
+
+
+def tmp(make: Callable[[Path], Path], name: str) -> Callable[[Path], str]:
+    """An argument made under the test's tmp folder: ``tmp(_mkfile, "x.txt")`` -> ``str(_mkfile(tmp / "x.txt"))``."""
+    return lambda t: str(make(t / name))
+
+
+def IMAGES(t: Path) -> str:  # noqa: N802 - an argument: the generated images' folder
+    return str(_images(t))
+
+
+def flags(*args) -> Build:                        # `run` on the generated images with these flags
+    return lambda t, s: run(t, *_args(t, args))
+
+
+def data(make: Callable[[Path], Path], *args) -> Build:   # `run` on the dataset make(tmp)
+    return lambda t, s: run(t, *_args(t, args), data=make(t))
+
+
+def split(change: Callable[[dict], None]) -> Build:       # a CoOp split JSON, edited by change(raw)
+    return data(lambda t: _coop(t, change))
+
+
+def split_text(text: str) -> Build:
+    return data(lambda t: _coop_text(t, text))
+
+
+def csv(body: str | bytes, *args, corrupt: str | None = None) -> Build:
+    return data(lambda t: _csv(t, body, corrupt), *args)
+
+
+def folder(**files: str) -> Build:
+    return data(lambda t: _folder(t, **files))
+
+
+def index(body, *args) -> Build:                  # a few-shot index file (a JSON value or raw text)
+    return lambda t, s: run(t, *_index(t, body), *_args(t, args))
+
+
+def yaml(text: str, make: Callable[[Path], Path] = _images) -> Build:   # an experiment YAML (DATA: make(tmp))
+    return lambda t, s: _yaml(t, text, make)
+
+
+def argv(*args) -> Build:                         # any command line
+    return lambda t, s: _args(t, args)
+
+
+def pred(*args, change: Callable[[Path], None] | None = None) -> Build:   # predict (with an edited model folder)
+    return lambda t, s: predict(t, s, *_args(t, args), model=_model(t, s, change) if change else None)
+
+
+def evaluate_on(make: Callable[[Path], Path] | None, *args) -> Build:
+    return lambda t, s: evaluate(t, s, make(t) if make else s["data"], *args)
+
+
+CASES: list[Case] = [
     # -- split JSON (CoOp layout)
-    "split_is_a_dict": (lambda t, s: run(t, data=_coop(t, lambda r: r.update(train={"a": 1}))),
-                        "split 'train' must be a list of [relpath, label, classname] entries; got a dict"),
-    "split_negative_label": (lambda t, s: run(t, data=_coop(t, lambda r: _set(r, "train", 0, 1, -1))),
-                             "train[0]: the label must be an int >= 0. Got -1 instead"),
-    "split_float_label": (lambda t, s: run(t, data=_coop(t, lambda r: _set(r, "val", 1, 1, 1.5))),
-                          "val[1]: the label must be an int >= 0. Got 1.5 instead"),
-    "split_label_two_names": (lambda t, s: run(t, data=_coop(t, lambda r: _set(r, "test", 0, 2, "azure"))),
-                              "label 0 is 'blue' in train[0] but 'azure' in test[0]"),
-    "split_name_two_labels": (lambda t, s: run(t, data=_coop(t, lambda r: _set(r, "test", 0, 1, 4))),
-                              "class 'blue' has label 0 in train[0] but 4 in test[0]"),
-    "split_leakage": (lambda t, s: run(t, data=_coop(t, lambda r: r["test"].append(list(r["train"][0])))),
-                      "is listed in both 'train' and 'test' (train/test leakage)"),
-    "split_duplicate": (lambda t, s: run(t, data=_coop(t, lambda r: r["train"].append(list(r["train"][0])))),
-                        "is listed twice in 'train'"),
-    "split_extra_key": (lambda t, s: run(t, data=_coop(t, lambda r: r.update(extra=[]))),
-                        "unknown split key 'extra'; expected exactly train, val, test"),
-    "split_missing_val": (lambda t, s: run(t, data=_coop(t, lambda r: r.pop("val"))), "lacks the 'val' split"),
-    "split_not_a_triple": (lambda t, s: run(t, data=_coop(t, lambda r: r["train"].append(["x.png", 0]))),
-                           "is not [relpath, label, classname]"),
-    "split_label_gap": (lambda t, s: run(t, data=_coop(t, _relabel_yellow)),
-                        "labels must be 0..7 without gaps; label 3 is unused"),
-    "split_empty_classname": (lambda t, s: run(t, data=_coop(t, lambda r: _set(r, "train", 0, 2, " "))),
-                              "the class name must be a non-empty string"),
-    "split_leaves_folder": (lambda t, s: run(t, data=_coop(t, lambda r: _set(r, "train", 0, 0, "../../etc/passwd"))),
-                            "the path '../../etc/passwd' leaves the dataset folder"),
-    "split_absolute_path": (lambda t, s: run(t, data=_coop(t, lambda r: _set(r, "train", 0, 0, "/etc/passwd"))),
-                            "the path '/etc/passwd' is absolute"),
-    "split_not_json": (lambda t, s: run(t, data=_coop_text(t, "{oops")), "is not valid JSON"),
-    "split_top_level_list": (lambda t, s: run(t, data=_coop_text(t, "[]")),
-                             "must hold a JSON object with keys train, val, test"),
+    Case("split_is_a_dict", split(lambda r: r.update(train={"a": 1})),
+         "split 'train' must be a list of [relpath, label, classname] entries; got a dict"),
+    Case("split_negative_label", split(lambda r: _set(r, "train", 0, 1, -1)),
+         "train[0]: the label must be an int >= 0. Got -1 instead"),
+    Case("split_float_label", split(lambda r: _set(r, "val", 1, 1, 1.5)),
+         "val[1]: the label must be an int >= 0. Got 1.5 instead"),
+    Case("split_label_two_names", split(lambda r: _set(r, "test", 0, 2, "azure")),
+         "label 0 is 'blue' in train[0] but 'azure' in test[0]"),
+    Case("split_name_two_labels", split(lambda r: _set(r, "test", 0, 1, 4)),
+         "class 'blue' has label 0 in train[0] but 4 in test[0]"),
+    Case("split_leakage", split(lambda r: r["test"].append(list(r["train"][0]))),
+         "is listed in both 'train' and 'test' (train/test leakage)"),
+    Case("split_duplicate", split(lambda r: r["train"].append(list(r["train"][0]))), "is listed twice in 'train'"),
+    Case("split_extra_key", split(lambda r: r.update(extra=[])),
+         "unknown split key 'extra'; expected exactly train, val, test"),
+    Case("split_missing_val", split(lambda r: r.pop("val")), "lacks the 'val' split"),
+    Case("split_not_a_triple", split(lambda r: r["train"].append(["x.png", 0])), "is not [relpath, label, classname]"),
+    Case("split_label_gap", split(_relabel_yellow), "labels must be 0..7 without gaps; label 3 is unused"),
+    Case("split_empty_classname", split(lambda r: _set(r, "train", 0, 2, " ")),
+         "the class name must be a non-empty string"),
+    Case("split_leaves_folder", split(lambda r: _set(r, "train", 0, 0, "../../etc/passwd")),
+         "the path '../../etc/passwd' leaves the dataset folder"),
+    Case("split_absolute_path", split(lambda r: _set(r, "train", 0, 0, "/etc/passwd")),
+         "the path '/etc/passwd' is absolute"),
+    Case("split_not_json", split_text("{oops"), "is not valid JSON"),
+    Case("split_top_level_list", split_text("[]"), "must hold a JSON object with keys train, val, test"),
+    Case("split_duplicate_key", split_text('{"train": [], "train": [], "val": [], "test": []}'),
+         "the key 'train' appears twice in one object (JSON would keep only the last one)"),
+    Case("split_class_only_in_test", split(_not_in_train("yellow")),
+         "1 of 4 classes has no training images ('yellow'; e.g. a class only in val/ or test/)"),
     # -- CSV
-    "csv_mixed_labels": (lambda t, s: run(t, data=_csv(t, "path,label\nIMG,0\nIMH,red\n")),
-                         "mixes integer labels ('0') and class-name labels ('red')"),
-    "csv_header": (lambda t, s: run(t, data=_csv(t, "file,y\nIMG,0\n")),
-                   "must have a header with 'path' and 'label' columns"),
-    "csv_bad_split": (lambda t, s: run(t, data=_csv(t, "path,label,split\nIMG,0,training\n")),
-                      "row 2: split 'training' of imgs/blue/blue_000.png is not one of train, val, test"),
-    "csv_leaves_folder": (lambda t, s: run(t, data=_csv(t, "path,label\n../../secret.png,0\n")),
-                          "row 2: the path '../../secret.png' leaves the dataset folder"),
-    "csv_absolute": (lambda t, s: run(t, data=_csv(t, "path,label\n/etc/hosts,0\n")), "the path '/etc/hosts' is absolute"),
-    "csv_empty_label": (lambda t, s: run(t, data=_csv(t, "path,label\nIMG,\n")), "row 2: the label is empty"),
-    "csv_label_gap": (lambda t, s: run(t, data=_csv(t, "path,label\nIMG,0\nIMH,2\n")),
-                      "labels must be 0..2 without gaps; label 1 is unused"),
-    "csv_negative_label": (lambda t, s: run(t, data=_csv(t, "path,label\nIMG,-1\nIMH,0\n")),
-                           "row 2: the label must be an int >= 0. Got -1 instead"),
-    "csv_duplicate": (lambda t, s: run(t, data=_csv(t, "path,label,split\nIMG,0,train\nIMG,0,test\n")),
-                      "in both 'train' and 'test' (train/test leakage)"),
-    "csv_not_utf8": (lambda t, s: run(t, data=_csv(t, b"path,label\n\xff\xfe,0\n")), "is not UTF-8 text"),
-    "csv_no_rows": (lambda t, s: run(t, data=_csv(t, "path,label\n")), "has no rows"),
+    Case("csv_mixed_labels", csv("path,label\nIMG,0\nIMH,red\n"),
+         "mixes integer labels ('0') and class-name labels ('red')"),
+    Case("csv_header", csv("file,y\nIMG,0\n"), "must have a header with 'path' and 'label' columns"),
+    Case("csv_bad_split", csv("path,label,split\nIMG,0,training\n"),
+         "row 2: split 'training' of imgs/blue/blue_000.png is not one of train, val, test"),
+    Case("csv_leaves_folder", csv("path,label\n../../secret.png,0\n"),
+         "row 2: the path '../../secret.png' leaves the dataset folder"),
+    Case("csv_absolute", csv("path,label\n/etc/hosts,0\n"), "the path '/etc/hosts' is absolute"),
+    Case("csv_empty_label", csv("path,label\nIMG,\n"), "row 2: the label is empty"),
+    Case("csv_label_gap", csv("path,label\nIMG,0\nIMH,2\n"), "labels must be 0..2 without gaps; label 1 is unused"),
+    Case("csv_negative_label", csv("path,label\nIMG,-1\nIMH,0\n"), "row 2: the label must be an int >= 0. Got -1"),
+    Case("csv_duplicate", csv("path,label,split\nIMG,0,train\nIMG,0,test\n"),
+         "in both 'train' and 'test' (train/test leakage)"),
+    Case("csv_not_utf8", csv(b"path,label\n\xff\xfe,0\n"), "is not UTF-8 text"),
+    Case("csv_no_rows", csv("path,label\n"), "has no rows"),
+    Case("csv_extra_field", csv("path,label\nIMG,0,train\n"), "row 2: 3 fields; the header has 2 (path, label)"),
+    Case("csv_duplicate_column", csv("path,label,label\nIMG,0,1\n"), "the column 'label' appears twice in the header"),
+    Case("csv_misspelt_column", csv("path,label,spilt\nIMG,0,test\n"), "unknown column 'spilt' (did you mean 'split'?)"),
+    Case("csv_class_only_in_test", csv("path,label,split\nIMG,blue,train\nimgs/blue/blue_001.png,blue,val\nIMH,red,"
+                                       "test\n"), "1 of 2 classes has no training images ('red'"),
+    Case("csv_train_split_empty", csv("path,label,split\nIMG,0,val\nIMH,1,test\n"),
+         "the 'train' split is empty; 2 training images per class are needed"),
     # -- classnames.txt / templates.txt / class folders
-    "classnames_count": (lambda t, s: run(t, data=_folder(t, classnames_txt="a\nb\n")),
-                         "classnames.txt has 2 names; the data has 4 classes"),
-    "classnames_duplicate": (lambda t, s: run(t, data=_folder(t, classnames_txt="a\nb\na\nc\n")),
-                             "class name 'a' is listed twice"),
-    "templates_no_braces": (lambda t, s: run(t, data=_folder(t, templates_txt="a photo\n")),
-                            "template 'a photo' must contain '{}' exactly once"),
-    "templates_named_field": (lambda t, s: run(t, data=_folder(t, templates_txt="a {0} of {}\n")),
-                              "template 'a {0} of {}' must contain '{}' exactly once"),
-    "folder_empty_class": (lambda t, s: run(t, data=_with_empty_class(t)), "zzz contains no images"),
-    "folder_no_classes": (lambda t, s: run(t, data=_mkdir_with(t / "nothing")), "has no class subfolders"),
+    Case("classnames_count", folder(classnames_txt="a\nb\n"), "classnames.txt has 2 names; the data has 4 classes"),
+    Case("classnames_duplicate", folder(classnames_txt="a\nb\na\nc\n"), "class name 'a' is listed twice"),
+    Case("templates_no_braces", folder(templates_txt="a photo\n"), "template 'a photo' must contain '{}' exactly once"),
+    Case("templates_named_field", folder(templates_txt="a {0} of {}\n"),
+         "template 'a {0} of {}' must contain '{}' exactly once"),
+    Case("folder_empty_class", data(_with_empty_class), "zzz contains no images"),
+    Case("folder_no_classes", data(lambda t: _mkdir_with(t / "nothing")), "has no class subfolders"),
+    Case("folder_class_only_in_test", data(_split_tree),
+         "tree): 1 of 4 classes has no training images ('yellow'; e.g. a class only in val/ or test/)"),
+    Case("folder_two_classes_one_name", data(lambda t: _rename(_images(t), "green", "blue_")),
+         "classes 'blue' and 'blue_' both read as 'blue'"),
+    Case("csv_two_labels_one_name", csv("path,label\nIMG,red\nIMH,red_\n"), "classes 'red' and 'red_' both read as"),
+    Case("folder_one_class", data(_one_class), "has one class ('blue'); a few-shot classifier needs at least 2"),
+    Case("folder_train_val_no_test", data(lambda t: _split_tree(t, ("train", "val"), None)),
+         "has train/, val/ but no test/"),
+    Case("folder_splits_and_classes", data(lambda t: _split_tree(t, only_in_test=None, extra="purple")),
+         "mixes split folders (train, val, test) with other folders (purple)"),
     # -- few-shot index files
-    "index_other_keys": (lambda t, s: run(t, *_index(t, {"train": {"data": [{"path": "x.png", "y": 0}]}})),
-                         "train[0] must be an object with 'impath' and 'label' (and 'classname'); got ['path', 'y']"),
-    "index_not_json": (lambda t, s: run(t, *_index(t, "{nope")), "could not be read as JSON"),
-    "index_no_train": (lambda t, s: run(t, *_index(t, {"val": []})), "must be a JSON object with a 'train' entry"),
-    "index_test_image": (lambda t, s: run(t, *_index(t, {"train": [_entry("red", 5)]})),
-                         "red_005.png is in the dataset's 'test' split, not 'train'"),
-    "index_wrong_label": (lambda t, s: run(t, *_index(t, {"train": [{**_entry("red", 0), "label": 0,
-                                                                     "classname": "other"}]})),
-                          "has label 0 (other) in the index but 2 (red) in the dataset"),
-    "index_missing": (lambda t, s: ["run", "--data", str(_images(t)), "--fewshot-index", str(t / "none.json"), *TINY],
-                      "Few-shot index file"),
+    Case("index_other_keys", index({"train": {"data": [{"path": "x.png", "y": 0}]}}),
+         "train[0] must be an object with 'impath' and 'label' (and 'classname'); got ['path', 'y']"),
+    Case("index_not_json", index("{nope"), "could not be read as JSON"),
+    Case("index_no_train", index({"val": []}), "must be a JSON object with a 'train' entry"),
+    Case("index_test_image", index({"train": [_entry("red", 5)]}), "red_005.png is in the dataset's 'test' split"),
+    Case("index_wrong_label", index({"train": [{**_entry("red", 0), "label": 0, "classname": "other"}]}),
+         "has label 0 (other) in the index but 2 (red) in the dataset"),
+    Case("index_missing", argv("run", "--data", IMAGES, "--fewshot-index",
+                               lambda t: str(t / "none.json"), *TINY), "Few-shot index file"),
+    Case("index_some_classes", index({"train": [_entry(c, i) for c in ("blue", "red") for i in range(2)]}),
+         "covers 2 of the dataset's 4 classes; no 'train' entries for 'green', 'yellow'"),
+    Case("index_fewer_shots", index({"train": [_entry(c, 0) for c in CLASSES]}),
+         "has 1 train image per class; 2 shots were asked. Pass --shots 1"),
+    Case("index_uneven_shots", index({"train": [_entry(c, i) for c in CLASSES for i in range(2)][:-1]}),
+         "has 1 to 2 train images per class ('yellow': 1); 2 shots were asked"),
+    Case("index_same_image_twice", index({"train": [_entry(c, i % 2) for c in CLASSES for i in range(3)]}),
+         "blue_000.png is listed twice in 'train'"),
+    Case("index_unknown_key", index({"train": [_entry(c, i) for c in CLASSES for i in range(2)], "test": []}),
+         "has the unknown key 'test'; expected 'train' and 'val'"),
+    Case("index_duplicate_key", index('{"train": [], "train": []}'), "the key 'train' appears twice in one object"),
     # -- numeric flags and values of `run`
-    "views_negative": (lambda t, s: run(t, "--views", "-2"), "argument --views: must be an int >= 0. Got '-2'"),
-    "batch_size_zero": (lambda t, s: run(t, "--batch-size", "0"), "argument --batch-size: must be an int >= 1"),
-    "shots_zero": (lambda t, s: run(t, "--shots", "0"), "argument --shots: must be an int >= 1. Got '0'"),
-    "seed_negative": (lambda t, s: run(t, "--seed", "-1"), "argument --seed: must be an int in [0, 4294967295]"),
-    "seed_huge": (lambda t, s: run(t, "--seed", str(2**40)), "argument --seed: must be an int in [0, 4294967295]"),
-    "epochs_zero": (lambda t, s: run(t, "--method", "clip_adapter", "--epochs", "0"), "argument --epochs: must be"),
-    "workers_negative": (lambda t, s: run(t, "--workers", "-1"), "argument --workers: must be an int >= 0"),
-    "alpha_above_one": (lambda t, s: run(t, "--method", "clip_adapter", "--alpha", "1.5"),
-                        "The 'alpha' parameter of ClipAdapterConfig must be a float in [0, 1]. Got 1.5 instead"),
-    "alpha_nan": (lambda t, s: run(t, "--method", "clip_adapter", "--alpha", "nan"), "Got nan instead"),
-    "alpha_text_negative": (lambda t, s: run(t, "--method", "clip_adapter", "--alpha-text", "-0.1"),
-                            "'alpha_text' parameter of ClipAdapterConfig must be a float in [0, 1]"),
-    "alpha_not_a_number": (lambda t, s: run(t, "--alpha", "high"), "argument --alpha: invalid float value: 'high'"),
-    "grid_no_values": (lambda t, s: run(t, "--method", "clip_adapter", "--grid", "alpha="),
-                       "--grid 'alpha=' must look like key=v1,v2,... with at least one value"),
-    "grid_bad_value": (lambda t, s: run(t, "--method", "clip_adapter", "--grid", "alpha=0.2,x"),
-                       "'alpha' parameter of ClipAdapterConfig must be a float in [0, 1]. Got 'x'"),
-    "set_not_int": (lambda t, s: run(t, "--method", "clip_adapter", "--set", "epochs=abc"),
-                    "Override epochs='abc': expected an int"),
-    "set_unknown": (lambda t, s: run(t, "--set", "CC=1"), "Unknown LinearProbeConfig key 'CC' (did you mean 'C'?)"),
-    "set_bad_device": (lambda t, s: run(t, "--method", "clip_adapter", "--set", "device=gpu"),
-                       "The 'device' parameter of ClipAdapterConfig must be a torch device"),
-    "template_no_braces": (lambda t, s: run(t, "--template", "a photo"), "template 'a photo' must contain '{}'"),
-    "template_two_braces": (lambda t, s: run(t, "--template", "{} and {}"), "template '{} and {}' must contain"),
-    "save_model_is_a_file": (lambda t, s: run(t, "--save-model", str(_mkfile(t / "model.txt"))),
-                             "model.txt: it is an existing file; expected a folder"),
-    "save_model_other_folder": (lambda t, s: run(t, "--save-model", str(_mkdir_with(t / "mine"))),
-                                "mine: it is a folder with other content"),
-    "output_is_a_file": (lambda t, s: [*run(t)[:-len(TINY)], *TINY, "--output", str(_mkfile(t / "out.txt"))],
-                         "The results folder"),
-    "device_unknown": (lambda t, s: run(t, "--device", "foo"), "Unknown device 'foo'; expected cpu, cuda, cuda:N"),
-    "device_missing_gpu": (lambda t, s: run(t, "--device", "cuda:99"), "CUDA GPU"),
-    "data_missing": (lambda t, s: run(t, data=t / "no" / "where"), "not found"),
-    "backbone_unknown": (lambda t, s: ["run", "--data", str(_images(t)), "--backbone", "RN5O"],
-                         "Unknown backbone 'RN5O' (did you mean 'RN50'?)"),
-    "method_unknown": (lambda t, s: run(t, "--method", "tip"), "Unknown method 'tip'"),
-    "val_missing_for_a_grid": (lambda t, s: run(t, "--shots", "1", data=_csv(
-        t, "path,label,split\nIMG,0,train\nIMH,1,train\nimgs/blue/blue_001.png,0,test\n")),
-                               "Cannot choose C of 'linear_probe' on validation: there are no validation images"),
-    "cache_dir_is_a_file": (lambda t, s: [*run(t)[:-len(TINY)], *TINY, "--cache-dir", str(_mkfile(t / "c.txt"))],
-                            "The feature cache folder"),
-    "checkpoint_garbage": (lambda t, s: ["run", "--data", str(_images(t)), "--backbone", "tiny-vit", "--checkpoint",
-                                         str(_mkfile(t / "w.pt"))], "Could not load checkpoint"),
-    "architecture_not_json": (lambda t, s: ["run", "--data", str(_images(t)), "--backbone", str(_mkfile(t / "a.json"))],
-                              "Model config " + "TMP/a.json is not valid JSON"),
-    "architecture_keys": (lambda t, s: ["run", "--data", str(_images(t)), "--backbone", str(_json(t / "b.json",
-                                                                                               {"embed_dim": 8}))],
-                          "is not an open_clip architecture: expected the keys embed_dim, vision_cfg and text_cfg"),
-    "corrupt_image_in_a_worker": (lambda t, s: run(t, "--method", "zero_shot", "--workers", "2", "--batch-size", "1",
-                                                   data=_csv(t, "path,label,split\nIMG,0,train\nIMH,1,train\n"
-                                                                "imgs/red/bad.png,1,test\nimgs/blue/blue_001.png,0,"
-                                                                "test\n", corrupt="imgs/red/bad.png")),
-                                  "bad.png could not be read"),
+    Case("views_negative", flags("--views", "-2"), "argument --views: must be an int >= 0. Got '-2'"),
+    Case("batch_size_zero", flags("--batch-size", "0"), "argument --batch-size: must be an int >= 1"),
+    Case("shots_zero", flags("--shots", "0"), "argument --shots: must be an int >= 1. Got '0'"),
+    Case("seed_negative", flags("--seed", "-1"), "argument --seed: must be an int in [0, 4294967295]"),
+    Case("seed_huge", flags("--seed", str(2**40)), "argument --seed: must be an int in [0, 4294967295]"),
+    Case("epochs_zero", flags("--method", "clip_adapter", "--epochs", "0"), "argument --epochs: must be"),
+    Case("workers_negative", flags("--workers", "-1"), "argument --workers: must be an int >= 0"),
+    Case("alpha_above_one", flags("--method", "clip_adapter", "--alpha", "1.5"),
+         "The 'alpha' parameter of ClipAdapterConfig must be a float in [0, 1]. Got 1.5 instead"),
+    Case("alpha_nan", flags("--method", "clip_adapter", "--alpha", "nan"), "Got nan instead"),
+    Case("alpha_text_negative", flags("--method", "clip_adapter", "--alpha-text", "-0.1"),
+         "'alpha_text' parameter of ClipAdapterConfig must be a float in [0, 1]"),
+    Case("alpha_not_a_number", flags("--alpha", "high"), "argument --alpha: invalid float value: 'high'"),
+    Case("grid_no_values", flags("--method", "clip_adapter", "--grid", "alpha="),
+         "--grid 'alpha=' must look like key=v1,v2,... with at least one value"),
+    Case("grid_bad_value", flags("--method", "clip_adapter", "--grid", "alpha=0.2,x"),
+         "'alpha' parameter of ClipAdapterConfig must be a float in [0, 1]. Got 'x'"),
+    Case("set_not_int", flags("--method", "clip_adapter", "--set", "epochs=abc"), "Override epochs='abc': expected an int"),
+    Case("set_unknown", flags("--set", "CC=1"), "Unknown LinearProbeConfig key 'CC' (did you mean 'C'?)"),
+    Case("set_bad_device", flags("--method", "clip_adapter", "--set", "device=gpu"),
+         "The 'device' parameter of ClipAdapterConfig must be a torch device"),
+    Case("template_no_braces", flags("--template", "a photo"), "template 'a photo' must contain '{}'"),
+    Case("template_two_braces", flags("--template", "{} and {}"), "template '{} and {}' must contain"),
+    Case("save_model_is_a_file", flags("--save-model", tmp(_mkfile, "model.txt")),
+         "model.txt: it is an existing file; expected a folder"),
+    Case("save_model_other_folder", flags("--save-model", tmp(_mkdir_with, "mine")),
+         "mine: it is a folder with other content"),
+    Case("output_is_a_file", flags("--output", tmp(_mkfile, "out.txt")), "The results folder"),
+    Case("device_unknown", flags("--device", "foo"), "Unknown device 'foo'; expected cpu, cuda, cuda:N"),
+    Case("device_missing_gpu", flags("--device", "cuda:99"), "CUDA GPU"),
+    Case("data_missing", data(lambda t: t / "no" / "where"), "not found"),
+    Case("backbone_unknown", argv("run", "--data", IMAGES, "--backbone", "RN5O"),
+         "Unknown backbone 'RN5O' (did you mean 'RN50'?)"),
+    Case("method_unknown", flags("--method", "tip"), "Unknown method 'tip'"),
+    Case("val_missing_for_a_grid", csv("path,label,split\nIMG,0,train\nIMH,1,train\nimgs/blue/blue_001.png,0,test\n",
+                                       "--shots", "1"),
+         "Cannot choose C of 'linear_probe' on validation: there are no validation images"),
+    Case("cache_dir_is_a_file", flags("--cache-dir", tmp(_mkfile, "c.txt")), "The feature cache folder"),
+    Case("checkpoint_garbage", argv("run", "--data", IMAGES, "--backbone", "tiny-vit",
+                                    "--checkpoint", tmp(_mkfile, "w.pt")), "Could not load checkpoint"),
+    Case("architecture_not_json", argv("run", "--data", IMAGES, "--backbone",
+                                       tmp(_mkfile, "a.json")), "Model config " + "TMP/a.json is not valid JSON"),
+    Case("architecture_keys", argv("run", "--data", IMAGES, "--backbone",
+                                   tmp(lambda p: _json(p, {"embed_dim": 8}), "b.json")),
+         "is not an open_clip architecture: expected the keys embed_dim, vision_cfg and text_cfg"),
+    Case("corrupt_image_in_a_worker", csv("path,label,split\nIMG,0,train\nIMH,1,train\nimgs/red/bad.png,1,test\n"
+                                          "imgs/blue/blue_001.png,0,test\n", "--method", "zero_shot", "--workers", "2",
+                                          "--batch-size", "1", corrupt="imgs/red/bad.png"), "bad.png could not be read"),
+    Case("shots_more_than_the_classes_have", flags("--shots", "50"),
+         "4 classes have fewer than 50 training images: 'blue' (3), 'green' (3), 'red' (3), 'yellow' (3); 50 shots"),
     # -- demo
-    "demo_shots": (lambda t, s: ["demo", "--shots", "1,x", "--backbone", "tiny-vit", "--pretrained", "none"],
-                   "argument --shots: must be a comma-separated list of distinct ints >= 1. Got '1,x'"),
-    "demo_seed": (lambda t, s: ["demo", "--seed", "-3"], "argument --seed: must be an int in [0, 4294967295]"),
+    Case("demo_shots", argv("demo", "--shots", "1,x", "--backbone", "tiny-vit", "--pretrained", "none"),
+         "argument --shots: must be a comma-separated list of distinct ints >= 1. Got '1,x'"),
+    Case("demo_seed", argv("demo", "--seed", "-3"), "argument --seed: must be an int in [0, 4294967295]"),
     # -- predict / saved model folders
-    "top_k_zero": (lambda t, s: predict(t, s, "--top-k", "0"), "argument --top-k: must be an int >= 1. Got '0'"),
-    "predict_batch_size": (lambda t, s: predict(t, s, "--batch-size", "0"), "argument --batch-size: must be"),
-    "predict_workers": (lambda t, s: predict(t, s, "--workers", "-2"), "argument --workers: must be an int >= 0"),
-    "predict_out_is_a_folder": (lambda t, s: predict(t, s, "--out", str(_mkdir_with(t / "outdir"))),
-                                "--out " + "OUTDIR is a folder; expected a file name"),
-    "model_other_method_tensors": (lambda t, s: predict(t, s, model=_model(t, s, _other_tensors)),
-                                   "lacks the tensor 'fixed.text_features' of a 'clip_adapter' model"),
-    "model_bad_config_value": (lambda t, s: predict(t, s, model=_model(t, s, _edit_config("config", {"alpha": 5}))),
-                               "adapter_config.json: The 'alpha' parameter of ClipAdapterConfig must be a float"),
-    "model_bad_embed_dim": (lambda t, s: predict(t, s, model=_model(t, s, _edit_config("embed_dim", "32"))),
-                            "'embed_dim' must be an int > 0. Got '32' instead"),
-    "model_unknown_method": (lambda t, s: predict(t, s, model=_model(t, s, _edit_config("method", "magic"))),
-                             "adapter_config.json: Unknown method 'magic'"),
-    "model_wrong_shapes": (lambda t, s: predict(t, s, model=_model(t, s, _wrong_shapes)),
-                           "does not fit a 'clip_adapter' model of dim 32"),
-    "model_classes_vs_tensors": (lambda t, s: predict(t, s, model=_model(t, s, _edit_config("classnames", ["a"]))),
-                                 "its class text features have shape (4, 32), but"),
-    "model_missing": (lambda t, s: predict(t, s, model=t / "nope"), "Model directory"),
+    Case("top_k_zero", pred("--top-k", "0"), "argument --top-k: must be an int >= 1. Got '0'"),
+    Case("predict_batch_size", pred("--batch-size", "0"), "argument --batch-size: must be"),
+    Case("predict_workers", pred("--workers", "-2"), "argument --workers: must be an int >= 0"),
+    Case("predict_out_is_a_folder", pred("--out", tmp(_mkdir_with, "outdir")),
+         "--out " + "OUTDIR is a folder; expected a file name"),
+    Case("model_other_method_tensors", pred(change=_other_tensors),
+         "lacks the tensor 'fixed.text_features' of a 'clip_adapter' model"),
+    Case("model_bad_config_value", pred(change=_edit_config("config", {"alpha": 5})),
+         "adapter_config.json: The 'alpha' parameter of ClipAdapterConfig must be a float"),
+    Case("model_bad_embed_dim", pred(change=_edit_config("embed_dim", "32")),
+         "'embed_dim' must be an int > 0. Got '32' instead"),
+    Case("model_unknown_method", pred(change=_edit_config("method", "magic")),
+         "adapter_config.json: Unknown method 'magic'"),
+    Case("model_wrong_shapes", pred(change=_wrong_shapes), "does not fit a 'clip_adapter' model of dim 32"),
+    Case("model_classes_vs_tensors", pred(change=_edit_config("classnames", ["a"])),
+         "its class text features have shape (4, 32), but"),
+    Case("model_missing", lambda t, s: predict(t, s, model=t / "nope"), "Model directory"),
     # -- evaluate
-    "evaluate_other_classes": (lambda t, s: evaluate(t, s, _subset(t)),
-                               "have different classes (only in the dataset: ['purple']; only in the model: "
-                               "['yellow'])"),
-    "evaluate_class_map_syntax": (lambda t, s: evaluate(t, s, _subset(t), "--class-map", "purple"),
-                                  "--class-map 'purple' must be 'by-name', FILE.json or"),
-    "evaluate_class_map_target": (lambda t, s: evaluate(t, s, _subset(t), "--class-map", "purple=violet"),
-                                  "Dataset class 'purple' maps to 'violet', which is not a class of the model"),
-    "evaluate_by_name_not_subset": (lambda t, s: evaluate(t, s, _subset(t), "--class-map", "by-name"),
-                                    "Dataset class 'purple' maps to 'purple'"),
-    "evaluate_batch_size": (lambda t, s: evaluate(t, s, s["data"], "--batch-size", "0"), "argument --batch-size"),
+    Case("evaluate_other_classes", evaluate_on(_subset),
+         "have different classes (only in the dataset: ['purple']; only in the model: ['yellow'])"),
+    Case("evaluate_class_map_syntax", evaluate_on(_subset, "--class-map", "purple"),
+         "--class-map 'purple' must be 'by-name', FILE.json or"),
+    Case("evaluate_class_map_target", evaluate_on(_subset, "--class-map", "purple=violet"),
+         "Dataset class 'purple' maps to 'violet', which is not a class of the model"),
+    Case("evaluate_by_name_not_subset", evaluate_on(_subset, "--class-map", "by-name"),
+         "Dataset class 'purple' maps to 'purple'"),
+    Case("evaluate_batch_size", evaluate_on(None, "--batch-size", "0"), "argument --batch-size"),
     # -- experiment YAML
-    "yaml_invalid": (lambda t, s: _yaml(t, "datasets: [DATA\nmethods: {"), "is not valid YAML"),
-    "yaml_n_views": (lambda t, s: _yaml(t, "datasets: [DATA]\nmethods: {zero_shot: {}}\nn_views: -1\n"),
-                     "'n_views' must be an int >= 0. Got -1 instead"),
-    "yaml_unknown_key": (lambda t, s: _yaml(t, "datasets: [DATA]\nmethods: {zero_shot: {}}\nseed: [1]\n"),
-                         "unknown key 'seed' (did you mean 'seeds'?)"),
-    "yaml_batch_size": (lambda t, s: _yaml(t, "datasets: [DATA]\nmethods: {zero_shot: {}}\nbatch_size: 0\n"),
-                        "'batch_size' must be an int >= 1. Got 0 instead"),
-    "yaml_outside_flag": (lambda t, s: _yaml(t, "datasets: [{data: DATA, allow_outside_paths: yes please}]\n"
-                                                "methods: {zero_shot: {}}\n"),
-                          "'allow_outside_paths' must be a bool"),
+    Case("yaml_invalid", yaml("datasets: [DATA\nmethods: {"), "is not valid YAML"),
+    Case("yaml_n_views", yaml(YAML_OK + "n_views: -1\n"), "'n_views' must be an int >= 0. Got -1 instead"),
+    Case("yaml_unknown_key", yaml(YAML_OK + "seed: [1]\n"), "unknown key 'seed' (did you mean 'seeds'?)"),
+    Case("yaml_batch_size", yaml(YAML_OK + "batch_size: 0\n"), "'batch_size' must be an int >= 1. Got 0 instead"),
+    Case("yaml_outside_flag", yaml("datasets: [{data: DATA, allow_outside_paths: yes please}]\nmethods: {zero_shot: {}}\n"),
+         "'allow_outside_paths' must be a bool"),
+    Case("yaml_alias_bomb", yaml(BOMB), "its aliases (*name) expand to 926,177,115 values, more than the 100,000"),
+    Case("yaml_recursive_alias", yaml("datasets: &a [*a]\n"), "an alias refers to a value that contains it"),
+    Case("yaml_too_deep", yaml("datasets: " + "[" * 5000 + "]" * 5000 + "\n"), "is nested too deeply"),
+    Case("yaml_huge_value_in_error", yaml(YAML_OK + "n_views: [" + "xxxxxxxx, " * 5_000 + "]\n"),
+         "'n_views' must be an int >= 0. Got ['xxxxxxxx', 'xxxxxxxx', 'xxxxxxxx', 'xxxxxxxx', 'xxxxxxxx', 'xxxxxxxx', "
+         "...] instead"),
+    Case("yaml_duplicate_key", yaml(YAML_OK + "shots: [1]\nshots: [2]\n"),
+         "line 4 is not valid YAML (duplicate key 'shots' (first on line 3); YAML would keep only the last value"),
+    Case("yaml_duplicate_nested_key", yaml("datasets: [DATA]\nmethods: {linear_probe: {grid: {C: [1]}, grid: {}}}\n"),
+         "duplicate key 'grid' (first on line 2)"),
+    Case("yaml_merge_key", yaml("base: &b {n_views: 2}\n<<: *b\n" + YAML_OK),
+         "line 2 is not valid YAML (merge keys ('<<') are not supported"),
+    Case("yaml_two_documents", yaml(YAML_OK + "---\nshots: [1]\n"), "line 3 is not valid YAML (but found another document)"),
+    Case("yaml_class_only_in_test", yaml(TRAINED, _split_tree),
+         "1 of 4 classes has no training images ('yellow'; e.g. a class only in val/ or test/)"),
+    Case("yaml_shots_above_a_class", yaml(TRAINED + "shots: [50]\n"),
+         "4 classes have fewer than 50 training images: 'blue' (3), 'green' (3), 'red' (3), 'yellow' (3)"),
+    Case("yaml_one_class", yaml(TRAINED, _one_class), "has one class ('blue'); a few-shot classifier needs at least 2"),
     # -- datasets / report
-    "verify_workers": (lambda t, s: ["datasets", "verify", str(_images(t)), "--workers", "0"],
-                       "argument --workers: must be an int >= 1"),
-    "verify_unknown": (lambda t, s: ["datasets", "verify", "dtdd"], "Unknown dataset 'dtdd'; did you mean 'dtd'?"),
-    "report_missing": (lambda t, s: ["report", str(t / "none")], "Results folder"),
-}
+    Case("verify_workers", argv("datasets", "verify", IMAGES, "--workers", "0"),
+         "argument --workers: must be an int >= 1"),
+    Case("verify_unknown", argv("datasets", "verify", "dtdd"), "Unknown dataset 'dtdd'; did you mean 'dtd'?"),
+    Case("report_missing", argv("report", lambda t: str(t / "none")), "Results folder"),
+]
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_bad_input_is_one_line_error(case, saved, tmp_path, capsys, one_thread):
-    build, fragment = CASES[case]
-    argv = build(tmp_path, saved)
+    argv = case.build(tmp_path, saved)
     before = {p for p in tmp_path.rglob("*")}
     try:
         rc = main(argv)
@@ -382,8 +523,9 @@ def test_bad_input_is_one_line_error(case, saved, tmp_path, capsys, one_thread):
     errors = [ln for ln in err.splitlines() if "error:" in ln]
     assert rc != 0, f"{case}: exit code 0; stderr: {err}"
     assert len(errors) == 1 and "Traceback" not in err, f"{case}: not one error line:\n{err}"
-    fragment = fragment.replace("OUTDIR", str(tmp_path / "outdir")).replace("TMP", str(tmp_path))
+    fragment = case.fragment.replace("OUTDIR", str(tmp_path / "outdir")).replace("TMP", str(tmp_path))
     assert fragment in errors[0], f"{case}: {fragment!r} not in {errors[0]!r}"
+    assert len(errors[0]) < 2100, f"{case}: the error line is {len(errors[0])} characters long"
     # Nothing half-written: no result record, no model folder, no temporary file appeared.
     new = {p for p in tmp_path.rglob("*")} - before
     leftovers = [p for p in new if p.suffix in (".tmp", ".part") or p.name.endswith(".json") and "runs" in p.parts

@@ -47,7 +47,7 @@ def test_cli_errors(color_dir, tmp_path, capsys):
     rc = main(["run", "--data", str(color_dir), "--set", "alpah=0.1", *BASE])
     assert "did you mean 'alpha'" in capsys.readouterr().err and rc == 1
     rc = main(["run", "--data", str(color_dir), "--shots", "50", "--output", str(tmp_path), *BASE])
-    assert "has 6 training images; 50 shots asked" in capsys.readouterr().err and rc == 1
+    assert "4 classes have fewer than 50 training images: 'blue' (6), 'green' (6)" in capsys.readouterr().err and rc == 1
 
 
 def test_help_explains_every_option(capsys):

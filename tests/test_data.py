@@ -135,7 +135,8 @@ def test_sampler_deterministic_nested_and_seeded():
 
 
 def test_sampler_errors_and_repeat():
-    with pytest.raises(ValueError, match=r"Class 'tiny' \(label 2\) has 2 training images; 4 shots asked"):
+    with pytest.raises(ValueError,
+                       match=r"The training split: class 'tiny' \(label 2\) has 2 training images; 4 shots asked"):
         sample_k_shot(_items(), 4, seed=1, classnames=["a", "b", "tiny"])
     out = sample_k_shot(_items(), 4, seed=1, repeat=True)
     assert len(out) == 12 and len({it.path for it in out if it.label == 2}) == 2

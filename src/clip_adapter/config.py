@@ -17,15 +17,27 @@ import dataclasses
 import difflib
 import json
 import math
+import reprlib
 import warnings
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Iterable, Mapping
 
 __all__ = ["Constraint", "Interval", "Options", "Bool", "Text", "NoneOr", "IntList", "Predicate", "closest", "suggest",
-           "unknown_key", "invalid_value", "check_keys", "invalid_examples", "MethodConfig"]
+           "unknown_key", "invalid_value", "check_keys", "invalid_examples", "MethodConfig", "brief"]
 
 
 # -- messages ------------------------------------------------------------------------------------------------
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother, _BRIEF.maxlong = 3, 80, 80, 40
+_BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxdict = _BRIEF.maxset = 6
+
+
+def brief(value: Any) -> str:
+    """``repr(value)`` capped (a few items per level, a few levels, 80 characters per string): what an error message
+    shows of a value, so a huge or deeply shared value (a YAML alias bomb) costs nothing to print."""
+    return _BRIEF.repr(value)
+
+
 def closest(key: object, valid: Iterable[str]) -> str | None:
     """The entry of ``valid`` nearest to ``key`` (difflib's ratio >= 0.6), or None: the one "did you mean"."""
     near = difflib.get_close_matches(str(key), list(valid), n=1)
@@ -35,21 +47,21 @@ def closest(key: object, valid: Iterable[str]) -> str | None:
 def suggest(key: object, valid: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``valid`` to ``key``, else ``""``."""
     near = closest(key, valid)
-    return f" (did you mean {near!r}?)" if near else ""
+    return f" (did you mean {brief(near)}?)" if near else ""
 
 
 def unknown_key(what: str, key: object, valid: Iterable[str], where: str = "") -> ValueError:
     """``[where: ]Unknown <what> 'key' (did you mean 'x'?). Valid: a, b, c.``"""
     valid = sorted(valid)
     prefix = f"{where}: " if where else ""
-    return ValueError(f"{prefix}Unknown {what} {key!r}{suggest(key, valid)}. Valid: {', '.join(valid)}.")
+    return ValueError(f"{prefix}Unknown {what} {brief(key)}{suggest(key, valid)}. Valid: {', '.join(valid)}.")
 
 
 def invalid_value(name: str, value: Any, expected: str, *, owner: str | None = None, where: str = "") -> ValueError:
     """The one shape of a bad value: ``The 'name' parameter of Owner must be <expected>. Got <value> instead.``,
     or ``<where>: 'name' must be <expected>. Got <value> instead.`` for settings that belong to a file."""
     head = f"The {name!r} parameter of {owner}" if owner else (f"{where}: {name!r}" if where else repr(name))
-    return ValueError(f"{head} must be {expected}. Got {value!r} instead.")
+    return ValueError(f"{head} must be {expected}. Got {brief(value)} instead.")
 
 
 def check_keys(d: Mapping, valid: Iterable[str], where: str) -> None:
@@ -57,7 +69,7 @@ def check_keys(d: Mapping, valid: Iterable[str], where: str) -> None:
     valid = list(valid)
     for k in d:
         if k not in valid:
-            raise ValueError(f"{where}: unknown key {k!r}{suggest(k, valid)}. Valid keys: {', '.join(valid)}.")
+            raise ValueError(f"{where}: unknown key {brief(k)}{suggest(k, valid)}. Valid keys: {', '.join(valid)}.")
 
 
 # -- constraints ---------------------------------------------------------------------------------------------

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from .config import invalid_value
+from .datasets.images import open_rgb
 from .datasets.types import Item
 from .io import atomic_path, default_cache_dir, progress_bar, safe_name, worker_error
 
@@ -59,11 +59,7 @@ def _view_seed(path: str, view: int) -> int:
 def load_image_views(path: str, transform: Callable, views: Sequence[int] | None = None) -> torch.Tensor:
     """An image through ``transform``: ``(3, H, W)``, or with ``views`` a stack ``(V, 3, H, W)`` of seeded augmented
     views (view v of an image is the same crop/flip on every machine); one-line error for an unreadable file."""
-    try:
-        with Image.open(path) as im:
-            img = im.convert("RGB")
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-        raise OSError(f"Image {path} could not be read ({type(e).__name__}: {e}).") from None
+    img = open_rgb(path)
     if views is None:
         return transform(img)
     out = []

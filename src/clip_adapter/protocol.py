@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from .datasets.types import Dataset, Item
 from .evaluation import evaluate_predictions
 from .features import FeatureCache
-from .fewshot import sample_k_shot, val_shots
+from .fewshot import check_shots, sample_k_shot, sample_val
 from .imageset import ImageSource
 from .io import package_versions, write_json
 from .config import Bool, Interval, MethodConfig, NoneOr, Text, invalid_value
@@ -138,11 +139,22 @@ def _labels(items: Sequence[Item]) -> torch.Tensor:
 
 
 def fewshot_items(dataset: Dataset, spec: RunSpec) -> tuple[list[Item], list[Item]]:
-    """The run's few-shot train and val items (the index file's when the spec has them, else seeded samples)."""
-    train = list(spec.train_items) if spec.train_items is not None else sample_k_shot(
-        dataset.split("train"), spec.shots, spec.seed, repeat=spec.repeat_shots, classnames=dataset.classnames)
-    val = list(spec.val_items) if spec.val_items is not None else sample_k_shot(
-        dataset.split("val"), val_shots(spec.shots), spec.seed, repeat=True, classnames=dataset.classnames)
+    """The run's few-shot train and val items (the index file's when the spec has them, else seeded samples).
+    Every class must be in the train set (with ``spec.shots`` images unless ``repeat_shots``): a one-line error
+    naming the dataset and the classes, never a class silently left out."""
+    where = f"Dataset {dataset.name} ({dataset.source or 'in memory'})"
+    if spec.train_items is not None:
+        train = list(spec.train_items)
+        counts = Counter(it.label for it in train)
+        check_shots(counts, spec.shots, dataset.classnames, where=f"{where}: the given few-shot train set")
+        if set(counts.values()) != {spec.shots}:
+            raise ValueError(f"{where}: the given few-shot train set has {min(counts.values())} to "
+                             f"{max(counts.values())} images per class; the spec says {spec.shots} shots.")
+    else:
+        train = sample_k_shot(dataset.split("train"), spec.shots, spec.seed, repeat=spec.repeat_shots,
+                              classnames=dataset.classnames, where=where)
+    val = list(spec.val_items) if spec.val_items is not None else sample_val(
+        dataset.split("val"), spec.shots, spec.seed, dataset.classnames, where=where)
     return train, val
 
 

@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     q.add_argument("--full", action="store_true", help="fully decode each image (slower; finds truncated files).")
     q.add_argument("--workers", type=count(1), default=None, help="threads opening images (default: up to 8).")
     q.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text).")
+    q.add_argument("--allow-outside-paths", action="store_true",
+                   help="let split-file/CSV entries point outside the dataset folder (absolute paths, '..'); refused "
+                        "by default.")
     q.add_argument("--no-progress", action="store_true", help="hide progress bars.")
     p.set_defaults(func=_cmd_datasets, _datasets_parser=p)
 
@@ -91,7 +94,8 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    report = verify(args.name, args.root, full=args.full, workers=args.workers, progress=not args.no_progress)
+    report = verify(args.name, args.root, full=args.full, workers=args.workers, progress=not args.no_progress,
+                    allow_outside_paths=args.allow_outside_paths)
     if args.format == "json":
         print(json.dumps(report.to_dict(), indent=2))
     else:

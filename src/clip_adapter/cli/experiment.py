@@ -54,6 +54,8 @@ def cmd_experiment(args) -> int:
     if args.dry_run:
         print(f"{config.name}: {result.planned} runs, {result.skipped} done, {result.planned - result.skipped} to go "
               f"-> {config.output}")
+        if result.size is not None:
+            print(f"plan: {result.size.line()}")
         return 0
     if result.report.get("markdown"):
         print(Path(result.report["markdown"]).read_text())

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 from ..datasets import SPLITS, load_dataset
+from ..experiment.size import run_size
 from ..fewshot import read_index_file
 from ..methods import check_overrides, get_method_class
 from ..protocol import RunSpec, run_one
 from ..report import format_table
 from .common import add_backbone_args, add_data_args, backbone_from_args, cache_from_args, count, parse_grid, seed
+
+log = logging.getLogger(__name__)
 
 # Shortcut flags for CLIP-Adapter's fields: (flag, config key, args attribute).
 SHORTCUTS = (("--alpha", "alpha", "alpha"), ("--alpha-text", "alpha_text", "alpha_text"),
@@ -72,11 +76,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = _overrides(args, cls)
     grid = parse_grid(args.grid) if args.grid else None
     dataset = load_dataset(args.data, root=args.root, allow_outside_paths=args.allow_outside_paths)
+    size = run_size(cls.name, overrides, grid, args.shots, {s: len(dataset.split(s)) for s in SPLITS},
+                    dataset.num_classes, args.views)
+    log.info("%s: plan: %s", dataset.name, size.line())
+    if size.warning():
+        log.warning("%s: %s", dataset.name, size.warning())
     backbone = backbone_from_args(args)
     train_items = val_items = None
     if args.fewshot_index:
         idx = read_index_file(args.fewshot_index, {s: dataset.split(s) for s in SPLITS},
-                              classnames=dataset.classnames)
+                              classnames=dataset.classnames, shots=args.shots)
         train_items, val_items = idx["train"], idx.get("val")
     spec = RunSpec(method=cls.name, shots=args.shots, seed=args.seed, overrides=overrides, grid=grid,
                    n_views=args.views, repeat_shots=args.repeat_shots, templates=args.template or None,

@@ -17,15 +17,17 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import random
 from pathlib import Path
 
+from ..config import closest
 from .catalog import templates_for
 from .checks import (DataError, check_label, check_label_names, check_no_gaps, check_templates, check_unique_images,
                      join_inside)
 from .types import IMAGE_EXTENSIONS, SPLITS, Dataset, Item, anchor, readable
 
-__all__ = ["read_coop", "read_image_folder", "read_csv", "images_in"]
+__all__ = ["read_coop", "read_image_folder", "read_csv", "images_in", "loads_strict"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,26 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise DataError(f"the key {k!r} appears twice in one object (JSON would keep only the last one)")
+        out[k] = v
+    return out
+
+
+def loads_strict(text: str, what: str) -> object:
+    """JSON whose objects have unique keys (``json.loads`` silently keeps the last of two equal keys); one-line
+    error naming ``what`` (e.g. ``"Split file x.json"``)."""
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{what} is not valid JSON ({e}).") from None
+    except DataError as e:
+        raise DataError(f"{what}: {e}; give each key once.") from None
 
 
 def _extra_files(folder: Path, classnames: list[str], name: str) -> tuple[list[str], list[str]]:
@@ -90,10 +112,7 @@ def _split_file(folder: Path, split_file: str | Path | None) -> Path:
 def read_split_file(split_file: Path) -> dict[str, list[tuple[str, int, str]]]:
     """The entries of a CoOp split file, checked: exactly the keys train/val/test, each a list of
     ``[relpath, label, classname]`` with a string path, an int label >= 0 and a string class name."""
-    try:
-        raw = json.loads(_read_text(split_file))
-    except json.JSONDecodeError as e:
-        raise DataError(f"Split file {split_file} is not valid JSON ({e}).") from None
+    raw = loads_strict(_read_text(split_file), f"Split file {split_file}")
     if not isinstance(raw, dict):
         raise DataError(f"Split file {split_file} must hold a JSON object with keys train, val, test; got a "
                         f"{type(raw).__name__}.")
@@ -157,60 +176,151 @@ def _seeded_split(per_class: dict[int, list[str]], seed: int) -> dict[str, list[
     return out
 
 
-def images_in(folder: str | Path) -> list[str]:
+def images_in(folder: str | os.PathLike) -> list[str]:
     """Image files under ``folder`` (recursive, known extensions only), sorted."""
     return sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _distinct_names(raw: list[str], where: str) -> list[str]:
+    """Class names for prompts (``readable``); two folders/labels that read the same (``blue_jay`` and ``blue jay``)
+    would be two classes with one name, so that is an error."""
+    names = [readable(c) for c in raw]
+    for i, n in enumerate(names):
+        if names.index(n) != i:
+            raise DataError(f"{where}: classes {raw[names.index(n)]!r} and {raw[i]!r} both read as {n!r} ('_' is a "
+                            f"space in class names); rename one.")
+    return names
+
+
+def _images_warn(folder: Path, skipped: list[str]) -> list[str]:
+    """``images_in(folder)``; files with other extensions (not hidden) are added to ``skipped``, to be named in a
+    warning rather than dropped silently."""
+    out = []
+    for p in Path(folder).rglob("*"):
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+            out.append(str(p))
+        elif not p.name.startswith(".") and p.is_file():
+            skipped.append(str(p))
+    return sorted(out)
 
 
 def _class_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _split_folders(folder: Path, subdirs: list[str]) -> list[str]:
+    """The split folders (train/, val/, test/) of a class-folder tree, [] when it has none; an incomplete or mixed
+    layout is an error (its split folders would otherwise be read as classes named 'train' and 'test')."""
+    present = [s for s in SPLITS if s in subdirs]
+    if not present or (len(present) == 1 and len(subdirs) > 1):
+        return []
+    others = [d for d in subdirs if d not in SPLITS]
+    if others:
+        raise DataError(f"Dataset folder {folder} mixes split folders ({', '.join(present)}) with other folders "
+                        f"({', '.join(others[:5])}); expected {folder}/<split>/<class>/<image> or "
+                        f"{folder}/<class>/<image>.")
+    if "train" not in present or "test" not in present:
+        lacking = "train" if "train" not in present else "test"
+        raise DataError(f"Dataset folder {folder} has {'/, '.join(present)}/ but no {lacking}/; expected train/ and "
+                        f"test/ (and val/: without it, validation images are taken from train/).")
+    return present
+
+
+def _carve_val(splits: dict[str, list[Item]], seed: int) -> dict[str, list[Item]]:
+    """A validation split from train/ (20% of each class, seeded; classes with one image keep it for training)."""
+    per_class: dict[int, list[str]] = {}
+    for it in splits["train"]:
+        per_class.setdefault(it.label, []).append(it.path)
+    train: list[Item] = []
+    val: list[Item] = []
+    for label in sorted(per_class):
+        paths = sorted(per_class[label])
+        random.Random(f"{seed}-{label}").shuffle(paths)
+        n_va = max(1, round(len(paths) * DEFAULT_SPLIT[1])) if len(paths) >= 2 else 0
+        val += [Item(p, label) for p in paths[:n_va]]
+        train += [Item(p, label) for p in paths[n_va:]]
+    return {"train": train, "val": val, "test": splits["test"]}
+
+
 def read_image_folder(folder: str | Path, split_seed: int = 0) -> Dataset:
-    """Read ``<dir>/<class>/*`` (seeded split) or ``<dir>/{train,val,test}/<class>/*``."""
+    """Read ``<dir>/<class>/*`` (seeded split) or ``<dir>/{train,val,test}/<class>/*`` (without val/, validation
+    images are taken from train/: 20% of each class, seeded)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"Dataset folder {folder} not found.")
-    if all((folder / s).is_dir() for s in SPLITS):
-        class_dirs = sorted({c for s in SPLITS for c in _class_dirs(folder / s)})
+    skipped: list[str] = []
+    present = _split_folders(folder, _class_dirs(folder))
+    if present:
+        class_dirs = sorted({c for s in present for c in _class_dirs(folder / s)})
         if not class_dirs:
-            raise DataError(f"Dataset folder {folder}: train/, val/ and test/ hold no class subfolders; expected "
+            raise DataError(f"Dataset folder {folder}: {'/, '.join(present)}/ hold no class subfolders; expected "
                             f"{folder}/train/<class>/<image>.")
         index = {c: i for i, c in enumerate(class_dirs)}
-        splits = {s: [Item(p, index[c]) for c in _class_dirs(folder / s) for p in images_in(folder / s / c)]
-                  for s in SPLITS}
+        splits = {s: [Item(p, index[c]) for c in _class_dirs(folder / s) for p in _images_warn(folder / s / c, skipped)]
+                  if s in present else [] for s in SPLITS}
+        skipped += [str(p) for s in present for p in (folder / s).iterdir() if p.is_file()
+                    and not p.name.startswith(".")]
+        if "val" not in present:
+            splits = _carve_val(splits, split_seed)
+            log.info("%s has no val/ folder: %d validation images taken from train/ (20%% per class, seeded).",
+                     folder, len(splits["val"]))
     else:
         class_dirs = _class_dirs(folder)
         if not class_dirs:
             raise DataError(f"Dataset folder {folder} has no class subfolders; expected {folder}/<class>/<image>, "
                             f"a split_zhou_*.json (CoOp layout) or a CSV file.")
-        per_class = {i: images_in(folder / c) for i, c in enumerate(class_dirs)}
+        per_class = {i: _images_warn(folder / c, skipped) for i, c in enumerate(class_dirs)}
         empty = [class_dirs[i] for i, v in per_class.items() if not v]
         if empty:
             raise DataError(f"Class folder {folder / empty[0]} contains no images "
                             f"({', '.join(sorted(IMAGE_EXTENSIONS))}).")
         splits = _seeded_split(per_class, split_seed)
-    classnames, templates = _extra_files(folder, [readable(c) for c in class_dirs], folder.name)
+    if skipped:
+        log.warning("%s: %d files are not images (%s) and were skipped, e.g. %s.", folder, len(skipped),
+                    ", ".join(sorted(IMAGE_EXTENSIONS)), skipped[0])
+    classnames, templates = _extra_files(folder, _distinct_names(class_dirs, f"Dataset folder {folder}"),
+                                         folder.name)
     return Dataset(folder.name, classnames, anchor(splits, folder), templates, source=str(folder))
 
 
 # -- CSV -------------------------------------------------------------------------------------------------------
+CSV_COLUMNS = ("path", "label", "split")
+
+
 def _csv_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
     try:
-        with csv_path.open(newline="", encoding="utf-8") as f:
+        with csv_path.open(newline="", encoding="utf-8-sig") as f:   # -sig: a BOM (Excel's UTF-8) is not data
             reader = csv.DictReader(f)
             cols = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in r.items()}
-                    for r in reader]
+            _check_csv_columns(csv_path, cols)
+            rows = []
+            for r in reader:
+                if None in r:   # more fields than columns: DictReader would hide them under the key None
+                    raise DataError(f"CSV file {csv_path} row {reader.line_num}: {len(cols) + len(r[None])} fields; "
+                                    f"the header has {len(cols)} ({', '.join(cols)}); quote a path that has a comma.")
+                rows.append({(k or "").strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in r.items()})
     except UnicodeDecodeError as e:
         raise DataError(f"CSV file {csv_path} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
     except csv.Error as e:
         raise DataError(f"CSV file {csv_path} could not be parsed ({e}).") from None
-    if "path" not in cols or "label" not in cols:
-        raise DataError(f"CSV file {csv_path} must have a header with 'path' and 'label' columns; got {cols}.")
     if not rows:
         raise DataError(f"CSV file {csv_path} has no rows.")
     return cols, rows
+
+
+def _check_csv_columns(csv_path: Path, cols: list[str]) -> None:
+    """path and label present, no column twice, and no column that looks like a misspelt one (``spilt``: its
+    split would otherwise be silently replaced by a seeded one); other columns are ignored."""
+    if "path" not in cols or "label" not in cols:
+        raise DataError(f"CSV file {csv_path} must have a header with 'path' and 'label' columns; got {cols}.")
+    dup = next((c for c in cols if cols.count(c) > 1), None)
+    if dup is not None:
+        raise DataError(f"CSV file {csv_path}: the column {dup!r} appears twice in the header; give each once.")
+    for c in cols:
+        near = closest(c.lower(), CSV_COLUMNS)
+        if c not in CSV_COLUMNS and near is not None and near not in cols:
+            raise DataError(f"CSV file {csv_path}: unknown column {c!r} (did you mean {near!r}?); the columns are "
+                            f"path, label and the optional split.")
 
 
 def _csv_labels(csv_path: Path, rows: list[dict[str, str]]) -> tuple[list[int], list[str]]:
@@ -231,7 +341,7 @@ def _csv_labels(csv_path: Path, rows: list[dict[str, str]]) -> tuple[list[int], 
                         f"kind for every row.")
     names = sorted(set(labels))
     index = {c: i for i, c in enumerate(names)}
-    return [index[lbl] for lbl in labels], [readable(c) for c in names]
+    return [index[lbl] for lbl in labels], _distinct_names(names, f"CSV file {csv_path}")
 
 
 def read_csv(csv_path: str | Path, split_seed: int = 0, allow_outside_paths: bool = False) -> Dataset:

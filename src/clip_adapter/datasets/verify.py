@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 
 from ..io import progress_bar
 from .catalog import get_info
+from .images import to_rgb
 from .builtin import read_builtin
 from .load import load_dataset
 from .readers import read_coop
@@ -34,6 +36,7 @@ class VerifyReport:
     missing: list[str] = field(default_factory=list)
     corrupt: list[tuple[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # facts that are not problems (e.g. the fewest training images)
 
     @property
     def ok(self) -> bool:
@@ -51,7 +54,7 @@ class VerifyReport:
 
     def lines(self, limit: int | None = 50) -> list[str]:
         """The summary, then one line per problem, missing and corrupt file (at most ``limit`` file lines)."""
-        out = [self.summary(), *self.problems]
+        out = [self.summary(), *self.problems, *self.notes]
         bad = [f"missing: {p}" for p in self.missing] + [f"corrupt: {p} ({why})" for p, why in self.corrupt]
         shown = bad if limit is None else bad[:limit]
         out += shown
@@ -63,7 +66,37 @@ class VerifyReport:
         return {"name": self.name, "folder": self.folder, "ok": self.ok, "checked": self.checked,
                 "counts": self.counts, "expected_counts": self.expected_counts, "classes": self.classes,
                 "expected_classes": self.expected_classes, "problems": self.problems, "missing": self.missing,
-                "corrupt": [{"path": p, "error": e} for p, e in self.corrupt]}
+                "corrupt": [{"path": p, "error": e} for p, e in self.corrupt], "notes": self.notes}
+
+
+def class_problems(ds) -> list[str]:
+    """What would stop a few-shot run on ``ds`` whatever the shots: an empty train split, a single class, classes
+    without training images (in val/test only); a run names the same classes."""
+    per_class = Counter(it.label for it in ds.splits.get("train", []))
+    names = ds.classnames
+    if not per_class:
+        return ["the 'train' split is empty: runs that train (every method but zero_shot) need training images."]
+    if len(names) < 2:
+        return [f"one class only ({names[0]!r}): a classifier needs at least 2 classes."] if names else []
+    missing = [names[y] for y in range(len(names)) if not per_class.get(y)]
+    if missing:
+        shown = ", ".join(repr(c) for c in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10
+                                                            else "")
+        verb = "has" if len(missing) == 1 else "have"
+        return [f"{len(missing)} of {len(names)} classes {verb} no training images ({shown}): runs that train "
+                f"refuse this dataset."]
+    return []
+
+
+def shots_note(ds) -> list[str]:
+    """The fewest training images of a class: more shots than that are an error unless sampled with repetition."""
+    per_class = Counter(it.label for it in ds.splits.get("train", []))
+    if not per_class or len(per_class) < ds.num_classes:
+        return []
+    low = min(per_class.values())
+    name = ds.classnames[min(y for y in per_class if per_class[y] == low)]
+    return [f"training images per class: {low} to {max(per_class.values())} (fewest: {name!r}); --shots above {low} "
+            f"needs --repeat-shots."]
 
 
 def _check_image(path: str, full: bool) -> str | None:
@@ -75,7 +108,7 @@ def _check_image(path: str, full: bool) -> str | None:
     try:
         with Image.open(path) as im:
             if full:
-                im.load()
+                to_rgb(im)  # the decoder training and prediction use, so "OK" means they can read it
             else:
                 im.verify()
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad files
@@ -97,7 +130,7 @@ def _guess_image_dir(folder: Path, split_file: Path, sample: int = 50) -> Path:
     return candidates[max(range(len(candidates)), key=hits.__getitem__)]
 
 
-def _load(name_or_path: str | os.PathLike, root: str | os.PathLike | None):
+def _load(name_or_path: str | os.PathLike, root: str | os.PathLike | None, allow_outside_paths: bool = False):
     """(dataset, its folder, expected split counts, expected classes, its name): expectations for built-in names."""
     path = Path(name_or_path).expanduser()
     if not path.exists():
@@ -108,14 +141,15 @@ def _load(name_or_path: str | os.PathLike, root: str | os.PathLike | None):
     if len(split_files) == 1:
         # read_coop locates the image folder from the first entries of each split, which is exactly what may be
         # missing here; vote over a larger sample instead.
-        ds = read_coop(path, split_file=split_files[0], image_dir=_guess_image_dir(path, split_files[0]))
+        ds = read_coop(path, split_file=split_files[0], image_dir=_guess_image_dir(path, split_files[0]),
+                       allow_outside_paths=allow_outside_paths)
     else:
-        ds = load_dataset(path)
+        ds = load_dataset(path, allow_outside_paths=allow_outside_paths)
     return ds, path if path.is_dir() else path.parent, None, None, ds.name
 
 
 def verify(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None, *, full: bool = False,
-           workers: int | None = None, progress: bool = True) -> VerifyReport:
+           workers: int | None = None, progress: bool = True, allow_outside_paths: bool = False) -> VerifyReport:
     """Check that every image of every split exists and opens, and that the counts are the expected ones.
 
     Args:
@@ -124,11 +158,12 @@ def verify(name_or_path: str | os.PathLike, root: str | os.PathLike | None = Non
         root: data root for names.
         full: decode every image (slower, catches truncated JPEGs) instead of PIL's ``verify()``.
         workers: threads opening images (default: up to 8).
+        allow_outside_paths: let split-file/CSV entries point outside the dataset folder (as ``load_dataset``).
 
     Raises:
         ValueError / FileNotFoundError: unknown name, or the split file/required folders are missing.
     """
-    ds, folder, expected_counts, expected_classes, label = _load(name_or_path, root)
+    ds, folder, expected_counts, expected_classes, label = _load(name_or_path, root, allow_outside_paths)
     counts = {s: len(ds.splits.get(s, [])) for s in SPLITS}
     report = VerifyReport(label, str(folder), counts, ds.num_classes, expected_counts, expected_classes)
     if expected_counts and counts != expected_counts:
@@ -136,6 +171,8 @@ def verify(name_or_path: str | os.PathLike, root: str | os.PathLike | None = Non
             f"{s} {counts[s]} vs {expected_counts[s]}" for s in SPLITS if counts[s] != expected_counts[s]) + ".")
     if expected_classes is not None and ds.num_classes != expected_classes:
         report.problems.append(f"{ds.num_classes} classes; the registry expects {expected_classes}.")
+    report.problems += class_problems(ds)
+    report.notes += shots_note(ds)
     paths = sorted({it.path for s in SPLITS for it in ds.splits.get(s, [])})
     report.checked = len(paths)
 

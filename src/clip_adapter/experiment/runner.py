@@ -24,12 +24,14 @@ from typing import Any
 import yaml
 
 from ..datasets import load_dataset
+from ..fewshot import check_shots
 from ..io import torch_threads, write_text
 from ..report import build_report
 from ..results import RUNS_FILE, rebuild_runs_jsonl
 from .local import RunContext, finished, run_local
 from .plan import PlannedRun, dataset_identity, dataset_labels, plan_runs
 from .schema import ExperimentConfig, load_config, parse_config
+from .size import PlanSize, plan_size
 
 __all__ = ["ExperimentResult", "run_experiment", "parse_shard"]
 
@@ -49,6 +51,7 @@ class ExperimentResult:
     report: dict[str, Any] = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)   # (run, error) of runs that raised
     planned: int = 0                                                # runs in the plan
+    size: PlanSize | None = None                                    # runs, fits and images of the plan
 
     @property
     def output(self) -> Path:
@@ -112,19 +115,25 @@ def run_experiment(config: ExperimentConfig | Mapping | str | Path, *, progress:
     if shard is not None:
         runs = runs[shard[0]::shard[1]]
     output = Path(config.output)
+    check_datasets_have_shots(config, datasets, runs)
+    warning = plan_size(runs, runs, datasets, config.n_views).warning()
+    if warning:   # said before the result files of a huge plan are even looked at
+        log.warning("%s: %s", config.name, warning)
     records = {r.path: rec for r in runs if (rec := finished(r, config)) is not None}
     skipped = len(records)
+    size = plan_size(runs, [r for r in runs if r.path not in records], datasets, config.n_views)
     log.info("%s: %d runs, %d done, %d to go -> %s", config.name, len(runs), skipped, len(runs) - skipped, output)
+    log.info("%s: plan: %s", config.name, size.line())
     if dry_run:
         return ExperimentResult(config, [records[r.path] for r in runs if r.path in records], 0, skipped,
-                                time.perf_counter() - t0, 0, planned=len(runs))
+                                time.perf_counter() - t0, 0, planned=len(runs), size=size)
     output.mkdir(parents=True, exist_ok=True)
     write_config_copy(config)
     rebuild_runs_jsonl(output)
     ran, failed, encoded = _execute(config, runs, records, datasets, progress, skipped)
     log.info("%s: %d runs in %s", config.name, rebuild_runs_jsonl(output), output / RUNS_FILE)
     result = ExperimentResult(config, [records[r.path] for r in runs if r.path in records], ran, skipped,
-                              time.perf_counter() - t0, encoded, failed=failed, planned=len(runs))
+                              time.perf_counter() - t0, encoded, failed=failed, planned=len(runs), size=size)
     if (config.report if report is None else report) and shard is None:
         result.report = build_report(output)
     if result.failed:
@@ -132,6 +141,23 @@ def run_experiment(config: ExperimentConfig | Mapping | str | Path, *, progress:
                            f"{result.failed[0][1]}); the others are saved in {output}; rerun the same command to "
                            f"retry the failed ones.")
     return result
+
+
+def check_datasets_have_shots(config: ExperimentConfig, datasets: list, runs: list[PlannedRun]) -> None:
+    """Before any run: every class of every dataset has the training images the largest shot count of its trained
+    runs needs (one, with ``repeat_shots``); a one-line error naming the dataset and the classes otherwise, instead of
+    a class silently missing from training or one failed run per (shots, seed)."""
+    largest: dict[int, int] = {}
+    for r in runs:
+        if r.shots:
+            largest[r.dataset_index] = max(largest.get(r.dataset_index, 0), r.shots)
+    for di, k in sorted(largest.items()):
+        ds = datasets[di]
+        counts: dict[int, int] = {}
+        for it in ds.split("train"):
+            counts[it.label] = counts.get(it.label, 0) + 1
+        check_shots(counts, k, ds.classnames, repeat=config.repeat_shots,
+                    where=f"{config.source}: dataset {ds.name} ({ds.source})")
 
 
 def _execute(config: ExperimentConfig, runs: list[PlannedRun], records: dict[str, dict], datasets: list,

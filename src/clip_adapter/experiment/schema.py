@@ -18,13 +18,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import (Bool, Constraint, IntList, Interval, NoneOr, Predicate, Text, check_keys, invalid_value)
+from ..config import (Bool, Constraint, IntList, Interval, NoneOr, Predicate, Text, brief, check_keys,
+                      invalid_value)
 from ..backbones.base import normalise_pretrained
 from ..methods import get_method_class
 
 __all__ = ["ExperimentConfig", "DatasetEntry", "MethodEntry", "BackboneEntry", "AblationEntry", "ExecutorEntry",
-           "RayEntry", "parse_config",
-           "load_config", "reference_markdown", "setting", "DEFAULT_SHOTS", "DEFAULT_SEEDS"]
+           "RayEntry", "parse_config", "load_config", "read_yaml", "MAX_YAML_NODES", "reference_markdown", "setting",
+           "DEFAULT_SHOTS", "DEFAULT_SEEDS"]
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
@@ -89,7 +90,7 @@ def _mapping(v: Any, what: str) -> dict:
     if v is None:
         return {}
     if not isinstance(v, Mapping):
-        raise ValueError(f"{what} must be a mapping (key: value). Got {v!r} instead.")
+        raise ValueError(f"{what} must be a mapping (key: value). Got {brief(v)} instead.")
     return dict(v)
 
 
@@ -99,7 +100,7 @@ def _int_list(minimum: int | None) -> Callable[[Any, str, _Ctx], tuple[int, ...]
     def parse(v: Any, where: str, ctx: _Ctx) -> tuple[int, ...]:
         vals = [v] if isinstance(v, int) and not isinstance(v, bool) else v
         if not c.ok(vals):
-            raise ValueError(f"{where} must be {c.describe()}. Got {v!r} instead.")
+            raise ValueError(f"{where} must be {c.describe()}. Got {brief(v)} instead.")
         return tuple(vals)
     return parse
 
@@ -122,7 +123,7 @@ def _check_method_values(cls, overrides: dict, grid: dict | None, where: str) ->
     points = [dict(overrides)]
     for k, vals in (grid or {}).items():
         if not isinstance(vals, (list, tuple)) or not vals:
-            raise ValueError(f"{where}.grid.{k} must be a non-empty list of values. Got {vals!r} instead.")
+            raise ValueError(f"{where}.grid.{k} must be a non-empty list of values. Got {brief(vals)} instead.")
         points += [{**overrides, k: v} for v in vals]
     for point in points:
         try:
@@ -227,16 +228,16 @@ class ExecutorEntry:
 # -- parsers of the structured keys ----------------------------------------------------------------------------
 def _datasets(v: Any, where: str, ctx: _Ctx) -> tuple[DatasetEntry, ...]:
     if not isinstance(v, list) or not v:
-        raise ValueError(f"{where} must be a non-empty list of paths or built-in names. Got {v!r}.")
+        raise ValueError(f"{where} must be a non-empty list of paths or built-in names. Got {brief(v)}.")
     out = []
     for i, d in enumerate(v):
         at = f"{ctx.source}: datasets[{i}]"
         if isinstance(d, str):
             d = {"data": d}
         if not isinstance(d, Mapping):
-            raise ValueError(f"{at} must be a path, a built-in name or a mapping with 'data'. Got {d!r}.")
+            raise ValueError(f"{at} must be a path, a built-in name or a mapping with 'data'. Got {brief(d)}.")
         if not isinstance(d.get("data"), str) or not d["data"]:
-            raise ValueError(f"{at}: 'data' (a path or a built-in name) is required. Got {d.get('data')!r}.")
+            raise ValueError(f"{at}: 'data' (a path or a built-in name) is required. Got {brief(d.get('data'))}.")
         kw = _parse_fields(DatasetEntry, {"root": ctx.root, **d}, at, ctx)
         if _looks_like_path(kw["data"]):
             kw["data"] = _resolve_path(kw["data"], ctx.base)
@@ -247,7 +248,7 @@ def _datasets(v: Any, where: str, ctx: _Ctx) -> tuple[DatasetEntry, ...]:
 def _methods(v: Any, where: str, ctx: _Ctx) -> tuple[MethodEntry, ...]:
     if isinstance(v, list):
         if not all(isinstance(m, str) for m in v):
-            raise ValueError(f"{where} as a list must hold method names. Got {v!r}.")
+            raise ValueError(f"{where} as a list must hold method names. Got {brief(v)}.")
         v = {m: {} for m in v}
     out = []
     for label, spec in _mapping(v, where).items():
@@ -303,7 +304,7 @@ def _templates(v: Any, where: str, ctx: _Ctx) -> tuple[str, ...] | None:
         return None
     v = [v] if isinstance(v, str) else v
     if not isinstance(v, list) or not v or any(not isinstance(t, str) or t.count("{}") != 1 for t in v):
-        raise ValueError(f"{where} must be a list of strings each containing '{{}}' once. Got {v!r} instead.")
+        raise ValueError(f"{where} must be a list of strings each containing '{{}}' once. Got {brief(v)} instead.")
     return tuple(v)
 
 
@@ -318,7 +319,7 @@ def _executor(v: Any, where: str, ctx: _Ctx) -> ExecutorEntry:
 
 def _root(v: Any, where: str, ctx: _Ctx) -> str | None:
     if not NoneOr(Text()).ok(v):
-        raise ValueError(f"{where} must be a string or null. Got {v!r} instead.")
+        raise ValueError(f"{where} must be a string or null. Got {brief(v)} instead.")
     ctx.root = v
     return v
 
@@ -421,19 +422,99 @@ def parse_config(raw: Mapping[str, Any], source: str = "config", base_dir: str |
     return ExperimentConfig(**kw, source=source)
 
 
+MAX_YAML_NODES = 100_000   # values in a config once every alias is expanded; far above any real experiment
+
+
+def _strict_loader():
+    """A SafeLoader that loses nothing silently: a duplicate key or a merge key (``<<``) is an error (PyYAML keeps
+    the last value / merges keys away), and ``1e-3`` is a float (YAML 1.2), not the string YAML 1.1 makes of it."""
+    import re
+
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else []:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    raise yaml.constructor.ConstructorError(
+                        None, None, "merge keys ('<<') are not supported: they silently drop keys; write the keys out",
+                        key_node.start_mark)
+                key = self.construct_object(key_node, deep=True) if isinstance(key_node, yaml.ScalarNode) else None
+                try:
+                    first = seen.setdefault(key, key_node) if key is not None else key_node
+                except TypeError:   # an unhashable key: SafeLoader reports it
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {brief(key)} (first on line {first.start_mark.line + 1}); YAML "
+                        f"would keep only the last value; give each key once", key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    StrictLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    StrictLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
+    return StrictLoader
+
+
+def _expanded_size(node, memo: dict[int, int], active: set[int]) -> int:
+    """Values under ``node`` with every alias expanded (a shared node counts each time it is used); computed once
+    per node, so a billion-laughs file is measured in microseconds, never expanded."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise ValueError("an alias refers to a value that contains it (a recursive structure)")
+    active.add(key)
+    children = node.value if isinstance(node.value, list) else []
+    size = 1 + sum(_expanded_size(x, memo, active) for pair in children
+                   for x in (pair if isinstance(pair, tuple) else (pair,)))
+    active.discard(key)
+    memo[key] = size
+    return size
+
+
+def read_yaml(path: str | Path, text: str | None = None) -> Any:
+    """The YAML document at ``path`` (or ``text``), read with a one-line error for everything a config file can get
+    wrong: invalid YAML, duplicate and merge keys, too deep nesting, and alias expansions above
+    :data:`MAX_YAML_NODES` values (a 600-byte "billion laughs" file), refused before anything is built."""
+    import yaml
+    text = Path(path).read_text(encoding="utf-8") if text is None else text
+    loader = _strict_loader()(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set())
+        if size > MAX_YAML_NODES:
+            raise ValueError(f"{path}: its aliases (*name) expand to {size:,} values, more than the {MAX_YAML_NODES:,} "
+                             f"a config may hold; refused (write the values out, or use fewer aliases).")
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{path}:{at} is not valid YAML ({getattr(e, 'problem', None) or brief(str(e))}).") from None
+    except RecursionError:
+        raise ValueError(f"{path}: is nested too deeply to be an experiment config.") from None
+    except ValueError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: {e}.") from None
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | Path, base_dir: str | Path | None = None, check_registry: bool = True,
                 **overrides: Any) -> ExperimentConfig:
     """Read and validate a YAML experiment config; ``overrides`` replace top-level keys (e.g. ``output=...``)."""
-    import yaml
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Experiment config {path} not found.")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"{path}:{at} is not valid YAML ({getattr(e, 'problem', None) or e}).") from None
+        raw = read_yaml(path)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
     if raw is None:
         raise ValueError(f"{path} is empty; expected datasets, methods, ...")
     if isinstance(raw, Mapping):

@@ -49,6 +49,7 @@ from ..imageset import ImageSet
 from ..io import package_versions, progress_bar
 from ..methods import CONFIG_NAME, FewShotMethod, check_fitted, read_saved_config
 from .card import model_card
+from ..datasets.images import to_rgb
 from .images import SafeImages, collate_safe, open_rgb
 
 __all__ = ["AdaptedClassifier", "check_recipe"]
@@ -177,7 +178,7 @@ class AdaptedClassifier:
 
     def _preprocess(self, x) -> torch.Tensor:
         if isinstance(x, Image.Image):
-            return self.transform(x.convert("RGB") if x.mode != "RGB" else x)
+            return self.transform(to_rgb(x))
         if isinstance(x, (str, os.PathLike)):
             return self.transform(open_rgb(x))
         if isinstance(x, torch.Tensor) and x.ndim == 3 and x.shape[0] == 3:

@@ -8,25 +8,15 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
 
+from ..datasets.images import open_rgb  # the one decoder (every Pillow mode -> what a viewer shows)
 from ..datasets.readers import images_in
 from ..datasets.types import IMAGE_EXTENSIONS
 
 __all__ = ["open_rgb", "SafeImages", "collate_safe", "expand_images"]
 
 _GLOB_CHARS = set("*?[")
-
-
-def open_rgb(path: str | os.PathLike) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"Image {path} not found.") from None
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-        raise OSError(f"Image {path} could not be read ({type(e).__name__}: {e}).") from None
 
 
 class SafeImages(TorchDataset):
