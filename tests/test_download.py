@@ -76,6 +76,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         start = 0
         rng = self.headers.get("Range")
+        etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+        if_range = self.headers.get("If-Range")
+        if rng and if_range is not None and if_range != etag:
+            rng = None  # RFC 9110: the file changed since the client's copy, send all of it
         if rng and not srv.ignore_range:
             start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
             if start >= len(body):
@@ -89,6 +93,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         chunk = body[start:]
+        if srv.send_etag:
+            self.send_header("ETag", etag)
         self.send_header("Content-Length", str(len(chunk)))
         self.send_header("Content-Type", "application/octet-stream")
         self.end_headers()
@@ -110,7 +116,7 @@ class _Handler(BaseHTTPRequestHandler):
 def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.files, srv.requests, srv.sent = {}, [], []
-    srv.ignore_range, srv.drop_after = False, None
+    srv.ignore_range, srv.drop_after, srv.send_etag = False, None, True
     srv.url = lambda path: f"http://127.0.0.1:{srv.server_address[1]}{path}"
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
@@ -159,22 +165,35 @@ def test_full_download_checksum_extract_gives_a_loadable_dataset(tiny, tmp_path,
     assert again.complete and not again.placed and len(server.requests) == n
 
 
+def etag_of(body: bytes) -> str:
+    return f'"{sha(body)[:16]}"'
+
+
+def save_validator(part: Path, url: str, validator: str) -> None:
+    """What fetch writes next to a .part when the first response came (``<part>.validator``)."""
+    part.with_name(part.name + ".validator").write_text(json.dumps({"url": url, "validator": validator}))
+
+
 def test_resume_requests_only_the_remaining_bytes(server, tmp_path):
     body = bytes(range(256)) * 400  # 102,400 bytes
     server.files["/big.bin"] = body
     dest = tmp_path / "big.bin"
     (tmp_path / "big.bin.part").write_bytes(body[:30_000])
+    save_validator(tmp_path / "big.bin.part", server.url("/big.bin"), etag_of(body))
     fetch(server.url("/big.bin"), dest, progress=False)
     assert dest.read_bytes() == body and not (tmp_path / "big.bin.part").exists()
+    assert not (tmp_path / "big.bin.part.validator").exists()
     assert server.requests == [{"path": "/big.bin", "range": "bytes=30000-"}]
     assert server.sent == [len(body) - 30_000]
 
 
-def test_resume_when_part_is_already_complete(server, tmp_path):
+def test_a_part_as_long_as_the_file_is_downloaded_again_not_accepted_unread(server, tmp_path):
+    """HTTP 416 (nothing left to send) says nothing about the bytes of the .part: restart from zero."""
     server.files["/f.bin"] = b"x" * 1000
-    (tmp_path / "f.bin.part").write_bytes(b"x" * 1000)
+    (tmp_path / "f.bin.part").write_bytes(b"y" * 1000)
+    save_validator(tmp_path / "f.bin.part", server.url("/f.bin"), etag_of(b"x" * 1000))
     fetch(server.url("/f.bin"), tmp_path / "f.bin", progress=False)
-    assert (tmp_path / "f.bin").read_bytes() == b"x" * 1000 and server.sent == []
+    assert (tmp_path / "f.bin").read_bytes() == b"x" * 1000 and server.sent == [1000]
 
 
 def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
@@ -251,13 +270,13 @@ def test_interrupted_extraction_leaves_nothing_that_looks_complete(tiny, tmp_pat
     info, _, _ = tiny
     import clip_adapter.datasets.fetch as dl
 
-    real_unpack = dl._unpack
+    real_unpack = dl.unpack
 
-    def unpack_then_die(archive, out):
-        real_unpack(archive, out)  # everything is on disk in the temporary folder...
+    def unpack_then_die(*args, **kw):
+        real_unpack(*args, **kw)  # everything is on disk in the temporary folder...
         raise KeyboardInterrupt  # ...and the process is interrupted before the move
 
-    monkeypatch.setattr(dl, "_unpack", unpack_then_die)
+    monkeypatch.setattr(dl, "unpack", unpack_then_die)
     with pytest.raises(KeyboardInterrupt):
         download_dataset(info, tmp_path, progress=False, keep_archives=True)
     ds_dir = tmp_path / "tiny"
@@ -267,7 +286,7 @@ def test_interrupted_extraction_leaves_nothing_that_looks_complete(tiny, tmp_pat
         builtin.read_builtin("tiny", tmp_path)
     # a stale temporary folder of a killed run is removed; the kept archive is reused without a new request
     (ds_dir / ".extract-tiny.tar.gz-stale").mkdir()
-    monkeypatch.setattr(dl, "_unpack", real_unpack)
+    monkeypatch.setattr(dl, "unpack", real_unpack)
     assert download_dataset(info, tmp_path, progress=False).complete
     assert not list(ds_dir.glob(".extract-*"))
 

@@ -16,14 +16,15 @@ def evaluate_predictions(pred: torch.Tensor, labels: torch.Tensor, classnames: S
     if pred.shape != labels.shape:
         raise ValueError(f"predictions {tuple(pred.shape)} and labels {tuple(labels.shape)} differ in shape.")
     n = labels.numel()
-    acc = float((pred == labels).float().mean()) if n else float("nan")
+    # Exact fractions (correct / total) as Python floats: 19/20 is stored as 0.95, not float32's 0.949999988.
+    acc = int((pred == labels).sum()) / n if n else float("nan")
     present = sorted(set(labels.tolist()))
     macro_f1 = float(f1_score(labels.numpy(), pred.numpy(), labels=present, average="macro", zero_division=0)) \
         if n else float("nan")
     per_class = {}
     for c in present:
         mask = labels == c
-        per_class[classnames[c]] = float((pred[mask] == c).float().mean())
+        per_class[classnames[c]] = int((pred[mask] == c).sum()) / int(mask.sum())
     return {"accuracy": acc, "macro_f1": macro_f1, "per_class_accuracy": per_class, "n": n}
 
 

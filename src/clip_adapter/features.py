@@ -3,8 +3,10 @@
 Layout: ``<root>/<backbone id>/<transform hash>/<view>/shard-*.safetensors``. Each shard is immutable and
 self-describing: a ``features`` tensor ``(n, dim)`` plus, in its header, the keys of its n images and a checksum of
 the key list. An image's key (:func:`image_key`) is its path relative to the folder above its dataset's folder
-(``dtd10/images/banded/banded_0001.jpg``), its size and a hash of its first 4 KiB: the same on every machine and
-mount point, so that workers on other nodes share one cache, and different files never share a key. Everything
+(``dtd10/images/banded/banded_0001.jpg``), its size and a hash of its whole content: the same on every machine and
+mount point, so that workers on other nodes share one cache, and an image edited in place (same size, same first
+bytes) gets a new key. Hashing reads the file once per process (memoised on path, size, mtime and inode); it is far
+cheaper than decoding the image. Everything
 that changes a feature is in its address: the backbone id (architecture + weights identity), the transform (hash of
 its full description), the view (``test`` or ``train-<v>``, augmented view v) and the image key. A lookup encodes only the images no shard
 holds, and writes them as one new shard, so overlapping requests (other seeds, other shot counts, the
@@ -16,20 +18,30 @@ random crop/flip on every machine (seeded by the image name and v), so adapter t
 Shards are written to a temporary name and renamed (readers never see half a file), so several writers (processes,
 Ray encoder actors) can fill one folder; a truncated, corrupt or inconsistent shard is detected on open, logged,
 deleted, and its images are re-encoded.
+
+Trust: the cache is private by default (its folder is created 0700; a folder owned by another user or writable by
+everyone is refused) and only shards owned by the current user are read. A cache shared between users is an explicit
+choice (``shared=True``, CLI ``--shared-cache DIR``, ``$CLIP_ADAPTER_SHARED_CACHE``): every user who can write it can
+then decide the features of everyone's runs; the caller's own shards are still preferred when both hold an image.
+Whatever the mode, only regular files are opened (without following symlinks and without blocking on a FIFO), and
+a shard is never unpickled (safetensors).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from .config import invalid_value
@@ -38,11 +50,12 @@ from .datasets.types import Item
 from .io import atomic_path, default_cache_dir, progress_bar, safe_name, worker_error
 
 __all__ = ["FeatureCache", "ImageListDataset", "default_num_workers", "iter_batches", "image_key", "load_image_views",
-           "write_shard"]
+           "write_shard", "SHARED_CACHE_ENV", "CACHE_VERSION"]
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "3"  # 3: image keys relative to the dataset, not absolute paths
+CACHE_VERSION = "4"  # 3: image keys relative to the dataset, not absolute paths; 4: keys hash the whole file
+SHARED_CACHE_ENV = "CLIP_ADAPTER_SHARED_CACHE"  # a feature cache folder the user knowingly shares with others
 
 
 def default_num_workers() -> int:
@@ -84,31 +97,27 @@ class ImageListDataset(torch.utils.data.Dataset):
         return load_image_views(self.paths[i], self.transform, self.views)
 
 
-HEAD_BYTES = 4096
-_HEADS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> head hash, so a process reads each file once
+_HASHES: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime_ns, inode) -> hash: each file read once
 
 
 def image_key(item: Item | str) -> str:
-    """The cache key of an image: ``<rel>\\t<size>\\t<hash>``. With a dataset-relative ``rel`` (items from a reader)
-    the hash is of the first 4 KiB; a bare path, which has no such anchor, is keyed by the hash of its whole content.
-    A missing file gets a key no shard holds, so encoding it fails with a message naming it."""
+    """The cache key of an image: ``<rel>\\t<size>\\t<hash of the whole file>``, ``rel`` being its dataset-relative
+    path (``-`` for a bare path). A missing file gets a key no shard holds, so encoding it fails with a message
+    naming it."""
     path, rel = (item.path, item.rel) if isinstance(item, Item) else (str(item), "")
     try:
         st = os.stat(path)
     except OSError:
         return f"missing:{os.path.abspath(path)}"
-    memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns, bool(rel))
-    head = _HEADS.get(memo)
-    if head is None:
+    memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    digest = _HASHES.get(memo)
+    if digest is None:
         h = hashlib.sha256()
         with open(path, "rb") as f:
-            if rel:
-                h.update(f.read(HEAD_BYTES))
-            else:
-                while block := f.read(1 << 20):
-                    h.update(block)
-        head = _HEADS[memo] = h.hexdigest()[:16]
-    return f"{rel or '-'}\t{st.st_size}\t{head}"
+            while block := f.read(1 << 20):
+                h.update(block)
+        digest = _HASHES[memo] = h.hexdigest()[:32]
+    return f"{rel or '-'}\t{st.st_size}\t{digest}"
 
 
 def write_shard(folder: Path, keys: list[str], feats: torch.Tensor, meta: dict[str, str]) -> Path:
@@ -125,14 +134,53 @@ def _digest(keys: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
 
 
-class _Store:
-    """The shards of one (backbone, transform, view) folder: image key -> (shard file, row)."""
+class _NotRegular(OSError):
+    """A file named like a shard that is not a regular file (a FIFO, a device, a symlink)."""
 
-    def __init__(self, folder: Path, dim: int):
-        self.folder, self.dim = folder, dim
-        self.index: dict[str, tuple[Path, int]] = {}
+
+_MAX_HEADER = 256 << 20  # a shard header lists its keys: far below this even for a million images
+
+
+def _open_regular(path: Path) -> tuple[int, os.stat_result]:
+    """An fd on ``path`` and its stat, refusing anything but a regular file: no symlink is followed (O_NOFOLLOW) and
+    a FIFO does not block (O_NONBLOCK; fstat then refuses it)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO, errno.EMLINK):
+            raise _NotRegular(f"{path} is a symlink or a special file") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _NotRegular(f"{path} is not a regular file")
+    return fd, st
+
+
+def _read_header(f, size: int) -> tuple[dict[str, str], list[int]]:
+    """(metadata, features shape) from a safetensors header, read from an open file of ``size`` bytes."""
+    n = int.from_bytes(f.read(8), "little")
+    if not 2 <= n <= min(size - 8, _MAX_HEADER):
+        raise ValueError(f"header length {n} does not fit a {size}-byte file")
+    header = json.loads(f.read(n))
+    return header.get("__metadata__") or {}, list(header["features"]["shape"])
+
+
+class _Store:
+    """The shards of one (backbone, transform, view) folder: image key -> (shard file, row, owned by the caller).
+
+    Only regular files are opened. In a private cache only the caller's own shards are read; in a shared one others'
+    are read too, but an image in both gets the caller's own features."""
+
+    def __init__(self, folder: Path, dim: int, uid: int | None = None, shared: bool = False):
+        self.folder, self.dim, self.uid, self.shared = folder, dim, uid, shared
+        self.index: dict[str, tuple[Path, int, bool]] = {}
         self._loaded: dict[Path, torch.Tensor] = {}
         self._seen: set[Path] = set()
+        self._ids: dict[Path, tuple[int, int]] = {}  # (st_dev, st_ino) when the header was read
+        self._shape: dict[Path, tuple[int, bool]] = {}  # rows, owned by the caller
+        self._warned = False
         self.refresh()
 
     def refresh(self) -> None:
@@ -142,29 +190,53 @@ class _Store:
         for shard in sorted(self.folder.glob("shard-*.safetensors")):
             if shard in self._seen:
                 continue
-            keys = self._read_header(shard)
             self._seen.add(shard)
-            if keys is None:
+            got = self._header(shard)
+            if got is None:
                 continue
+            keys, own = got
             for row, key in enumerate(keys):
-                self.index.setdefault(key, (shard, row))
+                cur = self.index.get(key)
+                if cur is None or (own and not cur[2]):
+                    self.index[key] = (shard, row, own)
 
-    def _read_header(self, shard: Path) -> list[str] | None:
+    def _owned(self, st: os.stat_result) -> bool:
+        return self.uid is None or st.st_uid == self.uid
+
+    def _header(self, shard: Path) -> tuple[list[str], bool] | None:
         try:
-            with safe_open(str(shard), framework="pt") as f:
-                meta = f.metadata() or {}
-                shape = f.get_slice("features").get_shape()
-            keys = json.loads(meta["keys"])
-            if meta.get("digest") != _digest(keys) or list(shape) != [len(keys), self.dim]:
-                raise ValueError(f"header says {len(keys)} images, tensor is {list(shape)}")
-            return keys
-        except Exception as e:  # noqa: BLE001 - any unreadable shard is rebuilt
-            self._drop(shard, e)
+            fd, st = _open_regular(shard)
+        except _NotRegular as e:
+            log.warning("Feature cache: %s; ignored.", e)
             return None
+        except OSError as e:
+            log.warning("Feature cache file %s cannot be opened (%s); ignored.", shard, e.strerror or e)
+            return None
+        own = self._owned(st)
+        if not own and not self.shared:
+            if not self._warned:
+                log.warning("Feature cache folder %s holds files of another user (uid %d); a private cache reads "
+                            "only yours (use a shared cache to read theirs).", self.folder, st.st_uid)
+                self._warned = True
+            os.close(fd)
+            return None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                meta, shape = _read_header(f, st.st_size)
+            keys = json.loads(meta["keys"])
+            if meta.get("digest") != _digest(keys) or shape != [len(keys), self.dim]:
+                raise ValueError(f"header says {len(keys)} images, tensor is {shape}")
+        except Exception as e:  # noqa: BLE001 - any unreadable shard is rebuilt
+            self._drop(shard, e, own)
+            return None
+        self._ids[shard], self._shape[shard] = (st.st_dev, st.st_ino), (len(keys), own)
+        return keys, own
 
-    def _drop(self, shard: Path, err: Exception) -> None:
+    def _drop(self, shard: Path, err: Exception, own: bool = True) -> None:
         log.warning("Feature cache file %s is corrupt or mismatched (%s); its images will be re-encoded.", shard, err)
-        shard.unlink(missing_ok=True)
+        if own:  # never delete another user's file, even a broken one
+            with contextlib.suppress(OSError):
+                shard.unlink()
         self.index = {k: v for k, v in self.index.items() if v[0] != shard}
         self._loaded.pop(shard, None)
 
@@ -187,19 +259,30 @@ class _Store:
             t = self._tensor(shard)
             if t is None or not torch.isfinite(t).all():
                 if t is not None:
-                    self._drop(shard, ValueError("non-finite values"))
+                    self._drop(shard, ValueError("non-finite values"), self._is_own(shard))
                 missing.extend(i for i, _ in pairs)
                 continue
             dst, src = zip(*pairs)
             out[list(dst)] = t[list(src)]
         return out, sorted(missing)
 
+    def _is_own(self, shard: Path) -> bool:
+        return self._shape.get(shard, (0, True))[1]
+
     def _tensor(self, shard: Path) -> torch.Tensor | None:
         if shard not in self._loaded:
+            own = self._is_own(shard)
             try:
-                self._loaded[shard] = load_file(str(shard))["features"]
+                fd, st = _open_regular(shard)
+                with os.fdopen(fd, "rb") as f:
+                    if (st.st_dev, st.st_ino) != self._ids.get(shard, (st.st_dev, st.st_ino)):
+                        raise ValueError("the file was replaced since its header was read")
+                    t = load_bytes(f.read())["features"]
+                if list(t.shape) != [self._shape.get(shard, (-1,))[0], self.dim]:
+                    raise ValueError(f"tensor is {list(t.shape)}, its header said otherwise")
+                self._loaded[shard] = t
             except Exception as e:  # noqa: BLE001
-                self._drop(shard, e)
+                self._drop(shard, e, own)
                 return None
         return self._loaded[shard]
 
@@ -210,8 +293,34 @@ class _Store:
         shard = write_shard(self.folder, keys, feats, meta)
         self._seen.add(shard)
         self._loaded[shard] = feats
+        self._shape[shard] = (len(keys), True)
         for row, k in enumerate(keys):
-            self.index[k] = (shard, row)
+            self.index[k] = (shard, row, True)
+
+
+def _uid() -> int | None:
+    return os.getuid() if hasattr(os, "getuid") else None  # no owners to compare on Windows
+
+
+def _same_folder(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+
+
+def _private_root(root: Path, uid: int | None) -> None:
+    """Create ``root`` 0700 if missing; refuse an existing one another user owns or everyone may write."""
+    if not root.exists():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(root, 0o700)
+    st = root.stat()
+    if uid is None:
+        return
+    why = (f"owned by another user (uid {st.st_uid})" if st.st_uid != uid else
+           f"writable by every user (mode {stat.S_IMODE(st.st_mode):o})" if st.st_mode & stat.S_IWOTH else "")
+    if why:
+        raise ValueError(f"The feature cache folder {root} is {why}; a private cache must be yours alone: use a "
+                         f"folder of your own, or pass --shared-cache {root} (or set {SHARED_CACHE_ENV}) to share it "
+                         f"knowingly with every user who can write it.")
 
 
 class FeatureCache:
@@ -219,14 +328,18 @@ class FeatureCache:
 
     Args:
         backbone: a :class:`~clip_adapter.backbone.Backbone`.
-        root: cache directory (default ``$CLIP_ADAPTER_CACHE/features`` or ``~/.cache/clip_adapter/features``).
+        root: cache directory (default ``$CLIP_ADAPTER_SHARED_CACHE`` as a shared cache, else
+            ``$CLIP_ADAPTER_CACHE/features`` or ``~/.cache/clip_adapter/features``).
+        shared: read shards other users wrote (a trust boundary: they decide your features). Default: True only for
+            the ``$CLIP_ADAPTER_SHARED_CACHE`` folder. A private cache (the default) is created 0700, refused when
+            another user owns it or everyone may write it, and reads only the caller's own shards.
         batch_size: images per encoder call.
         num_workers: DataLoader processes decoding images (0 = in the main process).
         progress: show progress while encoding (a bar on a terminal, one line per stage in a log).
     """
 
     def __init__(self, backbone, root: str | os.PathLike | None = None, batch_size: int = 32,
-                 num_workers: int | None = None, progress: bool = True):
+                 num_workers: int | None = None, progress: bool = True, shared: bool | None = None):
         for name, value, ok, expected in (("batch_size", batch_size, _is_int(batch_size) and batch_size >= 1,
                                            "an int >= 1"),
                                           ("num_workers", num_workers, num_workers is None or
@@ -234,9 +347,17 @@ class FeatureCache:
             if not ok:
                 raise invalid_value(name, value, expected, owner="FeatureCache")
         self.backbone = backbone
-        self.root = Path(root) if root is not None else default_cache_dir() / "features"
+        env_shared = os.environ.get(SHARED_CACHE_ENV, "").strip()
+        if root is None and env_shared:
+            root = env_shared
+        if shared is None:
+            shared = bool(env_shared) and root is not None and _same_folder(root, env_shared)
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir() / "features"
+        self.shared, self.uid = bool(shared), _uid()
         if self.root.exists() and not self.root.is_dir():
             raise ValueError(f"The feature cache folder {self.root} is an existing file; expected a folder.")
+        if not self.shared:
+            _private_root(self.root, self.uid)
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.progress = progress
@@ -252,7 +373,7 @@ class FeatureCache:
     def _store(self, kind: str, view: int) -> _Store:
         key = (kind, str(view))
         if key not in self._stores:
-            self._stores[key] = _Store(self.folder(kind, view), self.backbone.embed_dim)
+            self._stores[key] = _Store(self.folder(kind, view), self.backbone.embed_dim, self.uid, self.shared)
         else:
             self._stores[key].refresh()
         return self._stores[key]

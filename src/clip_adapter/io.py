@@ -177,9 +177,16 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int =
     return h.hexdigest()
 
 
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """``"1 run"``, ``"2 runs"``, ``"0 runs"``: a count with its noun in the right number."""
+    return f"{n} {noun if n == 1 else (many or noun + 's')}"
+
+
 def safe_name(name: str, default: str = "_") -> str:
-    """``name`` as one path component: runs of characters other than ``A-Za-z0-9._+-`` become ``_`` (80 at most)."""
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)[:80] or default
+    """``name`` as one path component: runs of characters other than ``A-Za-z0-9._+-`` become ``_`` (80 at most),
+    and leading dots too, so that the result is never ``.``, ``..`` or a hidden name."""
+    out = re.sub(r"[^A-Za-z0-9._+-]+", "_", name)[:80]
+    return re.sub(r"^\.+", lambda m: "_" * len(m.group()), out) or default
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
@@ -206,9 +213,15 @@ def package_versions() -> dict[str, str]:
 
 
 def default_cache_dir() -> Path:
-    """Root of every cache (features, alignment maps): ``$CLIP_ADAPTER_CACHE`` or ``~/.cache/clip_adapter``."""
+    """Root of every cache (features, alignment maps): ``$CLIP_ADAPTER_CACHE`` or ``~/.cache/clip_adapter``; per
+    user, and created readable by its owner only (0700) when missing: cached features reveal the images."""
     env = os.environ.get("CLIP_ADAPTER_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "clip_adapter"
+    path = Path(env) if env else Path.home() / ".cache" / "clip_adapter"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            os.mkdir(path, 0o700)
+    return path
 
 
 @contextlib.contextmanager
@@ -229,21 +242,35 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
-class _StageLine:
-    """A progress "bar" for logs: nothing while running, one line when the stage ends (``desc: n unit in t s``)."""
+HEARTBEAT_SECONDS = 30.0  # off a terminal, a running stage prints a line at least this often
 
-    def __init__(self, total: int | None, desc: str, unit: str, initial: int = 0):
+
+class _StageLine:
+    """A progress "bar" for logs: one line when the stage ends (``desc: n unit in t s``), and a line every
+    :data:`HEARTBEAT_SECONDS` while a long stage runs, so that a log is never silent for minutes."""
+
+    def __init__(self, total: int | None, desc: str, unit: str, initial: int = 0, min_seconds: float = 0.0):
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self._t0, self._postfix = time.perf_counter(), ""
+        self._last, self._min_seconds = self._t0, min_seconds
 
     def update(self, n: int = 1) -> None:
         self.n += n
+        now = time.perf_counter()
+        if self.desc is not None and now - self._last >= HEARTBEAT_SECONDS:
+            self._last = now
+            of = f"/{self.total}" if self.total is not None else ""
+            print(f"{self.desc}: {self.n}{of} {self.unit} after {now - self._t0:.0f} s ...", file=sys.stderr,
+                  flush=True)
 
     def set_postfix_str(self, s: str, refresh: bool = True) -> None:
         self._postfix = s
 
     def close(self) -> None:
         if self.desc is None:
+            return
+        if time.perf_counter() - self._t0 < self._min_seconds:  # a quick stage: not worth a log line
+            self.desc = None
             return
         of = f"/{self.total}" if self.total is not None and self.total != self.n else ""
         more = f" ({self._postfix})" if self._postfix else ""
@@ -258,15 +285,16 @@ class _StageLine:
         self.close()
 
 
-def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True, **kw: Any):
+def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True, min_seconds: float = 0.0,
+                 **kw: Any):
     """A tqdm bar on a terminal; one line per finished stage when stderr is not one (CI logs, ``> log 2>&1``), so
     logs do not fill with carriage-return frames; nothing when ``enabled`` is false. Use as a context manager with
-    ``update(n)``."""
+    ``update(n)``. Off a terminal, a stage shorter than ``min_seconds`` prints nothing."""
     if not enabled:
         from tqdm.auto import tqdm
         return tqdm(total=total, desc=desc, unit=unit, disable=True, **kw)
     if not getattr(sys.stderr, "isatty", lambda: False)():
-        return _StageLine(total, desc, unit, kw.get("initial", 0))
+        return _StageLine(total, desc, unit, kw.get("initial", 0), min_seconds)
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, **kw)
 

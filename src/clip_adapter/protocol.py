@@ -32,8 +32,8 @@ from .prompts import ClassText, encode_class_texts
 from .results import result_path
 from .selection import FeatureSplit, Selection, select
 
-__all__ = ["RunSpec", "run_one", "resolve_config", "input_source", "fewshot_items", "RECORD_FIELDS", "OPTIONAL_FIELDS",
-           "MEMORY_FIELDS"]
+__all__ = ["RunSpec", "run_one", "resolve_config", "input_source", "fewshot_items", "select_on_val", "RECORD_FIELDS",
+           "OPTIONAL_FIELDS", "MEMORY_FIELDS"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ OPTIONAL_FIELDS: dict[str, str] = {
     "target": "placement ablation: where the adapter sits",
     "layer": "insertion-layer ablation: the block the adapter follows",
     "num_blocks": "insertion-layer ablation: blocks of the ViT",
+    "auto": "--method auto: the methods tried with their validation accuracy, the rule and budget that chose",
 }
 # Set on the record in memory, never written into its file.
 MEMORY_FIELDS: dict[str, str] = {"result_file": "where the record was written or read",
@@ -178,6 +179,22 @@ def _select(dataset: Dataset, backbone, spec: RunSpec, cls, config: MethodConfig
     train = FeatureSplit(cache.features(train_items), _labels(train_items), views)
     val = FeatureSplit(cache.features(val_items), _labels(val_items))
     return select(spec.method, config, grid, train, val, text, backbone=backbone), train_items, val_items
+
+
+def select_on_val(dataset: Dataset, backbone, spec: RunSpec, cache, text: ClassText) -> tuple[Selection, float]:
+    """The run's validation search only (the test split is not touched): the selection and its validation
+    accuracy on the run's few-shot val set, also for methods with nothing to search (zero-shot)."""
+    cls, config = resolve_config(spec.method, spec.overrides, spec.seed, spec.device)
+    grid = dict(cls.default_grid if spec.grid is None else spec.grid)
+    grid = {k: v for k, v in grid.items() if k not in spec.overrides}
+    sel, _, _ = _select(dataset, backbone, spec, cls, config, grid, cache, text)
+    if not math.isnan(sel.val_accuracy):
+        return sel, float(sel.val_accuracy)
+    _, val_items = fewshot_items(dataset, spec)
+    if not val_items:
+        raise ValueError(f"Dataset {dataset.name} has no validation images: nothing to choose a method on.")
+    pred = sel.model.predict(cache.features(val_items))
+    return sel, float((pred == _labels(val_items)).float().mean())
 
 
 def _predict_test(model: FewShotMethod, cache, items: list[Item]) -> tuple[torch.Tensor, float]:

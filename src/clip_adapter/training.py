@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Interval, MethodConfig, Options, Predicate
-from .io import torch_threads
+from .io import progress_bar, torch_threads
 
 __all__ = ["TrainingConfig", "train_loop", "lr_at_epoch"]
 
@@ -101,15 +101,16 @@ def train_loop(params: Iterable[torch.nn.Parameter], logits_fn: Callable[[torch.
     drop_last = drop_last and n >= cfg.batch_size
     history: dict = {"loss": [], "steps": 0}
     t0 = time.perf_counter()
-    with cpu_threads(1, device):
-        _epochs(params, logits_fn, source, labels, cfg, opt, gen, drop_last, history)
+    with cpu_threads(1, device), progress_bar(cfg.epochs, f"train on {n} images", unit="epochs",
+                                              enabled=log.isEnabledFor(logging.INFO), min_seconds=10) as bar:
+        _epochs(params, logits_fn, source, labels, cfg, opt, gen, drop_last, history, bar)
     history["seconds"] = time.perf_counter() - t0
     log.debug("trained %d steps in %.1fs, final loss %.4f", history["steps"], history["seconds"], history["loss"][-1])
     return history
 
 
 def _epochs(params: list, logits_fn: Callable, source: torch.Tensor, labels: torch.Tensor, cfg: TrainingConfig,
-            opt: torch.optim.Optimizer, gen: torch.Generator, drop_last: bool, history: dict) -> None:
+            opt: torch.optim.Optimizer, gen: torch.Generator, drop_last: bool, history: dict, bar) -> None:
     device = source.device
     n_views, n = source.shape[0], source.shape[1]
     for epoch in range(cfg.epochs):
@@ -135,3 +136,4 @@ def _epochs(params: list, logits_fn: Callable, source: torch.Tensor, labels: tor
             seen += idx.numel()
         history["loss"].append(total / max(seen, 1))
         history["train_acc"] = correct / max(seen, 1)
+        bar.update(1)

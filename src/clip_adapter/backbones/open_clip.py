@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -108,6 +109,8 @@ def load_open_clip(name: str, pretrained: str | None = "openai", checkpoint: str
         weights, spec = str(checkpoint), BackboneSpec(name=name, checkpoint_sha256=file_digest(checkpoint))
     else:
         weights, spec = (pretrained or None), BackboneSpec(name=name, pretrained=pretrained or None)
+        if weights:
+            check_weights_reachable(open_clip, name, weights)
     model = _create(open_clip, name, weights, checkpoint, pretrained, device)
     if weights is None:
         # Random init is only meaningful for tests and speed benchmarks; make that visible. Two random inits
@@ -116,6 +119,51 @@ def load_open_clip(name: str, pretrained: str | None = "openai", checkpoint: str
         spec = BackboneSpec(name=name, fingerprint=weights_fingerprint(model))
     spec = replace(spec, model_config=open_clip.get_model_config(name) or None)
     return OpenClipBackbone(model, open_clip.get_tokenizer(name), spec, device=device)
+
+
+def _cached_weights(open_clip, name: str, tag: str) -> tuple[bool, list[str]]:
+    """(whether the weights of ``name``/``tag`` are already on disk, the folders looked in)."""
+    from huggingface_hub import constants
+    cfg = open_clip.get_pretrained_cfg(name, tag) or {}
+    looked, found = [], False
+    if cfg.get("hf_hub"):
+        repo = cfg["hf_hub"].strip("/").split("/")
+        folder = Path(constants.HF_HUB_CACHE) / ("models--" + "--".join(repo[:2]))
+        looked.append(str(Path(constants.HF_HUB_CACHE)))
+        found = found or any((folder / "snapshots").glob("*/*"))
+    if cfg.get("url"):
+        clip_cache = Path("~/.cache/clip").expanduser()
+        looked.append(str(clip_cache))
+        found = found or (clip_cache / Path(cfg["url"]).name).is_file()
+    return found, looked
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """False when Hugging Face is switched off (HF_HUB_OFFLINE) or its endpoint does not answer within ``timeout``."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def check_weights_reachable(open_clip, name: str, tag: str) -> None:
+    """Fail in seconds, with one line, when the weights are neither cached nor downloadable (an offline machine),
+    instead of a minute of hub retries and pages of warnings."""
+    found, looked = _cached_weights(open_clip, name, tag)
+    if found or _hub_reachable():
+        return
+    raise BackboneLoadError(f"The weights {tag!r} of open_clip model {name!r} are not on this machine (looked in "
+                            f"{' and '.join(looked) or 'the Hugging Face cache'}) and the hub cannot be reached "
+                            f"(offline). Pass a local checkpoint with --checkpoint FILE, or use the offline backbone "
+                            f"--backbone lite.")
 
 
 def _check_config_file(path: Path) -> None:

@@ -3,7 +3,7 @@
     clip-adapter demo                                   # offline demo on the shipped dataset
     clip-adapter run --data DIR --method clip_adapter --shots 16 --seed 1
     clip-adapter experiment CONFIG.yaml | report OUTDIR
-    clip-adapter predict MODEL_DIR IMAGES... | evaluate MODEL_DIR --data DIR
+    clip-adapter predict MODEL_DIR IMAGES... | evaluate MODEL_DIR --data DIR | export MODEL_DIR --onnx FILE
     clip-adapter datasets list | download NAME | verify NAME
     clip-adapter methods | backbones
 """
@@ -14,14 +14,14 @@ import logging
 import sys
 from typing import Sequence
 
-from . import datasets, demo, experiment, info, predict, report, run
+from . import datasets, demo, experiment, export, info, predict, report, run
 from .common import Parser
 
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("clip_adapter")
 
-COMMANDS = (run, demo, experiment, report, predict, datasets, info)  # each has register(subparsers)
+COMMANDS = (run, demo, experiment, report, predict, export, datasets, info)  # each has register(subparsers)
 
 
 VERBOSE_HELP = "-v: debug messages of clip-adapter; -vv: also of the libraries below it, and tracebacks of errors."

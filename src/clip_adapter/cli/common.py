@@ -10,7 +10,7 @@ from ..backbones import Backbone, load_backbone
 from ..features import FeatureCache
 
 __all__ = ["Parser", "add_backbone_args", "add_data_args", "backbone_from_args", "cache_from_args", "parse_grid",
-           "count", "seed", "int_list", "parse_class_map"]
+           "count", "seed", "int_list", "label", "parse_class_map"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -45,11 +45,21 @@ def seed(text: str) -> int:
     return value
 
 
+def label(text: str) -> str:
+    """An argparse type: a name used as one folder of the results (no path separators, not '.' or '..')."""
+    if not text or text in (".", "..") or "/" in text or "\\" in text or text != text.strip():
+        raise argparse.ArgumentTypeError(f"must be a name usable as a folder (no '/', not '.' or '..'). Got {text!r} "
+                                         f"instead.")
+    return text
+
+
 def int_list(low: int):
-    """An argparse type: ``"1,2,4"`` -> ``[1, 2, 4]``, each an int >= ``low``, none twice."""
+    """An argparse type: ``"1,2,4"`` -> ``[1, 2, 4]``, each an int >= ``low``, none twice (one value: ``[n]``)."""
     one = count(low)
 
     def parse(text: str) -> list[int]:
+        if "," not in text:
+            return [one(text.strip())]  # the single-int error shape for a single value
         try:
             values = [one(x.strip()) for x in text.split(",") if x.strip()]
         except argparse.ArgumentTypeError:
@@ -102,7 +112,10 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--root", default=None, help="where built-in datasets live (default: $CLIP_ADAPTER_DATA or ~/data).")
     g.add_argument("--cache-dir", default=None,
                    help="feature cache directory (default: $CLIP_ADAPTER_CACHE/features or "
-                        "~/.cache/clip_adapter/features).")
+                        "~/.cache/clip_adapter/features); private: created 0700, only your own files are read.")
+    g.add_argument("--shared-cache", default=None, metavar="DIR",
+                   help="use DIR as a feature cache shared with other users: their files are read too (your own "
+                        "first), so every user who can write DIR decides your features. Also $CLIP_ADAPTER_SHARED_CACHE.")
     g.add_argument("--allow-outside-paths", action="store_true",
                    help="let split-file/CSV entries point outside the dataset folder (absolute paths, '..'); refused "
                         "by default.")
@@ -117,8 +130,11 @@ def backbone_from_args(args: argparse.Namespace) -> Backbone:
 
 
 def cache_from_args(args: argparse.Namespace, backbone: Backbone) -> FeatureCache:
-    return FeatureCache(backbone, root=args.cache_dir, batch_size=args.batch_size, num_workers=args.workers,
-                        progress=not args.no_progress)
+    shared = getattr(args, "shared_cache", None)
+    if shared and args.cache_dir:
+        raise ValueError(f"--cache-dir {args.cache_dir} and --shared-cache {shared} name two feature caches; give one.")
+    return FeatureCache(backbone, root=shared or args.cache_dir, batch_size=args.batch_size, num_workers=args.workers,
+                        progress=not args.no_progress, shared=True if shared else None)
 
 
 def parse_grid(pairs: Sequence[str]) -> dict[str, list]:

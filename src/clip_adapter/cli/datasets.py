@@ -30,8 +30,11 @@ def register(subparsers) -> None:
     q.add_argument("name", metavar="NAME", help="dataset name, or a dataset folder / CSV path.")
     q.add_argument("--root", default=None, help=f"data root (default: ${DATA_ENV} or ~/data).")
     q.add_argument("--full", action="store_true", help="fully decode each image (slower; finds truncated files).")
-    q.add_argument("--workers", type=count(1), default=None, help="threads opening images (default: up to 8).")
-    q.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text).")
+    q.add_argument("--workers", type=count(1), default=None,
+                   help="image-decoding workers (threads here; default: up to 8).")
+    q.add_argument("--format", choices=("table", "json", "text"), default="table",
+                   help="output format: table (a report per dataset; 'text' is an old name for it) or json "
+                        "(default: table).")
     q.add_argument("--allow-outside-paths", action="store_true",
                    help="let split-file/CSV entries point outside the dataset folder (absolute paths, '..'); refused "
                         "by default.")

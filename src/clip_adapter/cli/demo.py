@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..demo import demo_dataset, run_demo
+from ..demo import DEMO_VIEWS, demo_dataset, demo_workload, run_demo
 from ..report import format_table
-from .common import add_backbone_args, backbone_from_args, int_list, seed
+from .common import add_backbone_args, backbone_from_args, count, int_list, seed
 
 
 def register(sub) -> None:
@@ -19,8 +19,14 @@ def register(sub) -> None:
     p.add_argument("--shots", type=int_list(1), default=[1, 2, 4, 8, 16],
                    help="shots to run, comma-separated (default: 1,2,4,8,16).")
     p.add_argument("--seed", type=seed, default=1, help="seed (default: 1).")
+    p.add_argument("--views", type=count(0), default=DEMO_VIEWS,
+                   help=f"cached augmented views per training image (default: {DEMO_VIEWS}; the paper's is 10).")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars.")
     p.set_defaults(func=cmd_demo)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _fmt(chosen: dict) -> str:
@@ -29,12 +35,17 @@ def _fmt(chosen: dict) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    work = demo_workload(args.shots, args.views)
+    n_enc = work["images"] + work["view_encodings"]
+    # Measured on a 2-core CPU (benchmarks/README.md): ~25 encoder images/s, ~25 s of start-up and training.
+    print(f"demo: {work['fits']} fits; encodes {n_enc} images on the first run (expected ~{_minutes(n_enc / 25 + 25)} "
+          f"on 2 CPU cores, seconds once the features are cached)", flush=True)
     backbone = backbone_from_args(args)
     ds = demo_dataset()
     print(f"backbone {backbone.id}; dataset {ds.name}: {ds.num_classes} classes, "
           f"{len(ds.split('train'))}/{len(ds.split('val'))}/{len(ds.split('test'))} train/val/test images")
     result = run_demo(backbone, args.shots, seed=args.seed, output=args.output, cache_dir=args.cache_dir,
-                      progress=not args.no_progress, device=args.device)
+                      progress=not args.no_progress, device=args.device, n_views=args.views)
     zs = result.records[0]["accuracy"]
     rows = [{"method": r["method"], "shots": r["shots"], "chosen on val": _fmt(r["chosen"]),
              "test acc": r["accuracy"], "gain vs zero-shot": f"{r['accuracy'] - zs:+.4f}",

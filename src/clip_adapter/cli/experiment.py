@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
 from ..distributed import require_ray
 from ..experiment import load_config, run_experiment
 from ..experiment.schema import ExecutorEntry, RayEntry
+from ..io import plural
+from ..results import LOCK_TIMEOUT_ENV
 
 LOCAL = "local"  # --ray without an address
 
@@ -30,10 +33,15 @@ def register(sub) -> None:
     p.add_argument("--shard", default=None, metavar="i/N",
                    help="run only every N-th planned run, from the i-th (0-based): one of N jobs sharing the output "
                         "folder, e.g. a Slurm array task (then 'clip-adapter report OUTPUT').")
+    p.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
+                   help="give up waiting for a run's lock held by another process after SECONDS (default: wait, "
+                        "naming the lock and its holder's pid every 30 s; also $CLIP_ADAPTER_LOCK_TIMEOUT).")
     p.set_defaults(func=cmd_experiment)
 
 
 def cmd_experiment(args) -> int:
+    if args.lock_timeout is not None:  # read by every lock wait, here and in Ray workers
+        os.environ[LOCK_TIMEOUT_ENV] = str(args.lock_timeout)
     config = load_config(args.config, output=args.output, cache_dir=args.cache_dir)
     if args.device:
         config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, device=args.device))
@@ -52,14 +60,16 @@ def cmd_experiment(args) -> int:
               file=sys.stderr)
         return 130
     if args.dry_run:
-        print(f"{config.name}: {result.planned} runs, {result.skipped} done, {result.planned - result.skipped} to go "
+        print(f"{config.name}: {plural(result.planned, 'run')}, {result.skipped} done, "
+              f"{result.planned - result.skipped} to go "
               f"-> {config.output}")
         if result.size is not None:
             print(f"plan: {result.size.line()}")
         return 0
     if result.report.get("markdown"):
         print(Path(result.report["markdown"]).read_text())
-    print(f"{result.ran} runs ran, {result.skipped} were already done, {result.seconds:.0f} s; "
+    print(f"{plural(result.ran, 'run')} ran, {result.skipped} {'was' if result.skipped == 1 else 'were'} already "
+          f"done, {result.seconds:.0f} s; "
           f"results in {config.output}")
     if args.shard:
         print(f"shard {args.shard} done; once every shard is, build the tables: clip-adapter report {config.output}")

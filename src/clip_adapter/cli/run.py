@@ -5,13 +5,15 @@ import argparse
 import json
 import logging
 
+from ..auto import DEFAULT_BUDGET_SECONDS, run_auto
 from ..datasets import SPLITS, load_dataset
 from ..experiment.size import run_size
 from ..fewshot import read_index_file
 from ..methods import check_overrides, get_method_class
 from ..protocol import RunSpec, run_one
 from ..report import format_table
-from .common import add_backbone_args, add_data_args, backbone_from_args, cache_from_args, count, parse_grid, seed
+from .common import (add_backbone_args, add_data_args, backbone_from_args, cache_from_args, count, int_list, label,
+                     parse_grid, seed)
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,14 @@ def register(sub) -> None:
     add_backbone_args(p)
     g = p.add_argument_group("method")
     g.add_argument("--method", default="clip_adapter",
-                   help="zero_shot, linear_probe, clip_adapter, ... ('clip-adapter methods' lists them; '-' or '_').")
-    g.add_argument("--shots", type=count(1), default=16, help="training images per class (default: 16).")
+                   help="zero_shot, linear_probe, clip_adapter, ... ('clip-adapter methods' lists them; '-' or '_'), "
+                        "or 'auto': try the methods that work on cached features, cheapest first, and keep the one "
+                        "with the best validation accuracy (default: clip_adapter).")
+    g.add_argument("--auto-budget", type=float, default=None, metavar="SECONDS",
+                   help="with --method auto: stop trying further methods after this many seconds (default: 600).")
+    g.add_argument("--shots", type=int_list(1), default=[16],
+                   help="training images per class; several comma-separated (1,2,4,8,16) run one after another "
+                        "(default: 16).")
     g.add_argument("--seed", type=seed, default=1, help="few-shot sampling and training seed (default: 1).")
     g.add_argument("--alpha", type=float, default=None,
                    help="CLIP-Adapter residual ratio of the image adapter; fixes it (default: searched on val).")
@@ -48,6 +56,9 @@ def register(sub) -> None:
     g.add_argument("--fewshot-index", default=None, help="a CoOp few-shot index file shot_K-seed_S.json.")
     g.add_argument("--repeat-shots", action="store_true",
                    help="sample with repetition when a class has fewer than --shots images.")
+    g.add_argument("--label", default=None, type=label,
+                   help="the dataset's name in results: OUTPUT/LABEL/METHOD/... (default: the dataset's name: a "
+                        "folder's name, a CSV's file name or its folder's for a generic one such as data.csv).")
     g.add_argument("--output", default="runs", help="results directory (default: runs).")
     g.add_argument("--save-model", default=None, metavar="DIR",
                    help="also save the fitted model to DIR (a new or empty folder, or a model saved before with "
@@ -71,33 +82,68 @@ def _overrides(args: argparse.Namespace, cls) -> dict:
     return overrides
 
 
+def _check_flags(args: argparse.Namespace, auto: bool) -> None:
+    if auto and (args.set or args.grid or any(getattr(args, a) is not None for _, _, a in SHORTCUTS)):
+        raise ValueError("--method auto chooses each method's hyper-parameters on val itself; drop --set, --grid, "
+                         "--alpha, --alpha-text, --adapter and --epochs (or name one method).")
+    if args.auto_budget is not None and not auto:
+        raise ValueError("--auto-budget goes with --method auto.")
+    if args.auto_budget is not None and not args.auto_budget > 0:
+        raise ValueError(f"--auto-budget must be > 0 seconds. Got {args.auto_budget!r} instead.")
+    if len(args.shots) > 1 and (args.save_model or args.fewshot_index):
+        flag = "--save-model" if args.save_model else "--fewshot-index"
+        raise ValueError(f"{flag} needs one shot count; got --shots {','.join(map(str, args.shots))}.")
+
+
+def _row(record: dict) -> dict:
+    return {"dataset": record["dataset"], "method": record["method"], "shots": record["shots"],
+            "seed": record["seed"], "chosen": json.dumps(record["chosen"]) if record["chosen"] else "-",
+            "val acc": record["val_accuracy"], "test acc": record["accuracy"], "macro-F1": record["macro_f1"],
+            "train s": round(record["train_seconds"], 2)}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    cls = get_method_class(args.method)
-    overrides = _overrides(args, cls)
+    auto = args.method == "auto"
+    _check_flags(args, auto)
+    cls = None if auto else get_method_class(args.method)
+    overrides = {} if auto else _overrides(args, cls)
     grid = parse_grid(args.grid) if args.grid else None
     dataset = load_dataset(args.data, root=args.root, allow_outside_paths=args.allow_outside_paths)
-    size = run_size(cls.name, overrides, grid, args.shots, {s: len(dataset.split(s)) for s in SPLITS},
-                    dataset.num_classes, args.views)
-    log.info("%s: plan: %s", dataset.name, size.line())
-    if size.warning():
-        log.warning("%s: %s", dataset.name, size.warning())
+    if args.label:
+        dataset.name = args.label
+    if not auto:  # the size of the largest run (auto's candidates are sized as they run)
+        size = run_size(cls.name, overrides, grid, max(args.shots), {s: len(dataset.split(s)) for s in SPLITS},
+                        dataset.num_classes, args.views)
+        log.info("%s: plan: %s", dataset.name, size.line())
+        if size.warning():
+            log.warning("%s: %s", dataset.name, size.warning())
     backbone = backbone_from_args(args)
     train_items = val_items = None
     if args.fewshot_index:
         idx = read_index_file(args.fewshot_index, {s: dataset.split(s) for s in SPLITS},
-                              classnames=dataset.classnames, shots=args.shots)
+                              classnames=dataset.classnames, shots=args.shots[0])
         train_items, val_items = idx["train"], idx.get("val")
-    spec = RunSpec(method=cls.name, shots=args.shots, seed=args.seed, overrides=overrides, grid=grid,
-                   n_views=args.views, repeat_shots=args.repeat_shots, templates=args.template or None,
-                   train_items=train_items, val_items=val_items, device=args.device)
-    record = run_one(dataset, backbone, spec, cache=cache_from_args(args, backbone), output=args.output,
-                     save_model=args.save_model, overwrite=args.overwrite)
-    rows = [{"dataset": record["dataset"], "method": record["method"], "shots": record["shots"],
-             "seed": record["seed"], "chosen": json.dumps(record["chosen"]) if record["chosen"] else "-",
-             "val acc": record["val_accuracy"], "test acc": record["accuracy"], "macro-F1": record["macro_f1"],
-             "train s": round(record["train_seconds"], 2)}]
+    cache = cache_from_args(args, backbone)
+    records = []
+    for shots in args.shots:
+        spec = RunSpec(method="auto" if auto else cls.name, shots=shots, seed=args.seed, overrides=overrides,
+                       grid=grid, n_views=args.views, repeat_shots=args.repeat_shots,
+                       templates=args.template or None, train_items=train_items, val_items=val_items,
+                       device=args.device)
+        if auto:
+            record = run_auto(dataset, backbone, spec, cache=cache, output=args.output, save_model=args.save_model,
+                              overwrite=args.overwrite, budget_seconds=args.auto_budget or DEFAULT_BUDGET_SECONDS)
+            tried = ", ".join(f"{c['method']} {c['val_accuracy']:.4f}" for c in record["auto"]["tried"])
+            print(f"auto ({shots} shots): chose {record['method']} on validation accuracy ({tried})")
+        else:
+            record = run_one(dataset, backbone, spec, cache=cache, output=args.output, save_model=args.save_model,
+                            overwrite=args.overwrite)
+        records.append(record)
+        if cls is not None and not cls.trains:
+            break  # a method that does not train gives the same run for every shot count
+    rows = [_row(r) for r in records]
     print(format_table(rows, list(rows[0])))
-    print(f"results: {record['result_file']}")
+    print("results: " + ", ".join(r["result_file"] for r in records))
     if args.save_model:
-        print(f"model: {record['model_dir']}")
+        print(f"model: {records[0]['model_dir']}")
     return 0

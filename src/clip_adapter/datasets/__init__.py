@@ -9,6 +9,8 @@ benchmark datasets (``catalog.json``), their download and verification. A new da
     builtin.py    the catalog's datasets under a data root (CoOp layout, FGVC lists, ImageNet folders)
     load.py       load_dataset: which reader for what the user points at
     fetch.py      fetch, check and unpack a row's resources into its folder
+    archive.py    unpack a zip/tar without trusting it: wanted members only, no links, nothing outside, a budget
+    errors.py     the one-line errors of fetching and unpacking
     verify.py     every image present and readable, counts as expected
 """
 from .catalog import FORMATS, REGISTRY, DatasetInfo, Resource, add_catalog, catalog_markdown, dataset_names, \

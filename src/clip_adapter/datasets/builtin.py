@@ -28,8 +28,9 @@ IMAGENET_VAL_SEED = 0
 IMAGENET_SPLIT_CACHE = "split_clip_adapter_ImageNet.json"
 
 
-def read_builtin(name: str, root: str | os.PathLike | None = None) -> Dataset:
-    """Load a built-in dataset from its CoOp layout under ``root``.
+def read_builtin(name: str, root: str | os.PathLike | None = None, allow_outside_paths: bool = False) -> Dataset:
+    """Load a built-in dataset from its CoOp layout under ``root`` (``allow_outside_paths``: let its split file's
+    entries reach outside its folder, e.g. through a symlinked image folder).
 
     Raises:
         ValueError: unknown name (with a close match).
@@ -42,13 +43,17 @@ def read_builtin(name: str, root: str | os.PathLike | None = None) -> Dataset:
         raise FileNotFoundError(f"Dataset {info.name} not found: {missing[0]} is missing; run `clip-adapter "
                                 f"datasets download {info.name} --root {root}` (it fetches what it can and prints "
                                 f"the manual steps).")
-    return format_reader(info)(info, info.path(root))
+    reader = format_reader(info)
+    if allow_outside_paths:  # only readers of split-file paths take the opt-in (a reader without it fails loudly)
+        return reader(info, info.path(root), allow_outside_paths=True)
+    return reader(info, info.path(root))
 
 
 @register_format("coop")
-def read_coop_row(info: DatasetInfo, ds_dir: Path) -> Dataset:
+def read_coop_row(info: DatasetInfo, ds_dir: Path, allow_outside_paths: bool = False) -> Dataset:
     """A CoOp-layout row: ``split_zhou_<coop_name>.json`` in its folder, relpaths under ``image_dir``."""
-    return read_coop(ds_dir, split_file=ds_dir / info.split_file, image_dir=ds_dir / info.image_dir, name=info.name)
+    return read_coop(ds_dir, split_file=ds_dir / info.split_file, image_dir=ds_dir / info.image_dir, name=info.name,
+                     allow_outside_paths=allow_outside_paths)
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:

@@ -54,6 +54,8 @@ class Resource:
         dest: where a plain (non-archive) file goes under the dataset folder (default: ``filename``).
         inner: an archive inside the archive to unpack instead (Caltech-101's zip holds a .tar.gz).
         manual: how to get the file by hand when ``urls`` is empty or fails.
+        max_bytes: the most an archive may unpack to (its size budget; default: 256 GiB and at most 100x the
+            archive's size, see :class:`~clip_adapter.datasets.archive.Budget`).
     """
 
     filename: str
@@ -64,6 +66,7 @@ class Resource:
     dest: str | None = None
     inner: str | None = None
     manual: str = ""
+    max_bytes: int | None = None
 
     @property
     def is_archive(self) -> bool:
@@ -185,6 +188,8 @@ _RESOURCE: dict[str, Constraint] = {
     "dest": Predicate(lambda v: v is None or (isinstance(v, str) and bool(v)), "a path or null"),
     "inner": Predicate(lambda v: v is None or (isinstance(v, str) and bool(v)), "a path or null"),
     "manual": Text(nonempty=False),
+    "max_bytes": Predicate(lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
+                           "an int > 0 (bytes) or null"),
 }
 
 
@@ -209,7 +214,7 @@ def _resource(d: Any, where: str) -> Resource:
     d = _checked(d, _RESOURCE, Resource, where)
     return Resource(d["filename"], urls=tuple(d.get("urls", ())), sha256=d.get("sha256"), md5=d.get("md5"),
                     members=tuple(tuple(m) for m in d.get("members", ())), dest=d.get("dest"),
-                    inner=d.get("inner"), manual=d.get("manual", ""))
+                    inner=d.get("inner"), manual=d.get("manual", ""), max_bytes=d.get("max_bytes"))
 
 
 def _row(d: Any, where: str) -> DatasetInfo:

@@ -1,19 +1,22 @@
 """The checks every dataset reader applies, each failing with one line that names the file and the entry.
 
-* paths stay inside the dataset folder (no absolute paths, no ``..`` out of it) unless the user opts in;
+* paths stay inside the dataset folder (no absolute paths, no ``..`` out of it, no symlink reaching out of it)
+  unless the user opts in;
 * labels are ints ``0..C-1`` without gaps, and a label has one class name (and a class name one label);
-* no image is listed twice, within a split or across splits (train/test leakage);
+* no image is listed twice, within a split or across splits (train/test leakage), compared as files (device and
+  inode), so a symlinked folder or a hard link of the same image is caught too;
 * a prompt template holds ``{}`` once and no other braces.
 """
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping
 
 from .types import SPLITS, Item
 
-__all__ = ["DataError", "join_inside", "check_label", "check_label_names", "check_no_gaps", "check_unique_images",
+__all__ = ["DataError", "join_inside", "check_inside", "check_label", "check_label_names", "check_no_gaps", "check_unique_images",
            "check_templates", "OPT_IN"]
 
 # How a user lets entries point outside the dataset folder (named in the error).
@@ -24,9 +27,15 @@ class DataError(ValueError):
     """A dataset file holds something it must not; the message names the file and the entry."""
 
 
+@lru_cache(maxsize=64)
+def _real(folder: str) -> str:
+    return os.path.realpath(folder)
+
+
 def join_inside(folder: Path, base: Path, rel: Any, where: str, allow_outside: bool = False) -> str:
     """``base / rel`` as a string; ``rel`` must be a non-empty relative path that stays inside ``folder`` (the dataset
-    folder; ``base`` is at or under it), compared lexically so that symlinked image folders keep working."""
+    folder; ``base`` is at or under it), both as written and once symlinks are resolved: a symlink inside the
+    dataset folder that reaches outside it (a file, or a symlinked image folder) needs the opt-in too."""
     if not isinstance(rel, str) or not rel.strip():
         raise DataError(f"{where}: the path must be a non-empty string. Got {rel!r} instead.")
     path = Path(os.path.expanduser(rel)) if rel.startswith("~") else Path(rel)
@@ -41,7 +50,25 @@ def join_inside(folder: Path, base: Path, rel: Any, where: str, allow_outside: b
     if os.path.commonpath([norm, root]) != root:
         raise DataError(f"{where}: the path {rel!r} leaves the dataset folder {folder}. Pass {OPT_IN} to read files "
                         f"outside it.")
+    real, real_root = os.path.realpath(norm), _real(root)
+    if os.path.commonpath([real, real_root]) != real_root:
+        raise DataError(f"{where}: the path {rel!r} goes through a symlink to {real}, outside the dataset folder "
+                        f"{folder}. Pass {OPT_IN} to read files outside it.")
     return str(full)
+
+
+def check_inside(folder: Path, splits: Mapping[str, list[Item]], where: str, allow_outside: bool = False) -> None:
+    """Every image found under ``folder`` resolves inside it: a symlink in a class folder that points elsewhere needs
+    the opt-in, as a split-file entry would (:func:`join_inside`)."""
+    if allow_outside:
+        return
+    real_root = _real(os.path.normpath(os.path.abspath(folder)))
+    for s in SPLITS:
+        for it in splits.get(s, []):
+            real = os.path.realpath(it.path)
+            if os.path.commonpath([real, real_root]) != real_root:
+                raise DataError(f"{where}: {it.path} goes through a symlink to {real}, outside the dataset folder "
+                                f"{folder}. Pass {OPT_IN} to read files outside it.")
 
 
 def check_label(value: Any, where: str) -> int:
@@ -78,18 +105,32 @@ def check_no_gaps(labels: Iterable[int], where: str) -> int:
     return n
 
 
+def _file_id(path: str) -> tuple:
+    """What makes two paths one image: (device, inode) of the file, so symlinks and hard links compare equal; the
+    resolved path for a file that is not there (it is reported missing later)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ("path", os.path.realpath(path))
+    return ("file", st.st_dev, st.st_ino)
+
+
 def check_unique_images(splits: Mapping[str, list[Item]], where: str) -> None:
-    """No image twice: within a split (a duplicate) or in two splits (train/test leakage)."""
-    seen: dict[str, str] = {}
+    """No image twice: within a split (a duplicate) or in two splits (train/test leakage), also when listed under two
+    names (a symlinked folder, a hard link)."""
+    seen: dict[tuple, tuple[str, str]] = {}
     for s in SPLITS:
         for it in splits.get(s, []):
-            key = os.path.normpath(it.path)
+            key = _file_id(it.path)
             if key in seen:
-                what = f"twice in {s!r}" if seen[key] == s else f"in both {seen[key]!r} and {s!r}"
-                hint = "" if seen[key] == s else " (train/test leakage)"
-                raise DataError(f"{where}: image {it.path} is listed {what}{hint}; each image belongs to one split, "
-                                f"once.")
-            seen[key] = s
+                first_split, first_path = seen[key]
+                what = f"twice in {s!r}" if first_split == s else f"in both {first_split!r} and {s!r}"
+                hint = "" if first_split == s else " (train/test leakage)"
+                same = "" if os.path.normpath(first_path) == os.path.normpath(it.path) else \
+                    f" (the same file as {first_path})"
+                raise DataError(f"{where}: image {it.path}{same} is listed {what}{hint}; each image belongs to one "
+                                f"split, once.")
+            seen[key] = (s, it.path)
 
 
 def check_templates(templates: list[str], where: str) -> list[str]:

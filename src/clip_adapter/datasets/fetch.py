@@ -2,12 +2,13 @@
 
 The pieces, each usable on its own:
 
-* :func:`fetch` downloads one URL into ``<file>.part`` (resuming it with an HTTP ``Range`` request when it
-  exists) and renames it to ``<file>`` only when every byte has arrived.
+* :func:`fetch` downloads one URL into ``<file>.part`` (resuming it with ``Range`` + ``If-Range`` only when the
+  server proves it is the same file, else from zero) and renames it to ``<file>`` only when every byte has arrived,
+  within an overall deadline.
 * :func:`check_digest` compares a file with its published sha256/md5; a mismatch deletes the file.
-* :func:`extract` unpacks a zip/tar(.gz) into a temporary folder next to the target, refuses members that would
-  land outside it, then moves each wanted member into place with one ``os.replace``: a path under the dataset
-  folder exists only once it is complete.
+* :func:`extract` unpacks the wanted members of a zip/tar(.gz) into a temporary folder next to the target with
+  :mod:`~clip_adapter.datasets.archive` (no links, nothing outside, a size budget), then moves each into place with
+  one ``os.replace``: a path under the dataset folder exists only once it is complete.
 * :func:`download_dataset` does all of that for every :class:`~clip_adapter.datasets.catalog.Resource` of a catalog
   row and returns what is still missing (files that need a manual step); :func:`download` takes a dataset name.
 """
@@ -18,37 +19,26 @@ import logging
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from ..io import atomic_path, file_digest, progress_bar
+from ..io import atomic_path, file_digest, progress_bar, write_text as atomic_write
+from .archive import Budget, member_parts, safe_makedirs, unpack
 from .catalog import DatasetInfo, Resource, get_info, resolve_root
+from .errors import ArchiveTooLargeError, ChecksumError, DownloadError, UnsafeArchiveError
 
-__all__ = ["Resource", "DownloadError", "ChecksumError", "UnsafeArchiveError", "DownloadResult", "fetch",
-           "file_digest", "check_digest", "extract", "download_dataset", "download", "downloads_dir"]
+__all__ = ["Resource", "DownloadError", "ChecksumError", "UnsafeArchiveError", "ArchiveTooLargeError", "Budget",
+           "DownloadResult", "fetch", "file_digest", "check_digest", "extract", "download_dataset", "download",
+           "downloads_dir", "default_deadline", "resumed_marker", "DEADLINE_ENV"]
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 USER_AGENT = "clip-adapter-datasets/1 (+python-requests)"
-
-
-class DownloadError(RuntimeError):
-    """A file could not be fetched, checked or unpacked (one-line message)."""
-
-
-class ChecksumError(DownloadError):
-    """A downloaded file does not have its published (or first-recorded) checksum; the file has been deleted."""
-
-
-class UnsafeArchiveError(DownloadError):
-    """An archive member would be written outside the extraction folder (path traversal, links, devices)."""
 
 
 @dataclass
@@ -86,42 +76,108 @@ def _content_range_total(value: str | None) -> int | None:
     return int(total) if total.isdigit() else None
 
 
-def fetch(url: str, dest: str | os.PathLike, *, session: Any = None, progress: bool = True,
-          retries: int = 3, timeout: float = 60.0, backoff: float = 1.0) -> Path:
-    """Download ``url`` to ``dest`` through ``dest.part``, resuming a partial ``.part`` with an HTTP Range request.
+DEADLINE_ENV = "CLIP_ADAPTER_DOWNLOAD_DEADLINE"
+DEFAULT_DEADLINE = 6 * 3600.0  # seconds for one file, all retries included; a server dripping bytes cannot hold us
 
-    ``dest`` appears only once the whole body has arrived (its size matches Content-Length/Content-Range). A
-    server that ignores Range restarts the file from zero. Connection drops are retried ``retries`` times
-    (waiting ``backoff * 2**attempt`` seconds), each retry resuming where the last one stopped.
+
+def default_deadline() -> float:
+    """The overall time limit of one file's download: ``$CLIP_ADAPTER_DOWNLOAD_DEADLINE`` seconds, else 6 hours."""
+    raw = os.environ.get(DEADLINE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_DEADLINE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise DownloadError(f"{DEADLINE_ENV} must be a number of seconds > 0. Got {raw!r} instead.")
+    return value
+
+
+def resumed_marker(dest: str | os.PathLike) -> Path:
+    """The file saying ``dest`` was assembled from several HTTP responses (its hash is never trusted on first use)."""
+    dest = Path(dest)
+    return dest.with_name(dest.name + ".resumed")
+
+
+def _validator_file(part: Path) -> Path:
+    return part.with_name(part.name + ".validator")
+
+
+def _validator(headers: Any) -> str | None:
+    """The response's strong ETag, else its Last-Modified date: what ``If-Range`` can name (weak ETags cannot)."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified") or None
+
+
+def _saved_validator(part: Path, url: str) -> str | None:
+    try:
+        saved = json.loads(_validator_file(part).read_text())
+    except (OSError, ValueError):
+        return None
+    return saved.get("validator") if isinstance(saved, dict) and saved.get("url") == url else None
+
+
+class _Restart(Exception):
+    """This attempt ended without the whole file; the reason is the retry's log line."""
+
+
+def fetch(url: str, dest: str | os.PathLike, *, session: Any = None, progress: bool = True,
+          retries: int = 3, timeout: float = 60.0, backoff: float = 1.0, deadline: float | None = None) -> Path:
+    """Download ``url`` to ``dest`` through ``dest.part``, resuming a partial ``.part`` only when the server proves
+    it is the same file.
+
+    A ``.part`` is continued with ``Range`` + ``If-Range`` (the ETag or Last-Modified of the response that started
+    it, saved next to it as ``.part.validator``); without a saved validator, when the server answers 200 (the file
+    changed, or Range is not supported) or 416, the download restarts from zero: a ``.part`` is never accepted
+    unread. ``dest`` appears only once the whole body has arrived (its size matches Content-Length/Content-Range).
+    Connection drops are retried ``retries`` times (waiting ``backoff * 2**attempt`` seconds); ``timeout`` bounds
+    each read and ``deadline`` (seconds, default :func:`default_deadline`) the whole download. A file assembled
+    from several responses gets a :func:`resumed_marker` next to it.
 
     Raises:
-        DownloadError: HTTP error, or the connection kept failing (the ``.part`` is kept for a later resume).
+        DownloadError: HTTP error, the deadline passed, or the connection kept failing (the ``.part`` is kept).
     """
+    return _fetch(url, Path(dest), session=session, progress=progress, retries=retries, timeout=timeout,
+                  backoff=backoff, deadline=deadline)[0]
+
+
+def _fetch(url: str, dest: Path, *, session: Any, progress: bool, retries: int, timeout: float, backoff: float,
+           deadline: float | None) -> tuple[Path, bool]:
+    """:func:`fetch`, also saying whether the file was resumed (assembled from more than one response)."""
     import requests
     import urllib3
 
-    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    limit = default_deadline() if deadline is None else deadline
     if session is None:
         with _session() as own:
-            return fetch(url, dest, session=own, progress=progress, retries=retries, timeout=timeout,
-                         backoff=backoff)
+            return _fetch(url, dest, session=own, progress=progress, retries=retries, timeout=timeout,
+                          backoff=backoff, deadline=limit)
+    resumed_marker(dest).unlink(missing_ok=True)
+    end = time.monotonic() + limit
     last_error = ""
     for attempt in range(retries + 1):
         try:
-            retry = _attempt(session, url, dest, part, timeout, progress)
-            if retry is None:
-                return dest
-            last_error = retry or last_error
-            continue
+            resumed = _attempt(session, url, dest, part, timeout, progress, end, limit)
+            if resumed:
+                resumed_marker(dest).write_text(f"{url}\n")
+            return dest, resumed
+        except _Restart as e:
+            last_error = str(e) or last_error
+            log.info("%s: %s", dest.name, last_error)
         # r.raw.stream raises urllib3's own errors (ProtocolError, ReadTimeoutError), not requests' wrappers.
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                 urllib3.exceptions.HTTPError, OSError) as e:
             last_error = _short_error(e)
             log.warning("%s: attempt %d/%d failed (%s).", dest.name, attempt + 1, retries + 1, last_error)
             if attempt < retries and backoff:
-                time.sleep(backoff * 2 ** attempt)
+                time.sleep(min(backoff * 2 ** attempt, max(0.0, end - time.monotonic())))
+        if time.monotonic() > end:
+            break
     have = part.stat().st_size if part.exists() else 0
     if have:
         raise DownloadError(f"Download of {url} did not complete ({last_error}); {have} bytes kept in {part}, "
@@ -130,51 +186,84 @@ def fetch(url: str, dest: str | os.PathLike, *, session: Any = None, progress: b
     raise DownloadError(f"Download of {url} failed ({last_error}).")
 
 
-def _attempt(session: Any, url: str, dest: Path, part: Path, timeout: float, progress: bool) -> str | None:
-    """One GET that continues ``part``; None once ``dest`` is complete, else why to retry ("" for no new reason)."""
+def _attempt(session: Any, url: str, dest: Path, part: Path, timeout: float, progress: bool, end: float,
+             limit: float) -> bool:
+    """One GET that continues (or restarts) ``part``; True when ``dest`` is complete and was resumed, False when it
+    came from this one response. Raises :class:`_Restart` to try again."""
     offset = part.stat().st_size if part.exists() else 0
-    with session.get(url, headers={"Range": f"bytes={offset}-"} if offset else {}, stream=True,
-                     timeout=(15, timeout)) as r:
-        plan = _resume_plan(r, url, dest, part, offset)
-        if not isinstance(plan, tuple):
-            return plan
-        mode, total, offset = plan
+    validator = _saved_validator(part, url) if offset else None
+    if offset and validator is None:
+        log.info("%s: no validator saved for the partial file; restarting from zero.", dest.name)
+        part.unlink()
+        offset = 0
+    headers = {"Range": f"bytes={offset}-", "If-Range": validator} if offset else {}
+    with session.get(url, headers=headers, stream=True, timeout=(15, timeout)) as r:
+        mode, total = _resume_plan(r, url, dest, part, offset, validator)
+        if mode == "wb":
+            offset = 0
+            _validator_file(part).unlink(missing_ok=True)
+            if _validator(r.headers):
+                atomic_write(_validator_file(part), json.dumps({"url": url, "validator": _validator(r.headers)}))
         with part.open(mode) as f, progress_bar(total, dest.name, "B", enabled=progress, initial=offset,
                                                 unit_scale=True, unit_divisor=1024) as bar:
-            for block in r.raw.stream(CHUNK, decode_content=False):
+            for block in _blocks(r.raw):
                 f.write(block)
                 bar.update(len(block))
+                if time.monotonic() > end:
+                    f.flush()
+                    raise DownloadError(f"Download of {url} passed its deadline of {limit:g} s; "
+                                        f"{part.stat().st_size} bytes kept in {part}; rerun to resume, or raise "
+                                        f"{DEADLINE_ENV}.")
     size = part.stat().st_size
     if total is not None and size != total:
-        return f"got {size} of {total} bytes"
+        raise _Restart(f"got {size} of {total} bytes")
     os.replace(part, dest)
-    return None
+    _validator_file(part).unlink(missing_ok=True)
+    return offset > 0
 
 
-def _resume_plan(r: Any, url: str, dest: Path, part: Path, offset: int) -> tuple[str, int | None, int] | str | None:
-    """How to write the response body: ``(file mode, total size, start offset)``; or None when the ``.part`` was
-    already whole (now ``dest``); or a retry reason after discarding a ``.part`` the server will not continue."""
+def _blocks(raw: Any):
+    """The body as it arrives: ``read1`` returns after each network read, so the deadline is checked even when a
+    server sends one byte at a time (``stream`` would wait for a full block)."""
+    read1 = getattr(raw, "read1", None)
+    if read1 is None:  # pragma: no cover - urllib3 < 2
+        yield from raw.stream(CHUNK, decode_content=False)
+        return
+    while block := read1(CHUNK, decode_content=False):
+        yield block
+
+
+def _resume_plan(r: Any, url: str, dest: Path, part: Path, offset: int,
+                 validator: str | None) -> tuple[str, int | None]:
+    """How to write the response body: ``(file mode, total size)``; raises :class:`_Restart` after discarding a
+    ``.part`` the server will not continue."""
     if offset and r.status_code == 416:
-        # Nothing left to send: the .part may already be whole.
-        if _content_range_total(r.headers.get("Content-Range")) == offset:
-            os.replace(part, dest)
-            return None
-        part.unlink()
-        return ""
+        # The .part is as long as (or longer than) the remote file: it may be another file; never accept it unread.
+        _discard(part)
+        raise _Restart("HTTP 416 for the partial file; restarting from zero")
     if r.status_code == 206 and offset:
         start = (r.headers.get("Content-Range") or "").removeprefix("bytes ").split("-")[0]
         if start != str(offset):  # not the range we asked for: start over
-            log.info("%s: server resumed at byte %r, not %d; restarting.", dest.name, start, offset)
-            part.unlink()
-            return f"server resumed at byte {start!r}, expected {offset}"
+            _discard(part)
+            raise _Restart(f"server resumed at byte {start!r}, expected {offset}; restarting from zero")
+        now = _validator(r.headers)
+        if now and validator and now != validator:
+            _discard(part)
+            raise _Restart("the file changed on the server (another ETag/Last-Modified); restarting from zero")
         log.info("%s: resuming at %d bytes.", dest.name, offset)
-        return "ab", _content_range_total(r.headers.get("Content-Range")), offset
+        return "ab", _content_range_total(r.headers.get("Content-Range"))
     if r.status_code == 200:
         if offset:
-            log.info("%s: server ignored the Range request; downloading from the start.", dest.name)
+            log.info("%s: the server sent the whole file (it changed, or ignores Range); restarting from zero.",
+                     dest.name)
         length = r.headers.get("Content-Length")
-        return "wb", int(length) if length and length.isdigit() else None, 0
+        return "wb", int(length) if length and length.isdigit() else None
     raise DownloadError(f"Download of {url} failed: HTTP {r.status_code} {r.reason}.")
+
+
+def _discard(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _validator_file(part).unlink(missing_ok=True)
 
 
 def _short_error(e: BaseException) -> str:
@@ -220,7 +309,8 @@ def _check_known(path: Path, res: Resource, record_file: Path, key: str, delete:
     """Check the published checksum, else the one recorded at first download (trust on first use).
 
     Returns the sha256 to record once the file has been placed successfully (None when nothing to record): a
-    damaged first download must not become the reference.
+    damaged first download must not become the reference, and neither must a file assembled from several HTTP
+    responses (a resumed download: its parts may come from two versions of the file).
     """
     if res.sha256 or res.md5:
         check_digest(path, sha256=res.sha256, md5=res.md5, delete=delete)
@@ -228,6 +318,10 @@ def _check_known(path: Path, res: Resource, record_file: Path, key: str, delete:
     recorded = _recorded(record_file).get(key)
     if recorded:
         check_digest(path, sha256=recorded, delete=delete)
+        return None
+    if resumed_marker(path).exists():
+        log.warning("%s: no published checksum and the download was resumed; its sha256 is not recorded as the "
+                    "reference (the next full download will be).", key)
         return None
     return file_digest(path)
 
@@ -240,77 +334,45 @@ def _record(record_file: Path, key: str, sha256: str) -> None:
 
 
 # -- extraction ----------------------------------------------------------------------------------------------
-def _unsafe_name(name: str) -> bool:
-    p = PurePosixPath(name.replace("\\", "/"))
-    return p.is_absolute() or ".." in p.parts or (len(name) > 1 and name[1] == ":")
-
-
-_TAR_FILTER_ERROR = getattr(tarfile, "FilterError", ())  # () matches nothing on Pythons without tar filters
-
-
-def _unpack(archive: Path, out: Path) -> None:
-    """Unpack a zip or tar(.gz/.bz2/.xz) into ``out``, refusing members that escape it."""
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as z:
-                for info in z.infolist():
-                    if _unsafe_name(info.filename):
-                        raise UnsafeArchiveError(f"Archive {archive.name} has unsafe member {info.filename!r} "
-                                                 f"(absolute or '..' path); refusing to extract it.")
-                z.extractall(out)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive, "r:*") as t:
-                if hasattr(tarfile, "data_filter"):
-                    # 'data' refuses '..', absolute links, links leaving the folder, devices; strips setuid bits.
-                    t.extractall(out, filter="data")
-                else:  # pragma: no cover - Python < 3.11.4
-                    for m in t.getmembers():
-                        if _unsafe_name(m.name) or m.islnk() or m.issym() or m.isdev():
-                            raise UnsafeArchiveError(f"Archive {archive.name} has unsafe member {m.name!r}; "
-                                                     f"refusing to extract it.")
-                    t.extractall(out)
-        else:
-            raise DownloadError(f"{archive} is not a zip or tar archive.")
-    except _TAR_FILTER_ERROR as e:
-        member = e.tarinfo.name if getattr(e, "tarinfo", None) is not None else "?"
-        raise UnsafeArchiveError(f"Archive {archive.name} has unsafe member {member!r} ({type(e).__name__}); "
-                                 f"refusing to extract it.") from None
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
-        raise DownloadError(f"Archive {archive} is damaged ({type(e).__name__}: {e}); delete it and rerun.") from None
-
-
 def extract(archive: str | os.PathLike, target_dir: str | os.PathLike, members: Iterable[tuple[str, str]],
-            inner: str | None = None) -> list[str]:
-    """Unpack ``archive`` and move each ``(member, dest)`` to ``target_dir/dest``; returns the dests placed.
+            inner: str | None = None, budget: Budget | None = None) -> list[str]:
+    """Unpack the wanted members of ``archive`` and move each ``(member, dest)`` to ``target_dir/dest``; returns the
+    dests placed.
 
-    Everything is unpacked into a hidden temporary folder inside ``target_dir`` (same filesystem, so the final
-    move is one atomic ``os.replace`` per member) and the folder is removed whatever happens: an interrupted
-    extraction leaves no partial ``dest``. A ``dest`` that already exists is kept (it was placed whole before).
+    Only the listed members are unpacked (:func:`~clip_adapter.datasets.archive.unpack`: no links, no path outside,
+    within ``budget``), into a hidden temporary folder inside ``target_dir`` (same filesystem, so the final move is one
+    atomic ``os.replace`` per member), and the folder is removed whatever happens: an interrupted or refused
+    extraction leaves no partial ``dest``. A ``dest`` that already exists is kept (it was placed whole before); a
+    ``dest`` whose way goes through a symlink is refused.
     """
     archive, target_dir = Path(archive), Path(target_dir)
     members = list(members)
+    wanted = [m for m, _ in members]
     target_dir.mkdir(parents=True, exist_ok=True)
+    dests = [(member, member_parts(dest, f"catalog entry for {archive.name}")) for member, dest in members]
     with tempfile.TemporaryDirectory(prefix=f".extract-{archive.name}-", dir=target_dir) as tmp:
         src = Path(tmp) / "a"
-        _unpack(archive, src)
         if inner:
+            unpack(archive, src, [inner], budget)
             inner_path = src / inner
             if not inner_path.is_file():
                 raise DownloadError(f"Archive {archive.name} has no {inner!r}; expected it to hold that archive.")
-            _unpack(inner_path, Path(tmp) / "b")
             src = Path(tmp) / "b"
-        missing = [m for m, _ in members if not (src / m).exists()]
+            unpack(inner_path, src, wanted, budget)
+        else:
+            unpack(archive, src, wanted, budget)
+        missing = [m for m in wanted if not os.path.lexists(src / m)]
         if missing:
             raise DownloadError(f"Archive {archive.name} has no {missing[0]!r}; expected members "
-                                f"{', '.join(m for m, _ in members)}.")
+                                f"{', '.join(wanted)}.")
         placed = []
-        for member, dest in members:
-            final = target_dir / dest
-            if final.exists():
+        for member, parts in dests:
+            final = target_dir.joinpath(*parts)
+            if os.path.lexists(final):
                 continue
-            final.parent.mkdir(parents=True, exist_ok=True)
+            safe_makedirs(target_dir, parts[:-1], f"Extracting {archive.name}")
             os.replace(src / member, final)
-            placed.append(dest)
+            placed.append("/".join(parts))
     return placed
 
 
@@ -328,7 +390,8 @@ def downloads_dir(root: str | os.PathLike, info: DatasetInfo) -> Path:
 
 
 def download_dataset(info: DatasetInfo, root: str | os.PathLike, *, sources_dir: str | os.PathLike | None = None,
-                     keep_archives: bool = False, progress: bool = True, session: Any = None) -> DownloadResult:
+                     keep_archives: bool = False, progress: bool = True, session: Any = None,
+                     deadline: float | None = None) -> DownloadResult:
     """Fetch, check and unpack every resource of ``info`` into ``<root>/<info.directory>``.
 
     Resources already in place are skipped, so rerunning after an interruption continues where it stopped. A
@@ -336,6 +399,7 @@ def download_dataset(info: DatasetInfo, root: str | os.PathLike, *, sources_dir:
     in ``<root>/.downloads/<dir>/`` (e.g. put there by hand), then fetched from its URLs. Archives fetched by
     this function are deleted after extraction unless ``keep_archives``; files from ``sources_dir`` are never
     modified. Do not run two downloads of the same dataset at once (they share ``.part`` and temporary files).
+    ``deadline`` bounds each file's download in seconds (default :func:`default_deadline`).
 
     Returns:
         a :class:`DownloadResult`; ``result.manual`` lists the steps still needed (files without URL, dead URLs,
@@ -345,6 +409,7 @@ def download_dataset(info: DatasetInfo, root: str | os.PathLike, *, sources_dir:
         DownloadError / ChecksumError / UnsafeArchiveError: a file failed its checksum or could not be unpacked.
     """
     job = _DatasetDownload(info, Path(root).expanduser(), sources_dir, keep_archives, progress, session)
+    job.deadline = deadline
     try:
         for res in info.resources:
             if res.present(job.ds_dir):
@@ -369,6 +434,7 @@ class _DatasetDownload:
         self.record_file = root / ".downloads" / "recorded_sha256.json"
         self.result = DownloadResult(info.name, self.ds_dir)
         self._session, self._own_session = session, False
+        self.deadline: float | None = None
         _clean_stale(self.ds_dir)
 
     def session(self) -> Any:
@@ -398,7 +464,8 @@ class _DatasetDownload:
         for url in res.urls:
             try:
                 log.info("%s: downloading %s", self.info.name, url)
-                return fetch(url, downloaded, session=self.session(), progress=self.progress), True
+                return _fetch(url, downloaded, session=self.session(), progress=self.progress, retries=3,
+                              timeout=60.0, backoff=1.0, deadline=self.deadline)[0], True
             except DownloadError as e:
                 errors.append(str(e))
                 log.warning("%s", e)
@@ -407,15 +474,25 @@ class _DatasetDownload:
         return None
 
     def place(self, res: Resource, path: Path, ours: bool) -> None:
-        """Check the file, then unpack it (archives) or move/copy it into the dataset folder."""
+        """Check the file, then unpack it (archives) or move/copy it into the dataset folder. An archive that is
+        refused (unsafe member, over its size budget, damaged) is deleted when we downloaded it, and nothing of it
+        is recorded as trusted."""
         key = f"{self.info.directory}/{res.filename}"
         to_record = _check_known(path, res, self.record_file, key, delete=ours)
         if res.is_archive:
             log.info("%s: extracting %s", self.info.name, path.name)
-            self.result.placed.extend(extract(path, self.ds_dir, res.members, inner=res.inner))
+            budget = Budget(max_bytes=res.max_bytes) if res.max_bytes else None
+            try:
+                self.result.placed.extend(extract(path, self.ds_dir, res.members, inner=res.inner, budget=budget))
+            except DownloadError:
+                if ours:
+                    path.unlink(missing_ok=True)
+                    resumed_marker(path).unlink(missing_ok=True)
+                raise
         else:
             dest = self.ds_dir / res.targets[0]
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            self.ds_dir.mkdir(parents=True, exist_ok=True)
+            safe_makedirs(self.ds_dir, member_parts(res.targets[0], key)[:-1], key)
             if ours:
                 os.replace(path, dest)  # same filesystem (both under root): atomic
             else:
@@ -424,6 +501,8 @@ class _DatasetDownload:
             self.result.placed.append(res.targets[0])
         if to_record:
             _record(self.record_file, key, to_record)
+        if ours:
+            resumed_marker(path).unlink(missing_ok=True)
         if ours and not self.keep_archives and res.is_archive:
             path.unlink(missing_ok=True)
 
@@ -463,11 +542,12 @@ def _write_imagenet_classnames(root: Path) -> bool:
 
 def download(name_or_info: str | DatasetInfo, root: str | os.PathLike | None = None, *,
              sources_dir: str | os.PathLike | None = None, keep_archives: bool = False,
-             progress: bool = True) -> DownloadResult:
+             progress: bool = True, deadline: float | None = None) -> DownloadResult:
     """Fetch everything that can be fetched for a dataset into ``<root>/<directory>``; see
     :func:`download_dataset`. ``result.manual`` lists the steps left to do by hand."""
     info = get_info(name_or_info) if isinstance(name_or_info, str) else name_or_info
     root = resolve_root(root)
     if info.split_format == "imagenet":
         _write_imagenet_classnames(root)
-    return download_dataset(info, root, sources_dir=sources_dir, keep_archives=keep_archives, progress=progress)
+    return download_dataset(info, root, sources_dir=sources_dir, keep_archives=keep_archives, progress=progress,
+                            deadline=deadline)

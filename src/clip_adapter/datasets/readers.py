@@ -23,8 +23,8 @@ from pathlib import Path
 
 from ..config import closest
 from .catalog import templates_for
-from .checks import (DataError, check_label, check_label_names, check_no_gaps, check_templates, check_unique_images,
-                     join_inside)
+from .checks import (DataError, check_inside, check_label, check_label_names, check_no_gaps, check_templates,
+                     check_unique_images, join_inside)
 from .types import IMAGE_EXTENSIONS, SPLITS, Dataset, Item, anchor, readable
 
 __all__ = ["read_coop", "read_image_folder", "read_csv", "images_in", "loads_strict"]
@@ -242,9 +242,10 @@ def _carve_val(splits: dict[str, list[Item]], seed: int) -> dict[str, list[Item]
     return {"train": train, "val": val, "test": splits["test"]}
 
 
-def read_image_folder(folder: str | Path, split_seed: int = 0) -> Dataset:
+def read_image_folder(folder: str | Path, split_seed: int = 0, allow_outside_paths: bool = False) -> Dataset:
     """Read ``<dir>/<class>/*`` (seeded split) or ``<dir>/{train,val,test}/<class>/*`` (without val/, validation
-    images are taken from train/: 20% of each class, seeded)."""
+    images are taken from train/: 20% of each class, seeded); a symlink pointing out of ``<dir>`` needs
+    ``allow_outside_paths``, and no image may be in two splits (hard links included)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"Dataset folder {folder} not found.")
@@ -278,6 +279,8 @@ def read_image_folder(folder: str | Path, split_seed: int = 0) -> Dataset:
     if skipped:
         log.warning("%s: %d files are not images (%s) and were skipped, e.g. %s.", folder, len(skipped),
                     ", ".join(sorted(IMAGE_EXTENSIONS)), skipped[0])
+    check_inside(folder, splits, f"Dataset folder {folder}", allow_outside_paths)
+    check_unique_images(splits, f"Dataset folder {folder}")
     classnames, templates = _extra_files(folder, _distinct_names(class_dirs, f"Dataset folder {folder}"),
                                          folder.name)
     return Dataset(folder.name, classnames, anchor(splits, folder), templates, source=str(folder))
@@ -371,4 +374,18 @@ def read_csv(csv_path: str | Path, split_seed: int = 0, allow_outside_paths: boo
     classnames, templates = _extra_files(base, classnames, csv_path.stem)
     if all(c.isdigit() for c in classnames):
         log.warning("%s: class names are numbers; add a classnames.txt next to it for meaningful prompts.", csv_path)
-    return Dataset(csv_path.stem, classnames, anchor(splits, base), templates, source=str(csv_path))
+    return Dataset(csv_dataset_name(csv_path), classnames, anchor(splits, base), templates, source=str(csv_path))
+
+
+# CSV file names that say nothing about the data: such a CSV is named after its folder, so that two projects'
+# data.csv do not write their results into the same runs/data/ folder.
+GENERIC_CSV_NAMES = frozenset({"data", "dataset", "labels", "annotations", "metadata", "index", "images", "list",
+                               "all", "split", "splits"})
+
+
+def csv_dataset_name(csv_path: Path) -> str:
+    """A CSV dataset's default name: its file name, or its folder's name when the file name is generic."""
+    stem = csv_path.stem
+    if stem.lower() in GENERIC_CSV_NAMES and csv_path.resolve().parent.name:
+        return csv_path.resolve().parent.name
+    return stem

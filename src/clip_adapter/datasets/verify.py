@@ -135,8 +135,8 @@ def _load(name_or_path: str | os.PathLike, root: str | os.PathLike | None, allow
     path = Path(name_or_path).expanduser()
     if not path.exists():
         info = get_info(str(name_or_path))
-        return (read_builtin(info.name, root), info.path(root), dict(zip(SPLITS, info.split_sizes)),
-                info.num_classes, info.name)
+        return (read_builtin(info.name, root, allow_outside_paths), info.path(root),
+                dict(zip(SPLITS, info.split_sizes)), info.num_classes, info.name)
     split_files = sorted(path.glob("split_zhou_*.json")) if path.is_dir() else []
     if len(split_files) == 1:
         # read_coop locates the image folder from the first entries of each split, which is exactly what may be
@@ -158,7 +158,8 @@ def verify(name_or_path: str | os.PathLike, root: str | os.PathLike | None = Non
         root: data root for names.
         full: decode every image (slower, catches truncated JPEGs) instead of PIL's ``verify()``.
         workers: threads opening images (default: up to 8).
-        allow_outside_paths: let split-file/CSV entries point outside the dataset folder (as ``load_dataset``).
+        allow_outside_paths: let split-file entries reach outside the dataset folder (absolute paths, ``..``,
+            symlinks to elsewhere), as :func:`~clip_adapter.datasets.load_dataset` does.
 
     Raises:
         ValueError / FileNotFoundError: unknown name, or the split file/required folders are missing.

@@ -1,7 +1,8 @@
 """Joining a Ray cluster, with one-line errors for what goes wrong before any work starts.
 
 * Ray is an optional extra: :func:`require_ray` says how to install it.
-* :func:`connect`: no address = a local cluster on this machine; ``"auto"`` = the cluster this machine belongs to
+* :func:`connect`: no address = a local cluster on this machine, reachable from this machine only (every Ray
+  process listens on 127.0.0.1, not on the node's network address); ``"auto"`` = the cluster this machine belongs to
   (``ray start --head`` / ``ray start --address``); ``"host:port"`` (or ``ray://host:port``) = that cluster, checked
   for reachability first so that a wrong address fails in seconds, not after Ray's own minute of retries.
 * :func:`check_resources`: a request the cluster cannot satisfy (GPUs it does not have) is an error, not a job that
@@ -11,10 +12,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,8 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'clip-adapter[ray]' (or pip install 'ray[data]')"
 # Environment variables the workers need to behave like the driver (offline hub, the same caches and data root).
-RUNTIME_ENV_VARS = ("HF_HUB_OFFLINE", "CLIP_ADAPTER_CACHE", "CLIP_ADAPTER_DATA")
+RUNTIME_ENV_VARS = ("HF_HUB_OFFLINE", "CLIP_ADAPTER_CACHE", "CLIP_ADAPTER_SHARED_CACHE", "CLIP_ADAPTER_DATA",
+                    "CLIP_ADAPTER_LOCK_TIMEOUT")
 
 
 class RayUnavailable(RuntimeError):
@@ -58,11 +62,33 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
                            f"--head` on that machine, or check the address (`ray status` prints it).") from None
 
 
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def _loopback_only(ray: Any) -> Iterator[None]:
+    """While starting a local cluster, make Ray take 127.0.0.1 as this node's address: on Linux ``ray.init`` maps a
+    loopback ``_node_ip_address`` to the network address unless multi-node clusters are off (as on macOS/Windows),
+    and every Ray process then listens on that address. A single-machine run has nothing to offer the network."""
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if constants is None or not hasattr(constants, "ENABLE_RAY_CLUSTER"):  # pragma: no cover - another Ray layout
+        log.warning("This Ray version may start its local cluster on the network address, not only 127.0.0.1.")
+        yield
+        return
+    before = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = before
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True) -> Any:
     """Join (or start) a Ray cluster once per process and return the ``ray`` module.
 
     Args:
-        address: ``None`` starts a local cluster on this machine (``num_cpus``: its size, default all cores);
+        address: ``None`` starts a local cluster on this machine, bound to 127.0.0.1 (``num_cpus``: its size,
+            default all cores);
             ``"auto"`` joins the cluster this machine is part of; ``"host:port"`` / ``"ray://host:port"`` that one.
     """
     ray = require_ray()
@@ -73,11 +99,12 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
                           "log_to_driver": not quiet, "configure_logging": True,
                           "logging_level": logging.WARNING if quiet else logging.INFO}
     if address is None:
-        kw["num_cpus"] = num_cpus
+        kw["num_cpus"], kw["_node_ip_address"] = num_cpus, LOOPBACK
     elif address != "auto":
         _reachable(address)
     try:
-        ray.init(address=address, **{k: v for k, v in kw.items() if v is not None})
+        with _loopback_only(ray) if address is None else contextlib.nullcontext():
+            ray.init(address=address, **{k: v for k, v in kw.items() if v is not None})
     except ConnectionError as e:
         reason = " ".join(str(e).split())[:200]
         raise ClusterError(f"Could not join the Ray cluster at {address or 'local'} ({reason}); for 'auto', start "

@@ -4,6 +4,7 @@ folder never compute the same one."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -106,9 +107,9 @@ def execute_run(run: PlannedRun, ctx: RunContext) -> dict:
 class _Progress:
     """Claims, runs and counts planned runs for :func:`_run_all` (one per experiment)."""
 
-    def __init__(self, config: ExperimentConfig, records: dict[str, dict], ctx: RunContext, bar):
+    def __init__(self, config: ExperimentConfig, records: dict[str, dict], ctx: RunContext, bar, total: int):
         self.config, self.records, self.ctx, self.bar = config, records, ctx, bar
-        self.ran, self.failed = 0, []
+        self.ran, self.failed, self.total = 0, [], total
 
     def do(self, run: PlannedRun, wait: bool) -> bool:
         """Run ``run`` unless another process holds it (False) or finished it meanwhile; errors are collected."""
@@ -118,6 +119,7 @@ class _Progress:
             rec = finished(run, self.config)  # another process may have finished it meanwhile
             if rec is None:
                 self.bar.set_postfix_str(run.describe(), refresh=True)
+                t0 = time.perf_counter()
                 try:
                     rec = execute_run(run, self.ctx)
                 except Exception as e:  # one broken run must not stop the grid
@@ -127,8 +129,10 @@ class _Progress:
                     self.bar.update(1)
                     return True
                 self.ran += 1
-                log.info("%s: accuracy %.4f (chosen on val: %s)", run.describe(), rec["accuracy"],
-                         rec.get("chosen") or "-")
+                # One line per finished run, as it finishes (a log or a file shows the experiment moving).
+                log.info("[%d/%d] %s: accuracy %.4f (chosen on val: %s), %.0f s", len(self.records) + 1,
+                         self.total, run.describe(), rec["accuracy"], rec.get("chosen") or "-",
+                         time.perf_counter() - t0)
             self.records[run.path] = rec
             self.bar.update(1)
             return True
@@ -140,7 +144,7 @@ def run_local(config: ExperimentConfig, runs: list[PlannedRun], records: dict[st
     todo = [r for r in runs if r.path not in records]
     with logging_redirect_tqdm(), progress_bar(len(runs), config.name, "run", enabled=progress,
                                                initial=skipped) as bar:
-        state = _Progress(config, records, ctx, bar)
+        state = _Progress(config, records, ctx, bar, len(runs))
         busy = [run for run in todo if not state.do(run, wait=False)]  # held by another process: come back later
         for run in busy:
             log.info("waiting for another process to finish %s", run.describe())

@@ -25,9 +25,9 @@ import yaml
 
 from ..datasets import load_dataset
 from ..fewshot import check_shots
-from ..io import torch_threads, write_text
+from ..io import torch_threads, write_json, write_text
 from ..report import build_report
-from ..results import RUNS_FILE, rebuild_runs_jsonl
+from ..results import PLAN_FILE, RUNS_FILE, rebuild_runs_jsonl
 from .local import RunContext, finished, run_local
 from .plan import PlannedRun, dataset_identity, dataset_labels, plan_runs
 from .schema import ExperimentConfig, load_config, parse_config
@@ -112,6 +112,7 @@ def run_experiment(config: ExperimentConfig | Mapping | str | Path, *, progress:
     t0 = time.perf_counter()
     datasets = load_datasets(config)
     runs = plan_runs(config, dataset_labels(config, datasets), [dataset_identity(d) for d in datasets])
+    planned_all = runs
     if shard is not None:
         runs = runs[shard[0]::shard[1]]
     output = Path(config.output)
@@ -129,6 +130,7 @@ def run_experiment(config: ExperimentConfig | Mapping | str | Path, *, progress:
                                 time.perf_counter() - t0, 0, planned=len(runs), size=size)
     output.mkdir(parents=True, exist_ok=True)
     write_config_copy(config)
+    write_plan(output, planned_all)
     rebuild_runs_jsonl(output)
     ran, failed, encoded = _execute(config, runs, records, datasets, progress, skipped)
     log.info("%s: %d runs in %s", config.name, rebuild_runs_jsonl(output), output / RUNS_FILE)
@@ -170,6 +172,12 @@ def _execute(config: ExperimentConfig, runs: list[PlannedRun], records: dict[str
     with torch_threads(config.threads):
         ran, failed = run_local(config, runs, records, ctx, progress, skipped)
     return ran, failed, ctx.encoded_images
+
+
+def write_plan(output: Path, runs: list[PlannedRun]) -> Path:
+    """Every planned run's result file (relative to ``output``), so that ``report`` can say which are missing."""
+    paths = sorted(Path(r.path).relative_to(output).as_posix() for r in runs)
+    return write_json(output / PLAN_FILE, {"planned": paths})
 
 
 def write_config_copy(config: ExperimentConfig) -> Path:

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from ..io import safe_name, write_text
-from ..results import RUNS_FILE, load_records, rebuild_runs_jsonl
+from ..results import RUNS_FILE, load_records, missing_runs, rebuild_runs_jsonl
 from .figures import plot_ablation, plot_dataset
+from .html import write_html_report
 from .summary import (AVERAGE, ablation_rows, average_rows, merge_records, summarize, text_prior_conflicts)
 from .tables import (ABLATION_COLUMNS, SUMMARY_COLUMNS, csv_text, format_cell, format_table, markdown_ablation,
                      markdown_comparison, markdown_summary)
@@ -43,14 +44,16 @@ log = logging.getLogger(__name__)
 
 
 def build_report(outdir: str | Path, figures: bool = True,
-                 inputs: Sequence[str | Path] | None = None) -> dict[str, Any]:
+                 inputs: Sequence[str | Path] | None = None, html: bool = False) -> dict[str, Any]:
     """Rebuild ``runs.jsonl``, the summary tables, the figures (and the ablation outputs) of ``outdir``.
 
     With ``inputs`` (experiment folders), their records are merged (:func:`merge_records`) and the report is
     written into ``outdir`` (created), whose own result files and ``runs.jsonl`` are left alone.
 
     Returns the written paths: ``markdown``, ``csv``, ``figures`` (list), ``runs`` (single folder only), and
-    ``ablation_markdown``, ``ablation_csv`` when there were ablation runs; ``n_runs`` counts the records used.
+    ``ablation_markdown``, ``ablation_csv`` when there were ablation runs; ``n_runs`` counts the records used;
+    ``html`` is the self-contained page (with ``html=True``); ``missing`` lists the planned runs (from the
+    experiment's ``plan.json``) that have no result yet.
     """
     outdir = Path(outdir)
     if inputs:
@@ -65,7 +68,13 @@ def build_report(outdir: str | Path, figures: bool = True,
                          f"(written by 'clip-adapter experiment').")
     for warning in text_prior_conflicts(records):
         log.warning(warning)
-    out: dict[str, Any] = {"figures": [], "n_runs": len(records)}
+    out: dict[str, Any] = {"figures": [], "n_runs": len(records), "missing": []}
+    for folder in (inputs or [outdir]):
+        plan = missing_runs(folder)
+        if plan and plan[1]:
+            out["missing"] += [str(Path(folder) / p) for p in plan[1]]
+            log.warning("%s: %d of %d planned runs missing (e.g. %s); the tables show the finished ones. Rerun the "
+                        "experiment to finish them.", folder, len(plan[1]), plan[0], plan[1][0])
     if not inputs:
         rebuild_runs_jsonl(outdir)
         out["runs"] = str(outdir / RUNS_FILE)
@@ -73,6 +82,10 @@ def build_report(outdir: str | Path, figures: bool = True,
     out["figures"] += out.pop("summary_figures", [])
     out.update(_write_ablation(outdir, records, figures))
     out["figures"] += out.pop("ablation_figures", [])
+    if html:
+        md = [out[k] for k in ("markdown", "ablation_markdown") if out.get(k)]
+        out["html"] = str(write_html_report(outdir, md, out["figures"], f"clip-adapter report: {outdir.name}",
+                                            out["missing"]))
     return out
 
 
