@@ -310,7 +310,7 @@ def zs_folder(tiny_backbone, tmp_path) -> Path:
     ({"id": "open_clip:mine/sha256:" + "0" * 16, "model_config": {
         "embed_dim": 8, "vision_cfg": {}, "text_cfg": {"hf_model_name": "evil/bert"}}},
      r"names weights or code to fetch \(text_cfg.hf_model_name='evil/bert'\)"),
-    ({"id": "transformers:some/folder"}, "backbone family 'transformers' is not one this clip-adapter builds"),
+    ({"id": "transformers:some/folder"}, r"backbone 'transformers:some/folder' is not one this clip-adapter builds"),
 ])
 def test_saved_backbone_recipe_is_never_a_path_or_hub_repo(zs_folder, monkeypatch, block, message):
     _edit(zs_folder, backbone={**block, "embed_dim": 64})
@@ -407,26 +407,48 @@ def test_failed_images_are_retried(zs, pics, tmp_path, color_dir):
     assert len(recs) == 3 and not any("error" in r for r in recs)
 
 
-# -- 6. CSV cells that a spreadsheet would run as formulas ----------------------------------------------------------
-def test_csv_output_neutralises_formulas(tmp_path, color_dir, capsys):
+# -- 6. CSV cells that a spreadsheet would run as formulas; the CLI's one line for a damaged folder ----------------
+NASTY = ["=HYPERLINK(\"http://x\")", "+1+1", "-2", "@SUM(A1)", "\tTAB", "plain"]
+
+
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory, color_dir) -> dict:
+    """A zero-shot model over class names that look like formulas, on a checkpoint the CLI can rebuild."""
+    tmp = tmp_path_factory.mktemp("cli_model")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         bb = load_backbone("tiny-vit", pretrained=None)
-    ckpt = tmp_path / "w.safetensors"
+    ckpt = tmp / "w.safetensors"
     save_file({k: v.detach().clone().contiguous() for k, v in bb.model.state_dict().items()}, str(ckpt))
     bb = load_backbone("tiny-vit", checkpoint=str(ckpt))
-    names = ["=HYPERLINK(\"http://x\")", "+1+1", "-2", "@SUM(A1)", "\tTAB", "plain"]
-    text = encode_class_texts(bb, names, ["a photo of a {}."])
-    AdaptedClassifier(bb, get_method("zero_shot").fit(text=text)).save_pretrained(tmp_path / "m")
-    img = tmp_path / "=cmd.png"
+    text = encode_class_texts(bb, NASTY, ["a photo of a {}."])
+    AdaptedClassifier(bb, get_method("zero_shot").fit(text=text)).save_pretrained(tmp / "m")
+    img = tmp / "=cmd.png"
     shutil.copy(sorted(color_dir.rglob("*.png"))[0], img)
-    assert main(["predict", str(tmp_path / "m"), str(img), "--checkpoint", str(ckpt), "--format", "csv",
-                 "--top-k", "6", "--workers", "0", "--no-progress"]) == 0
+    return {"dir": tmp / "m", "ckpt": ckpt, "img": img}
+
+
+def test_csv_output_neutralises_formulas(cli_model, capsys, monkeypatch):
+    monkeypatch.chdir(cli_model["img"].parent)  # the image given as "=cmd.png": its path cell starts with "=" too
+    assert main(["predict", str(cli_model["dir"]), "=cmd.png", "--checkpoint", str(cli_model["ckpt"]),
+                 "--format", "csv", "--top-k", "6", "--workers", "0", "--no-progress"]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
-    classes = [r[2] for r in rows[1:]]
-    assert sorted(classes) == sorted("'" + n if n != "plain" else n for n in names)
-    assert all(r[0] == "'" + str(img) if str(img).startswith("=") else r[0] == str(img) for r in rows[1:])
+    assert rows[0] == ["path", "rank", "class", "probability", "error"] and len(rows) == 7
+    assert sorted(r[2] for r in rows[1:]) == sorted("'" + n if n != "plain" else n for n in NASTY)
+    assert {r[0] for r in rows[1:]} == {"'=cmd.png"}
     assert not any(cell[:1] in "=+-@\t\r" and cell for r in rows[1:] for cell in r[:3])
+
+
+def test_nan_weights_are_one_line_on_the_command_line_not_nan_probabilities(cli_model, tmp_path, capsys):
+    d = tmp_path / "m"
+    shutil.copytree(cli_model["dir"], d)
+    _edit_tensors(d, lambda t: t["fixed.text_features"].__setitem__((1, 3), float("nan")))
+    assert main(["predict", str(d), str(cli_model["img"]), "--checkpoint", str(cli_model["ckpt"]), "--format", "json",
+                 "--workers", "0", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == (f"error: {d / W}: tensor 'fixed.text_features' holds 1 non-finite values (NaN or "
+                                    f"inf); the model is damaged.")
 
 
 # -- 7. --class-map: two dataset classes onto one model class -------------------------------------------------------

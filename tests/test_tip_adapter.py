@@ -93,8 +93,42 @@ def test_finetune_uses_views_and_lowers_training_loss():
 def test_schedule_defaults():
     c = TipAdapterFConfig()
     assert (c.epochs, c.batch_size, c.lr, c.optimizer, c.warmup_epochs) == (20, 256, 1e-3, "adamw", 0)
-    assert TipAdapter.default_grid == {"alpha": [0.5, 1.0, 2.0, 4.0], "beta": [1.0, 3.0, 5.5, 8.0]}
-    assert TipAdapterF.default_grid == TipAdapter.default_grid
+    # Tip-Adapter: the official grid's resolution (200 beta x 20 alpha steps over [0.1, 13), its DTD grid)
+    beta, alpha = TipAdapter.default_grid["beta"], TipAdapter.default_grid["alpha"]
+    assert (len(beta), len(alpha), beta[0], alpha[0]) == (200, 20, 0.1, 0.1)
+    assert beta[100] == pytest.approx(6.55) and alpha[2] == pytest.approx(1.39)  # the official DTD choice is on it
+    assert max(beta) < 13 and max(alpha) < 13
+    # Tip-Adapter-F refits per point: the small grid; its loader keeps the last partial batch, as the official one
+    assert TipAdapterF.default_grid == {"alpha": [0.5, 1.0, 2.0, 4.0], "beta": [1.0, 3.0, 5.5, 8.0]}
+    assert TipAdapterF.drop_last is False and TipAdapter.logit_params == ("alpha", "beta")
+
+
+def test_tip_adapter_f_keeps_the_last_partial_batch():
+    """300 images, batch 256: Tip-Adapter-F steps twice per epoch (every image seen); a Dassl-rule method once."""
+    feats, labels, text = clustered(n_classes=5, per_class=60, dim=16)
+    f = TipAdapterF(TipAdapterFConfig(epochs=3)).fit(feats, labels, text=_text(text))
+    assert f.history_["steps"] == 3 * 2
+    from clip_adapter.methods.clip_adapter import ClipAdapter, ClipAdapterConfig
+    c = ClipAdapter(ClipAdapterConfig(epochs=3, batch_size=256)).fit(feats, labels, text=_text(text))
+    assert c.history_["steps"] == 3 * 1
+
+
+def test_rescoring_a_fit_equals_refitting():
+    """select() fits Tip-Adapter once and rescores (alpha, beta are logit_params): the same as fitting each point."""
+    from clip_adapter.selection import FeatureSplit, select
+    feats, labels, text = clustered(n_classes=5, per_class=6, dim=16, seed=2)
+    val_f, val_l, _ = clustered(n_classes=5, per_class=4, dim=16, seed=2, noise=1.2)
+    grid = {"beta": [0.5, 3.0, 9.0], "alpha": [0.2, 1.0, 7.0]}
+    sel = select("tip_adapter", TipAdapterConfig(), grid, FeatureSplit(feats, labels), FeatureSplit(val_f, val_l),
+                 _text(text))
+    for cand in sel.candidates:
+        fresh = TipAdapter(TipAdapterConfig(alpha=cand["alpha"], beta=cand["beta"])).fit(feats, labels,
+                                                                                          text=_text(text))
+        assert cand["val_accuracy"] == float((fresh.predict(val_f) == val_l).float().mean())
+    fresh = TipAdapter(sel.config).fit(feats, labels, text=_text(text))
+    assert torch.equal(sel.model.logits(val_f), fresh.logits(val_f))
+    val_f.mul_(2.0)  # an in-place change is seen (the memo checks the version counter)
+    assert torch.equal(sel.model.logits(val_f), fresh.logits(val_f))
 
 
 @pytest.mark.parametrize("name", ["tip_adapter", "tip_adapter_f"])
@@ -115,7 +149,8 @@ def test_grid_search_on_val(data):
     val_feats, val_labels, _ = clustered(seed=0, noise=0.7)
     sel = select("tip_adapter", TipAdapterConfig(), TipAdapter.default_grid, FeatureSplit(feats, labels, views),
                  FeatureSplit(val_feats, val_labels), text)
-    assert len(sel.candidates) == 16 and set(sel.chosen) == {"alpha", "beta"}
+    assert len(sel.candidates) == 200 * 20 and set(sel.chosen) == {"alpha", "beta"}
+    assert sel.val_accuracy == max(c["val_accuracy"] for c in sel.candidates)
 
 
 def test_save_load_finetuned_keys(data, tmp_path):

@@ -1,7 +1,8 @@
 """The few-shot protocol of one run, and the only builder of a result record.
 
 One run = one ``(dataset, method, shots, seed)``: K images per class from train (seeded), validation subsampled to
-min(K, 4) per class, hyper-parameters chosen on that validation set only (:func:`~clip_adapter.selection.select`),
+min(K, 4) per class (``hp_selection``: ``few_shot_val``; or the whole val split, ``full_val``; or no search,
+``none``), hyper-parameters chosen on that validation set only (:func:`~clip_adapter.selection.select`),
 then the full test split is encoded and scored once. :func:`run_one` does exactly that; ``clip-adapter run``,
 the experiment grid, the ablations and the demo all produce their records through it, so every record has the
 fields of :data:`RECORD_FIELDS` (plus the producer's own, listed in :data:`OPTIONAL_FIELDS`).
@@ -25,15 +26,15 @@ from .features import FeatureCache
 from .fewshot import check_shots, sample_k_shot, sample_val
 from .imageset import ImageSource
 from .io import package_versions, write_json
-from .config import Bool, Interval, MethodConfig, NoneOr, Text, invalid_value
+from .config import Bool, Interval, MethodConfig, NoneOr, Options, Text, invalid_value
 from .methods import FewShotMethod, check_overrides, check_save_target, get_method_class
 from .model import AdaptedClassifier
 from .prompts import ClassText, encode_class_texts
 from .results import result_path
-from .selection import FeatureSplit, Selection, select
+from .selection import HP_SELECTION, FeatureSplit, Selection, select
 
-__all__ = ["RunSpec", "run_one", "resolve_config", "input_source", "fewshot_items", "select_on_val", "RECORD_FIELDS",
-           "OPTIONAL_FIELDS", "MEMORY_FIELDS"]
+__all__ = ["RunSpec", "run_one", "HP_SELECTION", "hp_selection_of", "resolve_config", "input_source", "fewshot_items",
+           "select_on_val", "RECORD_FIELDS", "OPTIONAL_FIELDS", "MEMORY_FIELDS"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ RECORD_FIELDS: dict[str, str] = {
     "n_val": "validation images selection saw",
     "val_accuracy": "validation accuracy of the chosen hyper-parameters (null when there is no validation)",
     "chosen": "hyper-parameters chosen on validation",
+    "hp_selection": "how hyper-parameters were chosen: few_shot_val (min(K, 4) val images per class), full_val "
+                    "(the whole val split) or none (defaults; also for methods with nothing to choose)",
+    "at_grid_edge": "grid keys whose chosen value is the smallest or largest searched (the optimum may lie outside)",
     "candidates": "every grid point with its validation accuracy",
     "config": "the resolved method config of the chosen model",
     "grid": "the grid searched on validation",
@@ -100,10 +104,11 @@ class RunSpec:
     val_items: list[Item] | None = None
     variant: str | None = None             # result folder name; None = the method's name
     device: str | None = None              # training device of methods that have one (None: their default)
+    hp_selection: str = "few_shot_val"     # few_shot_val (min(K, 4) per class), full_val, or none (no search)
 
     constraints = {"method": Text(), "shots": Interval(int, 0), "seed": Interval(int, 0, 2**32 - 1),
                    "n_views": Interval(int, 0), "repeat_shots": Bool(), "variant": NoneOr(Text(no_slash=True)),
-                   "device": NoneOr(Text())}
+                   "device": NoneOr(Text()), "hp_selection": Options(HP_SELECTION)}
 
     def __post_init__(self) -> None:
         for name, c in self.constraints.items():
@@ -139,10 +144,19 @@ def _labels(items: Sequence[Item]) -> torch.Tensor:
     return torch.tensor([it.label for it in items], dtype=torch.long)
 
 
+def hp_selection_of(cls: type[FewShotMethod], spec: RunSpec, grid: dict) -> str:
+    """The run's effective selection regime, as records state it: ``none`` when there is nothing to choose (no
+    grid, or a method that does not train; its validation accuracy is still measured), else the spec's."""
+    return spec.hp_selection if cls.trains and grid else "none"
+
+
 def fewshot_items(dataset: Dataset, spec: RunSpec) -> tuple[list[Item], list[Item]]:
     """The run's few-shot train and val items (the index file's when the spec has them, else seeded samples).
     Every class must be in the train set (with ``spec.shots`` images unless ``repeat_shots``): a one-line error
-    naming the dataset and the classes, never a class silently left out."""
+    naming the dataset and the classes, never a class silently left out.
+
+    Validation follows ``spec.hp_selection``: ``few_shot_val`` samples min(K, 4) images per class (or takes the
+    index file's), ``full_val`` takes the whole val split, ``none`` takes no validation images."""
     where = f"Dataset {dataset.name} ({dataset.source or 'in memory'})"
     if spec.train_items is not None:
         train = list(spec.train_items)
@@ -154,6 +168,10 @@ def fewshot_items(dataset: Dataset, spec: RunSpec) -> tuple[list[Item], list[Ite
     else:
         train = sample_k_shot(dataset.split("train"), spec.shots, spec.seed, repeat=spec.repeat_shots,
                               classnames=dataset.classnames, where=where)
+    if spec.hp_selection == "none":
+        return train, []
+    if spec.hp_selection == "full_val":
+        return train, list(dataset.split("val"))
     val = list(spec.val_items) if spec.val_items is not None else sample_val(
         dataset.split("val"), spec.shots, spec.seed, dataset.classnames, where=where)
     return train, val
@@ -177,7 +195,8 @@ def _select(dataset: Dataset, backbone, spec: RunSpec, cls, config: MethodConfig
     train_items, val_items = fewshot_items(dataset, spec)
     views = cache.views(train_items, spec.n_views) if spec.n_views > 0 else None  # None from an ImageSource
     train = FeatureSplit(cache.features(train_items), _labels(train_items), views)
-    val = FeatureSplit(cache.features(val_items), _labels(val_items))
+    val = FeatureSplit(cache.features(val_items), _labels(val_items)) if val_items else \
+        FeatureSplit(torch.zeros(0, text.features.shape[1]), torch.zeros(0, dtype=torch.long))
     return select(spec.method, config, grid, train, val, text, backbone=backbone), train_items, val_items
 
 
@@ -186,7 +205,7 @@ def select_on_val(dataset: Dataset, backbone, spec: RunSpec, cache, text: ClassT
     accuracy on the run's few-shot val set, also for methods with nothing to search (zero-shot)."""
     cls, config = resolve_config(spec.method, spec.overrides, spec.seed, spec.device)
     grid = dict(cls.default_grid if spec.grid is None else spec.grid)
-    grid = {k: v for k, v in grid.items() if k not in spec.overrides}
+    grid = {k: v for k, v in grid.items() if k not in spec.overrides} if spec.hp_selection != "none" else {}
     sel, _, _ = _select(dataset, backbone, spec, cls, config, grid, cache, text)
     if not math.isnan(sel.val_accuracy):
         return sel, float(sel.val_accuracy)
@@ -222,7 +241,8 @@ def _record(dataset: Dataset, backbone, spec: RunSpec, trains: bool, sel: Select
         "per_class_accuracy": metrics["per_class_accuracy"], "n_test": metrics["n"],
         "n_train": sizes[0], "n_val": sizes[1],
         "val_accuracy": None if math.isnan(sel.val_accuracy) else sel.val_accuracy,  # strict JSON has no NaN
-        "chosen": sel.chosen, "candidates": sel.candidates, "config": sel.config.to_dict(), "grid": grid,
+        "chosen": sel.chosen, "hp_selection": hp_selection_of(get_method_class(spec.method), spec, grid),
+        "at_grid_edge": sel.at_grid_edge, "candidates": sel.candidates, "config": sel.config.to_dict(), "grid": grid,
         "n_views": spec.n_views if trains and sel.model.inputs == "features" else 0, "templates": templates,
         "backbone": backbone.id,
         "backbone_detail": backbone.describe() if hasattr(backbone, "describe") else {},
@@ -256,6 +276,8 @@ def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | Non
     cache = input_source(cls, backbone, cache)
     grid = dict(cls.default_grid if spec.grid is None else spec.grid)
     grid = {k: v for k, v in grid.items() if k not in spec.overrides}  # a fixed value beats its grid
+    if spec.hp_selection == "none":
+        grid = {}  # no search: the config's values
     templates = spec.templates or dataset.templates
     t_start = time.perf_counter()
     if text is None:

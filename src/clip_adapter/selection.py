@@ -5,6 +5,7 @@ by construction (the experiment runner encodes the test split only after selecti
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import logging
@@ -19,7 +20,11 @@ from .config import MethodConfig
 from .methods import FewShotMethod, get_method_class
 from .prompts import ClassText
 
-__all__ = ["FeatureSplit", "select", "Selection"]
+__all__ = ["FeatureSplit", "select", "Selection", "grid_edges", "HP_SELECTION"]
+
+# How hyper-parameters are chosen (RunSpec.hp_selection, `run --hp-selection`, the experiment's `hp_selection`):
+# on min(K, 4) val images per class, on the whole val split, or not at all (the config's values).
+HP_SELECTION = ("few_shot_val", "full_val", "none")
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,19 @@ class Selection:
     val_accuracy: float
     candidates: list[dict[str, Any]]
     seconds: float
+    at_grid_edge: list[str] = dataclasses.field(default_factory=list)  # keys chosen at an end of their values
+
+
+def grid_edges(grid: dict[str, list], chosen: dict[str, Any]) -> list[str]:
+    """The grid keys whose chosen value is at (or, after a refinement, beyond) the smallest or largest value of its
+    grid (numbers, at least two distinct values): the optimum may lie outside the grid."""
+    out = []
+    for k, vals in grid.items():
+        nums = [v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        v = chosen.get(k)
+        if len(set(nums)) >= 2 and isinstance(v, (int, float)) and not (min(nums) < v < max(nums)):
+            out.append(k)
+    return sorted(out)
 
 
 def _fit(method: str, config: MethodConfig, train: FeatureSplit, text: ClassText, backbone) -> FewShotMethod:
@@ -61,7 +79,9 @@ def select(method: str, config: MethodConfig, grid: dict[str, list], train: Feat
     """Fit ``method`` for every point of ``grid`` (over ``config``) on ``train``; keep the best on ``val``.
 
     Ties go to the earlier grid point, so the result does not depend on anything but train and val.
-    An empty grid fits ``config`` once.
+    An empty grid fits ``config`` once. When the method refines (``refine_grid``), a second grid around the first
+    choice is searched too and competes with it. A choice on the edge of the values searched is logged as a warning
+    and listed in ``Selection.at_grid_edge``.
     """
     cls = get_method_class(method)
     cls.config_cls.check_field_names(grid, what="grid key")
@@ -78,15 +98,45 @@ def select(method: str, config: MethodConfig, grid: dict[str, list], train: Feat
                          f"split.")
     t0 = time.perf_counter()
     best: tuple[float, FewShotMethod, MethodConfig, dict] | None = None
-    candidates = []
+    candidates: list[dict[str, Any]] = []
+    best = _search(method, config, points, train, val, text, backbone, candidates, best)
+    if len(points) > 1:
+        extra = cls.refine_grid(grid, best[3])
+        if extra:
+            tried = [{k: c[k] for k in keys if k in c} for c in candidates]
+            more = [{**best[3], **dict(zip(extra, vals))} for vals in itertools.product(*extra.values())]
+            best = _search(method, config, [p for p in more if p not in tried], train, val, text, backbone,
+                           candidates, best)
+    edges = grid_edges(grid, best[3]) if len(points) > 1 else []
+    if edges:
+        log.warning("%s: the chosen %s lies on the edge of the values searched on validation; the optimum may lie "
+                    "outside the grid (widen it: --grid KEY=V1,V2,... on run, grid: in an experiment).", method,
+                    ", ".join(f"{k}={best[3][k]}" for k in edges))
+    return Selection(model=best[1], config=best[2], chosen=best[3], val_accuracy=best[0], candidates=candidates,
+                     seconds=time.perf_counter() - t0, at_grid_edge=edges)
+
+
+def _search(method: str, config: MethodConfig, points: list[dict], train: FeatureSplit, val: FeatureSplit,
+            text: ClassText, backbone, candidates: list, best):
+    """Fit every point; append to ``candidates``; return the best so far (ties keep the earlier).
+
+    Points that differ only in the method's ``logit_params`` share one fit: the fitted model is rescored with each
+    point's config (the model kept for the best point gets a copy with that config, the same as fitting it)."""
+    rescore = get_method_class(method).logit_params
+    fitted: dict[str, FewShotMethod] = {}
     for point in points:
         cfg = dataclasses.replace(config, **point)
-        model = _fit(method, cfg, train, text, backbone)
+        key = repr(sorted((k, v) for k, v in point.items() if k not in rescore))
+        if key not in fitted or not rescore:
+            fitted[key] = _fit(method, cfg, train, text, backbone)
+        model = fitted[key]
+        if rescore:
+            model = copy.copy(model)  # shallow: shares the fitted tensors, carries this point's config
+            model.config = cfg
         acc = float((model.predict(val.features) == val.labels).float().mean()) if val.labels.numel() else float("nan")
         candidates.append({**point, "val_accuracy": None if math.isnan(acc) else acc})  # strict JSON has no NaN
         log.debug("%s %s: val accuracy %.4f", method, point, acc)
         if best is None or acc > best[0]:
             best = (acc, model, cfg, point)
     assert best is not None
-    return Selection(model=best[1], config=best[2], chosen=best[3], val_accuracy=best[0], candidates=candidates,
-                     seconds=time.perf_counter() - t0)
+    return best

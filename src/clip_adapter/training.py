@@ -39,7 +39,7 @@ class TrainingConfig(MethodConfig):
     epochs: int = 200
     batch_size: int = 32
     lr: float = 2e-3
-    optimizer: str = "sgd"         # "sgd" (paper) or "adamw"
+    optimizer: str = "sgd"         # "sgd" (paper), "adam" (Dassl's: L2 weight decay, eps 1e-8) or "adamw" (eps 1e-4)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1         # constant lr warm-up, as Dassl's "constant" warm-up
@@ -47,7 +47,7 @@ class TrainingConfig(MethodConfig):
     device: str = "cpu"
 
     constraints = {"epochs": Interval(int, 1), "batch_size": Interval(int, 1),
-                   "lr": Interval(float, 0, closed="neither"), "optimizer": Options(("sgd", "adamw")),
+                   "lr": Interval(float, 0, closed="neither"), "optimizer": Options(("sgd", "adam", "adamw")),
                    "momentum": Interval(float, 0, 1, closed="left"), "weight_decay": Interval(float, 0),
                    "warmup_epochs": Interval(int, 0), "warmup_lr": Interval(float, 0, closed="neither"),
                    "device": Predicate(_is_device, "a torch device such as 'cpu', 'cuda' or 'cuda:1'")}
@@ -76,14 +76,16 @@ def cpu_threads(n: int, device: torch.device):
 
 def train_loop(params: Iterable[torch.nn.Parameter], logits_fn: Callable[[torch.Tensor], torch.Tensor],
                features: torch.Tensor, labels: torch.Tensor, cfg: TrainingConfig,
-               views: torch.Tensor | None = None, drop_last: bool = True) -> dict:
+               views: torch.Tensor | None = None, drop_last: bool = True,
+               penalty: Callable[[], torch.Tensor] | None = None) -> dict:
     """Minimise cross-entropy of ``logits_fn(batch_features)`` over ``cfg.epochs``.
 
     Each epoch draws one augmented view per image from ``views`` ``(V, n, d)`` when given (the cached
     counterpart of re-augmenting every image every epoch), else uses ``features`` ``(n, d)``.
     ``drop_last`` is the method's declared choice (``FewShotMethod.drop_last``, as its authors' code does): when
     True, an epoch drops its last partial batch if the training set holds at least one full batch (Dassl's rule);
-    when False every image is seen every epoch (Tip-Adapter-F's loader).
+    when False every image is seen every epoch (Tip-Adapter-F's loader). ``penalty()``, when given, is added to each
+    batch's loss (a regulariser on the parameters, e.g. CLAP's pull towards the zero-shot weights).
     Returns a history dict (loss per epoch, train accuracy of the last epoch, steps, seconds).
     """
     params = [p for p in params if p.requires_grad]
@@ -96,6 +98,8 @@ def train_loop(params: Iterable[torch.nn.Parameter], logits_fn: Callable[[torch.
     gen = torch.Generator().manual_seed(cfg.seed)
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=1e-4)
     drop_last = drop_last and n >= cfg.batch_size
@@ -103,14 +107,15 @@ def train_loop(params: Iterable[torch.nn.Parameter], logits_fn: Callable[[torch.
     t0 = time.perf_counter()
     with cpu_threads(1, device), progress_bar(cfg.epochs, f"train on {n} images", unit="epochs",
                                               enabled=log.isEnabledFor(logging.INFO), min_seconds=10) as bar:
-        _epochs(params, logits_fn, source, labels, cfg, opt, gen, drop_last, history, bar)
+        _epochs(params, logits_fn, source, labels, cfg, opt, gen, drop_last, history, bar, penalty)
     history["seconds"] = time.perf_counter() - t0
     log.debug("trained %d steps in %.1fs, final loss %.4f", history["steps"], history["seconds"], history["loss"][-1])
     return history
 
 
 def _epochs(params: list, logits_fn: Callable, source: torch.Tensor, labels: torch.Tensor, cfg: TrainingConfig,
-            opt: torch.optim.Optimizer, gen: torch.Generator, drop_last: bool, history: dict, bar) -> None:
+            opt: torch.optim.Optimizer, gen: torch.Generator, drop_last: bool, history: dict, bar,
+            penalty: Callable[[], torch.Tensor] | None = None) -> None:
     device = source.device
     n_views, n = source.shape[0], source.shape[1]
     for epoch in range(cfg.epochs):
@@ -127,6 +132,8 @@ def _epochs(params: list, logits_fn: Callable, source: torch.Tensor, labels: tor
             y = labels[idx]
             logits = logits_fn(x)
             loss = F.cross_entropy(logits, y)
+            if penalty is not None:
+                loss = loss + penalty()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

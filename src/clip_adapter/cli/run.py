@@ -10,7 +10,7 @@ from ..datasets import SPLITS, load_dataset
 from ..experiment.size import run_size
 from ..fewshot import read_index_file
 from ..methods import check_overrides, get_method_class
-from ..protocol import RunSpec, run_one
+from ..protocol import HP_SELECTION, RunSpec, run_one
 from ..report import format_table
 from .common import (add_backbone_args, add_data_args, backbone_from_args, cache_from_args, count, int_list, label,
                      parse_grid, seed)
@@ -49,6 +49,9 @@ def register(sub) -> None:
                    help="override any method config field, e.g. --set lr=1e-3 --set optimizer=adamw.")
     g.add_argument("--grid", action="append", metavar="KEY=V1,V2",
                    help="values searched on val, e.g. --grid alpha=0.2,0.5,0.8 (default: the method's grid).")
+    g.add_argument("--hp-selection", choices=HP_SELECTION, default="few_shot_val",
+                   help="where hyper-parameters are chosen: few_shot_val (min(K, 4) val images per class; default), "
+                        "full_val (the whole val split) or none (no search: the config's values).")
     g.add_argument("--views", type=count(0), default=10,
                    help="cached augmented views per training image (default: 10).")
     g.add_argument("--template", action="append", metavar="TEMPLATE",
@@ -129,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec = RunSpec(method="auto" if auto else cls.name, shots=shots, seed=args.seed, overrides=overrides,
                        grid=grid, n_views=args.views, repeat_shots=args.repeat_shots,
                        templates=args.template or None, train_items=train_items, val_items=val_items,
-                       device=args.device)
+                       device=args.device, hp_selection=args.hp_selection)
         if auto:
             record = run_auto(dataset, backbone, spec, cache=cache, output=args.output, save_model=args.save_model,
                               overwrite=args.overwrite, budget_seconds=args.auto_budget or DEFAULT_BUDGET_SECONDS)

@@ -7,10 +7,8 @@ import logging
 import time
 from typing import Any
 
-import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..backbones import load_backbone
 from ..features import FeatureCache
 from ..io import progress_bar
 from ..prompts import encode_class_texts
@@ -37,12 +35,7 @@ class RunContext:
         if self._backbone is None:
             b = self.config.backbone
             log.info("loading backbone %s (pretrained=%s)", b.name, b.pretrained)
-            # Seeded, so that a random-init backbone (id ".../random-init", tests) is the same model in every
-            # process, as its feature-cache address assumes; pretrained weights are unaffected.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                self._backbone = load_backbone(b.name, pretrained=b.pretrained, checkpoint=b.checkpoint,
-                                               device=b.device)
+            self._backbone = b.build()  # seeded: a random init is the same model in every process
         return self._backbone
 
     @property

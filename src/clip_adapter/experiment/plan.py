@@ -64,7 +64,7 @@ class PlannedRun:
                        n_views=config.n_views if self.shots else 0,  # views are only read by methods that train
                        repeat_shots=config.repeat_shots, variant=self.variant,
                        templates=list(config.templates) if config.templates else None,
-                       device=config.backbone.device)
+                       device=config.backbone.device, hp_selection=config.hp_selection)
 
     def settings(self, config: ExperimentConfig) -> dict[str, Any]:
         """What makes this run what it is; a result file made with other settings is never silently reused.

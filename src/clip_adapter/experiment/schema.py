@@ -18,14 +18,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import (Bool, Constraint, IntList, Interval, NoneOr, Predicate, Text, brief, check_keys,
+from ..config import (Bool, Constraint, IntList, Interval, NoneOr, Options, Predicate, Text, brief, check_keys,
                       invalid_value)
-from ..backbones.base import normalise_pretrained
+from ..backbones.base import BackboneSpec, normalise_pretrained
 from ..methods import get_method_class
+from ..selection import HP_SELECTION
 
-__all__ = ["ExperimentConfig", "DatasetEntry", "MethodEntry", "BackboneEntry", "AblationEntry", "ExecutorEntry",
-           "RayEntry", "parse_config", "load_config", "read_yaml", "MAX_YAML_NODES", "reference_markdown", "setting",
-           "DEFAULT_SHOTS", "DEFAULT_SEEDS"]
+__all__ = ["ExperimentConfig", "DatasetEntry", "MethodEntry", "BackboneKeys", "BackboneEntry", "AblationEntry",
+           "ExecutorEntry", "RayEntry", "parse_config", "load_config", "read_yaml", "MAX_YAML_NODES",
+           "reference_markdown", "setting", "DEFAULT_SHOTS", "DEFAULT_SEEDS"]
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
@@ -171,8 +172,11 @@ class MethodEntry:
 
 
 @dataclass(frozen=True)
-class BackboneEntry:
-    name: str = setting("RN50", "'lite', an open_clip architecture or an architecture JSON path", Text())
+class BackboneKeys:
+    """The YAML keys of ``backbone`` (parsing and docs only): the value in :class:`ExperimentConfig` is the
+    backbone's one recipe, a :class:`~clip_adapter.backbones.BackboneSpec` (``BackboneSpec.of(**keys)``)."""
+
+    name: str = setting("RN50", "'lite', an open_clip architecture, an architecture JSON path or hf:PATH", Text())
     pretrained: str | None = setting("openai", "open_clip pretrained tag; null or 'none' for random init",
                                      NoneOr(Text()))
     checkpoint: str | None = setting(None, "local checkpoint file (offline use)", NoneOr(Text()), path=True)
@@ -289,14 +293,24 @@ def _ablations(v: Any, where: str, ctx: _Ctx) -> tuple[AblationEntry, ...]:
     return tuple(out)
 
 
-def _backbone(v: Any, where: str, ctx: _Ctx) -> BackboneEntry:
+def _backbone(v: Any, where: str, ctx: _Ctx) -> BackboneSpec:
     raw = _mapping({"name": v} if isinstance(v, str) else v, f"{ctx.source}: 'backbone'")
-    kw = _parse_fields(BackboneEntry, raw, f"{ctx.source}: backbone", ctx)
+    kw = _parse_fields(BackboneKeys, raw, f"{ctx.source}: backbone", ctx)
     if "pretrained" in kw:
         kw["pretrained"] = normalise_pretrained(kw["pretrained"])
     if str(kw.get("name", "")).endswith(".json"):
         kw["name"] = _resolve_path(kw["name"], ctx.base)
-    return BackboneEntry(**kw)
+    return BackboneSpec.of(**{**_raw(BackboneKeys()), **kw})
+
+
+def BackboneEntry(name: str = "RN50", pretrained: str | None = "openai", checkpoint: str | None = None,
+                  device: str = "cpu") -> BackboneSpec:
+    """Deprecated: an experiment's backbone is a :class:`~clip_adapter.backbones.BackboneSpec`
+    (``BackboneSpec.of(name, pretrained, checkpoint, device)``)."""
+    import warnings
+    warnings.warn("clip_adapter.experiment.BackboneEntry is deprecated; use clip_adapter.backbones.BackboneSpec.of"
+                  "(name, pretrained, checkpoint, device).", DeprecationWarning, stacklevel=2)
+    return BackboneSpec.of(name, pretrained, checkpoint, device)
 
 
 def _templates(v: Any, where: str, ctx: _Ctx) -> tuple[str, ...] | None:
@@ -348,10 +362,13 @@ class ExperimentConfig:
                                                    "{method, param, values, shots, seeds, overrides, grid, label} "
                                                    "or a list of them", key="ablation", parse=_ablations,
                                                    shown="none", accepts="a mapping or a list of mappings")
-    backbone: BackboneEntry = setting(BackboneEntry(), "{name, pretrained, checkpoint, device} or a name",
+    backbone: BackboneSpec = setting(BackboneSpec.of(), "{name, pretrained, checkpoint, device} or a name",
                                       parse=_backbone, shown="{name: RN50, pretrained: openai, device: cpu}",
                                       accepts="a mapping or a name")
     n_views: int = setting(10, "cached augmented views per training image", Interval(int, 0))
+    hp_selection: str = setting("few_shot_val", "where hyper-parameters are chosen: few_shot_val (min(K, 4) val "
+                                "images per class), full_val (the whole val split) or none (no search)",
+                                Options(HP_SELECTION))
     repeat_shots: bool = setting(False, "sample with repetition when a class has fewer images than shots", Bool())
     templates: tuple[str, ...] | None = setting(None, "prompt templates with {} (null: each dataset's)",
                                                 parse=_templates, accepts="a list of strings with {} once, or null")
@@ -388,7 +405,8 @@ def _raw(obj: Any) -> dict[str, Any]:
         if isinstance(value, ExecutorEntry):
             value = {"ray": _raw(value.ray)} if value.ray is not None else None
         elif dataclasses.is_dataclass(value):
-            value = _raw(value) if not isinstance(value, BackboneEntry) else dataclasses.asdict(value)
+            value = ({k: getattr(value, k) for k in _yaml_keys(BackboneKeys)} if isinstance(value, BackboneSpec)
+                     else _raw(value))
         elif isinstance(value, tuple):
             value = [_raw(x) if dataclasses.is_dataclass(x) else x for x in value]
         elif isinstance(value, dict):
@@ -529,7 +547,7 @@ def reference_markdown() -> str:
            "Generated from the key table in `src/clip_adapter/experiment/schema.py` (a test keeps this file equal to "
            "`reference_markdown()`). Relative paths are relative to the current directory.", ""]
     for title, cls in (("Top level", ExperimentConfig), ("`datasets` entries", DatasetEntry),
-                       ("`methods` entries (`label: {...}`)", MethodEntry), ("`backbone`", BackboneEntry),
+                       ("`methods` entries (`label: {...}`)", MethodEntry), ("`backbone`", BackboneKeys),
                        ("`ablation`", AblationEntry), ("`executor.ray`", RayEntry)):
         out += [f"## {title}", "", "| key | default | accepts | meaning |", "|---|---|---|---|"]
         for f in fields(cls):

@@ -17,7 +17,9 @@ The method contract (what a new method declares and implements; everything else 
   ``trains`` (False: ``fit`` ignores the labelled data, zero-shot), ``needs_backbone`` (True: built with
   ``backbone=bb`` because it runs the encoders, e.g. CoOp), ``trainable`` (which of its :meth:`state_tensors` ``fit``
   learns, as fnmatch patterns; the others are copied from the data or the text), ``drop_last`` (trained methods:
-  whether an epoch drops its last partial batch, as the authors' code does), ``inputs`` (``"images"``: ``fit`` and
+  whether an epoch drops its last partial batch, as the authors' code does), ``logit_params`` (config fields that
+  enter only ``logits``, not ``fit``: a search over them fits once and rescores, e.g. Tip-Adapter's alpha, beta),
+  ``inputs`` (``"images"``: ``fit`` and
   ``logits`` take :class:`~clip_adapter.imageset.ImageSet` s, re-augmented at every step, instead of cached
   features: CLIP-LoRA);
 * ``_fit(features, labels, *, text, views)``: the method's own learning. :meth:`FewShotMethod.fit` runs the shared
@@ -159,6 +161,8 @@ class FewShotMethod(abc.ABC):
     trainable: ClassVar[tuple[str, ...]] = ()
     #: trained methods: an epoch drops its last partial batch (when n >= batch size), as the authors' code does
     drop_last: ClassVar[bool] = True
+    #: config fields that only ``logits`` reads (``fit`` ignores them): a search over them fits once
+    logit_params: ClassVar[tuple[str, ...]] = ()
     #: what ``fit`` and ``logits`` take from the protocol: cached ``"features"``, or ``"images"``
     #: (:class:`~clip_adapter.imageset.ImageSet`, for methods that back-propagate through the encoders)
     inputs: ClassVar[str] = "features"

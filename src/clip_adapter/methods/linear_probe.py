@@ -28,8 +28,17 @@ class LinearProbe(FewShotMethod):
     features. Logits are recomputed in torch from ``coef_``/``intercept_`` so a loaded model is exact."""
 
     config_cls = LinearProbeConfig
-    default_grid = {"C": [0.1, 0.316, 1.0, 3.16, 10.0, 31.6, 100.0]}
+    # CoOp's lpclip search, one decade finer: C = 1e6 .. 1e-6, then quarter-decades around the best (refine_grid).
+    # Largest first, as lpclip's list: a tie (a plateau of small C is common on a few-shot val set) keeps the larger C.
+    default_grid = {"C": [10.0 ** k for k in range(6, -7, -1)]}
     trainable = ("coef", "intercept")
+
+    @classmethod
+    def refine_grid(cls, grid: dict[str, list], chosen: dict[str, Any]) -> dict[str, list]:
+        """Quarter-decades within one decade of the chosen C (CoOp's lpclip refines around its coarse choice)."""
+        if "C" not in chosen:
+            return {}
+        return {"C": [float(chosen["C"] * 10.0 ** (j / 4)) for j in (-3, -2, -1, 1, 2, 3)]}
 
     def _fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
              views: torch.Tensor | None) -> None:

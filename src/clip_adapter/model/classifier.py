@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ..backbones.base import OPEN_CLIP, BackboneSpec, check_backbone, list_backbones
+from ..backbones.base import OPEN_CLIP, BackboneSpec, builds_by_name, check_backbone
 from ..config import invalid_value
 from ..evaluation import evaluate_predictions
 from ..features import FeatureCache, default_num_workers
@@ -321,24 +321,20 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]{0,127}")
 
 
 def check_recipe(spec: BackboneSpec, cfg_file: Path) -> None:
-    """A saved backbone description is rebuilt only if it is a recipe this tool writes: a registered backbone, or
-    an open_clip architecture by its registered name (or by a plain name with the architecture config saved next to
-    it, which names no Hugging Face model or other weights to fetch). Never a path, a hub repo or an HF folder."""
-    registered = set(list_backbones())
-    if not spec.family:
-        return  # nothing to rebuild: from_pretrained says to pass the backbone
-    if spec.family != OPEN_CLIP:
-        if spec.family not in registered:
-            raise ValueError(f"{cfg_file}: backbone family {spec.family!r:.80} is not one this clip-adapter builds "
-                             f"(registered: {', '.join(sorted(b for b in registered if ':' not in b)[:5])}, ...); "
-                             f"refusing to load it. Pass the backbone yourself: from_pretrained(dir, backbone=bb).")
-        return
+    """A saved backbone description is rebuilt only if it is a recipe this tool writes: a name a registered
+    backbone factory builds (:func:`~clip_adapter.backbones.base.builds_by_name`), or an open_clip architecture
+    under a plain name with its config saved next to it, naming no Hugging Face model or other weights to fetch.
+    Never a path, a hub repo or an HF folder that no factory lists."""
+    if not spec.family or builds_by_name(spec.family, spec.name):
+        return  # no family: nothing to rebuild (from_pretrained says to pass the backbone)
     name = spec.name or ""
+    if spec.family != OPEN_CLIP:
+        raise ValueError(f"{cfg_file}: backbone {spec.id!r:.100} is not one this clip-adapter builds (family "
+                         f"{spec.family!r:.40}, name {name!r:.60}); refusing to load it. Pass the backbone yourself: "
+                         f"from_pretrained(dir, backbone=bb).")
     if not _PLAIN_NAME.fullmatch(name) or name.endswith(".json"):
         raise ValueError(f"{cfg_file}: the backbone {name!r:.80} is not a registered open_clip architecture name (a "
                          f"path, hub repo or folder is never opened from a saved model); refusing to load it.")
-    if name in registered:
-        return
     cfg = spec.model_config
     if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
         raise ValueError(f"{cfg_file}: the backbone {name!r} is not a known open_clip architecture and no valid "
