@@ -236,6 +236,7 @@ def test_run_one_trains_on_images(tiny_backbone, color_dir, tmp_path):
     assert rec["method"] == "clip_lora" and rec["n_train"] == 8 and rec["n_views"] == 0
     assert rec["trainable_parameters"] == 12 * 2 * 2 * 64 and 0 <= rec["accuracy"] <= 1
     assert rec["candidates"] == [{"val_accuracy": rec["val_accuracy"]}] and rec["grid"] == {}
+    assert rec["hp_selection"] == "none"  # the authors' fixed schedule: nothing is chosen on validation
     loaded = FewShotMethod.from_pretrained(tmp_path / "m", backbone=tiny_backbone)
     assert loaded.config.iters == 2
     # Evaluating the saved model scores images through its adapted encoder (never the backbone's cached features).
