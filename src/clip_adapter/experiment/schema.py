@@ -25,11 +25,13 @@ from ..methods import get_method_class
 from ..selection import HP_SELECTION
 
 __all__ = ["ExperimentConfig", "DatasetEntry", "MethodEntry", "BackboneKeys", "BackboneEntry", "AblationEntry",
-           "ExecutorEntry", "RayEntry", "parse_config", "load_config", "read_yaml", "MAX_YAML_NODES",
+           "ExecutorEntry", "RayEntry", "TransferEntry", "PROTOCOLS", "parse_config", "load_config", "read_yaml",
+           "MAX_YAML_NODES",
            "reference_markdown", "setting", "DEFAULT_SHOTS", "DEFAULT_SEEDS"]
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
+PROTOCOLS = ("few_shot", "base_to_new")
 
 
 class _Ctx:
@@ -229,6 +231,18 @@ class ExecutorEntry:
                                    accepts="a mapping or null")
 
 
+@dataclass(frozen=True)
+class TransferEntry:
+    """Cross-dataset transfer and domain shift: the models trained on ``source`` (one of the experiment's datasets)
+    are scored on every target's test split. Targets with the source's classes (ImageNet-V2/-Sketch/-A/-R, mapped
+    by wnid) take every method; other targets only methods whose learned part carries over to new class names."""
+
+    source: str = setting(doc="the source dataset: a 'datasets' entry's label or data", check=Text())
+    targets: tuple[DatasetEntry, ...] = setting((), "target datasets (entries as in 'datasets'); their test split "
+                                                "is scored with the source's models", parse=None, shown="required",
+                                                accepts="a non-empty list")
+
+
 # -- parsers of the structured keys ----------------------------------------------------------------------------
 def _datasets(v: Any, where: str, ctx: _Ctx) -> tuple[DatasetEntry, ...]:
     if not isinstance(v, list) or not v:
@@ -243,7 +257,12 @@ def _datasets(v: Any, where: str, ctx: _Ctx) -> tuple[DatasetEntry, ...]:
         if not isinstance(d.get("data"), str) or not d["data"]:
             raise ValueError(f"{at}: 'data' (a path or a built-in name) is required. Got {brief(d.get('data'))}.")
         kw = _parse_fields(DatasetEntry, {"root": ctx.root, **d}, at, ctx)
-        if _looks_like_path(kw["data"]):
+        if kw["data"].startswith("hf:"):  # a save_to_disk folder (relative to the config) or a hub name
+            rest = kw["data"][3:]
+            local = _resolve_path(rest, ctx.base)
+            if rest.startswith((".", "/", "~")) or Path(local).is_dir():
+                kw["data"] = "hf:" + local
+        elif _looks_like_path(kw["data"]):
             kw["data"] = _resolve_path(kw["data"], ctx.base)
         out.append(DatasetEntry(**kw))
     return tuple(out)
@@ -331,6 +350,18 @@ def _executor(v: Any, where: str, ctx: _Ctx) -> ExecutorEntry:
     return ExecutorEntry(ray=RayEntry(**_parse_fields(RayEntry, ray, f"{ctx.source}: executor.ray", ctx)))
 
 
+def _transfer(v: Any, where: str, ctx: _Ctx) -> TransferEntry | None:
+    if v is None:
+        return None
+    raw = _mapping(v, where)
+    at = f"{ctx.source}: transfer"
+    check_keys(raw, _yaml_keys(TransferEntry), at)
+    if not Text().ok(raw.get("source")):
+        raise ValueError(f"{at}: 'source' (one of the datasets) is required. Got {raw.get('source')!r}.")
+    targets = _datasets(raw.get("targets"), f"{at}.targets", ctx)
+    return TransferEntry(source=raw["source"], targets=targets)
+
+
 def _root(v: Any, where: str, ctx: _Ctx) -> str | None:
     if not NoneOr(Text()).ok(v):
         raise ValueError(f"{where} must be a string or null. Got {brief(v)} instead.")
@@ -380,6 +411,12 @@ class ExperimentConfig:
                                   NoneOr(Interval(int, 0)))
     threads: int | None = setting(None, "torch CPU threads (null: torch's default)", NoneOr(Interval(int, 1)))
     report: bool = setting(True, "write tables and figures at the end", Bool())
+    protocol: str = setting("few_shot", "'few_shot', or 'base_to_new' (CoCoOp: train on the base half of each "
+                            "dataset's classes; records get base_accuracy, new_accuracy, harmonic_mean)",
+                            Options(PROTOCOLS))
+    transfer: TransferEntry | None = setting(None, "{source, targets}: score the models trained on source on each "
+                                             "target (cross-dataset transfer, domain shift)", parse=_transfer,
+                                             shown="none", accepts="a mapping or null")
     executor: ExecutorEntry = setting(ExecutorEntry(), "where runs execute: {ray: {address, gpus_per_run, "
                                       "cpus_per_run, encoder_actors}} for a Ray cluster (default: this process)",
                                       parse=_executor, shown="this process", accepts="a mapping")
@@ -392,6 +429,8 @@ class ExperimentConfig:
         """This config in the YAML schema (paths resolved): ``parse_config(cfg.to_raw())`` gives it back."""
         raw = _raw(self)
         raw["methods"] = {m.label: _raw(m) for m in self.methods}
+        if raw.get("protocol") == "few_shot":
+            del raw["protocol"]  # the default: resolved copies of older configs stay as they were
         return {k: v for k, v in raw.items() if v not in (None, [], {})}
 
 
@@ -437,7 +476,21 @@ def parse_config(raw: Mapping[str, Any], source: str = "config", base_dir: str |
     kw["output"] = kw.get("output") or _resolve_path(f"results/{kw['name']}", ctx.base)
     if not kw.get("methods") and not kw.get("ablations"):
         raise ValueError(f"{source}: nothing to run; give 'methods' (and/or an 'ablation').")
+    _check_protocols(kw, source)
     return ExperimentConfig(**kw, source=source)
+
+
+def _check_protocols(kw: dict[str, Any], source: str) -> None:
+    """A transfer source must be one of the datasets; base-to-new has no ablations and no transfer."""
+    transfer = kw.get("transfer")
+    if transfer is not None:
+        names = [n for d in kw["datasets"] for n in (d.label, d.data, Path(d.data).name) if n]
+        if transfer.source not in names:
+            raise ValueError(f"{source}: transfer.source {transfer.source!r} is not one of the datasets; expected "
+                             f"a 'datasets' entry's label or data ({', '.join(dict.fromkeys(names))}).")
+    if kw.get("protocol") == "base_to_new" and (kw.get("ablations") or transfer is not None):
+        raise ValueError(f"{source}: protocol 'base_to_new' cannot be combined with "
+                         f"{'an ablation' if kw.get('ablations') else 'transfer'}; run them as separate experiments.")
 
 
 MAX_YAML_NODES = 100_000   # values in a config once every alias is expanded; far above any real experiment
@@ -548,7 +601,7 @@ def reference_markdown() -> str:
            "`reference_markdown()`). Relative paths are relative to the current directory.", ""]
     for title, cls in (("Top level", ExperimentConfig), ("`datasets` entries", DatasetEntry),
                        ("`methods` entries (`label: {...}`)", MethodEntry), ("`backbone`", BackboneKeys),
-                       ("`ablation`", AblationEntry), ("`executor.ray`", RayEntry)):
+                       ("`ablation`", AblationEntry), ("`transfer`", TransferEntry), ("`executor.ray`", RayEntry)):
         out += [f"## {title}", "", "| key | default | accepts | meaning |", "|---|---|---|---|"]
         for f in fields(cls):
             meta = f.metadata

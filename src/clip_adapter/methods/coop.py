@@ -91,6 +91,7 @@ class CoOp(FewShotMethod):
     needs_backbone = True
     trainable = ("ctx",)
     default_grid: dict[str, list] = {}  # the paper fixes the schedule; nothing is searched
+    unseen_classes = "transfer"         # the context is shared by all classes (unless class_specific)
 
     def _encoder(self, classnames: Sequence[str], n_ctx: int) -> ContextPromptEncoder:
         if self.backbone is None:
@@ -127,6 +128,16 @@ class CoOp(FewShotMethod):
     @torch.no_grad()
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return cosine_logits(self._check_features(features), self.text_features_, self.logit_scale_)
+
+    def unseen_mode(self) -> str:
+        """A unified context serves any class name; a class-specific one (CSC) has no prompt for a new class."""
+        return "zero_shot_fallback" if self.config.class_specific else "transfer"
+
+    def for_classes(self, text: ClassText) -> "CoOp":
+        """The learned context with ``text``'s class names (CoCoOp's base-to-new / cross-dataset evaluation)."""
+        new = super().for_classes(text)
+        new.text_features_ = self.prompt_features(text.classnames)
+        return new
 
     def prompt_features(self, classnames: Sequence[str] | None = None) -> torch.Tensor:
         """Raw text features of the learned prompts (for other class names too, with a unified context)."""

@@ -23,6 +23,7 @@ class ZeroShot(FewShotMethod):
 
     config_cls = ZeroShotConfig
     trains = False
+    unseen_classes = "transfer"   # the classifier is the class names' text features
 
     def fit(self, features: torch.Tensor | None = None, labels: torch.Tensor | None = None, *, text: ClassText,
             views: torch.Tensor | None = None) -> "ZeroShot":
