@@ -106,6 +106,10 @@ def test_report_says_how_many_planned_runs_are_missing(finished_experiment, tmp_
         paths = build_report(out, figures=False)
     assert paths["missing"] == [str(out / "colors/linear_probe/shots2-seed1.json")]
     assert "1 of 3 planned runs missing" in caplog.text
+    # plan.json is data: an entry outside the folder is not read
+    (out / "plan.json").write_text(json.dumps({"planned": plan + ["../../etc/passwd", "/etc/passwd"]}))
+    from clip_adapter.results import missing_runs
+    assert missing_runs(out) == (3, ["colors/linear_probe/shots2-seed1.json"])
 
 
 def test_html_report_is_self_contained(finished_experiment, tmp_path):

@@ -94,8 +94,9 @@ def parse_class_map(text: str | None) -> dict[str, str] | str | None:
 def add_backbone_args(p: argparse.ArgumentParser, default: str = "RN50") -> None:
     g = p.add_argument_group("backbone")
     g.add_argument("--backbone", default=default,
-                   help=f"'lite' (offline EfficientNet-Lite0 + MiniLM), any open_clip model name (RN50, ViT-B-16, ...) "
-                        f"or an open_clip model-config JSON path (default: {default}).")
+                   help=f"'lite' (offline EfficientNet-Lite0 + MiniLM), any open_clip model name (RN50, ViT-B-16, ...), "
+                        f"an open_clip model-config JSON path, or hf:PATH / hf:HUB_ID for a Hugging Face CLIPModel or "
+                        f"SiglipModel (default: {default}).")
     g.add_argument("--pretrained", default="openai",
                    help="open_clip pretrained tag, e.g. openai, laion2b_s34b_b79k; 'none' for random init "
                         "(default: openai).")

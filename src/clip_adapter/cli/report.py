@@ -13,7 +13,8 @@ def register(sub) -> None:
     """``report``."""
     p = sub.add_parser("report", help="rebuild tables and figures from an experiment's result files.",
                        description="Read OUTDIR/<dataset>/<method>/shots<K>-seed<S>.json and write summary.md, "
-                                   "summary.csv, figures/*.png (and ablation.* when present); rebuild runs.jsonl. "
+                                   "summary.csv, figures/*.png (and ablation.*, base_to_new.*, transfer.* when present); "
+                                   "rebuild runs.jsonl. "
                                    "With --into DIR, merge several OUTDIRs into one report in DIR.")
     p.add_argument("outdir", metavar="OUTDIR", nargs="+", help="the experiment's output folder (several with --into).")
     p.add_argument("--into", metavar="DIR", default=None,
@@ -37,9 +38,10 @@ def cmd_report(args) -> int:
         paths = build_report(args.into, figures=not args.no_figures, inputs=args.outdir, html=args.html)
     else:
         paths = build_report(args.outdir[0], figures=not args.no_figures, html=args.html)
-    for key in ("markdown", "ablation_markdown"):
+    for key in ("markdown", "ablation_markdown", "base_to_new_markdown", "transfer_markdown"):
         if paths.get(key):
             print(Path(paths[key]).read_text())
-    written = [paths.get(k) for k in ("markdown", "csv", "ablation_markdown", "ablation_csv", "runs", "html")]
+    written = [paths.get(k) for k in ("markdown", "csv", "ablation_markdown", "ablation_csv", "base_to_new_markdown",
+                                      "base_to_new_csv", "transfer_markdown", "transfer_csv", "runs", "html")]
     print("wrote: " + ", ".join([p for p in written if p] + paths["figures"]), file=sys.stderr)
     return 0

@@ -44,6 +44,7 @@ class ClipAdapter(FewShotMethod):
     config_cls = ClipAdapterConfig
     default_grid = {"alpha": [0.2, 0.4, 0.6, 0.8]}
     trainable = ("image_adapter.*", "text_adapter.*")
+    unseen_classes = "transfer"   # the adapters map any feature: new class names need only their text features
 
     def _build(self, dim: int) -> None:
         c = self.config

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 
 from ..backbones.base import OPEN_CLIP, BackboneSpec, builds_by_name, check_backbone
 from ..config import invalid_value
+from ..datasets.class_ids import class_ids, map_classes
 from ..evaluation import evaluate_predictions
 from ..features import FeatureCache, default_num_workers
 from ..imageset import ImageSet
@@ -144,7 +145,7 @@ class AdaptedClassifier:
             backbone = spec.load(device, None if checkpoint is None else str(checkpoint), where=f"Model {directory}")
         check_backbone(bid, meta["embed_dim"], backbone, where=f"Adapter in {directory}")
         method = FewShotMethod.from_pretrained(directory, backbone=backbone)
-        keep = ("dataset", "shots", "seed", "test_accuracy", "model_card")
+        keep = ("dataset", "shots", "seed", "test_accuracy", "model_card", "class_ids")
         return cls(backbone, method, info={k: meta[k] for k in keep if k in meta}, batch_size=batch_size)
 
     # -- prediction ---------------------------------------------------------------------------------------------
@@ -262,21 +263,27 @@ class AdaptedClassifier:
 
         The dataset's classes must be the model's (in any order). Otherwise ``class_map`` says how they correspond:
         ``{dataset class: model class}`` (classes it does not name map to the model class of the same name), or
-        ``"by-name"`` to score a dataset whose classes are a subset of the model's.
+        ``"by-name"`` to score a dataset whose classes are a subset of the model's. When both the dataset and the
+        model know their classes' wnids (:func:`~clip_adapter.datasets.class_ids.class_ids`; a model saved by
+        ``run_one`` keeps them), classes are mapped by wnid without a ``class_map`` (ImageNet-V2/-Sketch/-A/-R). A
+        dataset with a subset of the model's classes is scored on those classes' logits only, as the ImageNet-A/-R
+        papers do.
         """
         items = dataset.split(split)
         if not items:
             raise ValueError(f"Split {split!r} of dataset {dataset.name} is empty.")
         remap = self.label_map(dataset, class_map)
         labels = remap[torch.tensor([it.label for it in items], dtype=torch.long)]
+        scored = remap.unique()  # a subset of the model's classes (ImageNet-A/-R): only its logits are scored
         if self.method.inputs == "images":  # its encoders are adapted: the backbone's cached features do not apply
-            pred = self.method.predict(ImageSet.of(items, self.backbone))
+            logits = self.method.logits(ImageSet.of(items, self.backbone))
         else:
             cache = cache or FeatureCache(self.backbone)
             if cache.backbone.id != self.backbone.id:
                 raise ValueError(f"The feature cache is for {cache.backbone.id!r}; the model uses "
                                  f"{self.backbone.id!r}.")
-            pred = self.method.predict(cache.features(items))
+            logits = self.method.logits(cache.features(items))
+        pred = scored[logits[:, scored].argmax(dim=-1)]
         m = evaluate_predictions(pred, labels, self.classes_)
         return {"dataset": dataset.name, "split": split, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                 "per_class_accuracy": m["per_class_accuracy"], "n": m["n"], "method": self.method.name,
@@ -287,6 +294,12 @@ class AdaptedClassifier:
     def label_map(self, dataset, class_map: dict[str, str] | str | None = None) -> torch.Tensor:
         """Dataset label -> model label (a tensor indexed by the dataset's labels); see :meth:`evaluate`."""
         model, data = self.classes_, list(dataset.classnames)
+        data_ids, model_ids = class_ids(dataset), self.info.get("class_ids")
+        if class_map is None and sorted(data) != sorted(model) and data_ids is not None and model_ids is not None:
+            # both sides know their wnids (ImageNet and its variants): map by them, naming what does not map
+            return torch.tensor(map_classes(data, data_ids, model, model_ids, f"Dataset {dataset.name}")[0])
+        if class_map is None and data_ids is not None and set(data) < set(model):
+            class_map = "by-name"  # an ImageNet variant's subset (-A, -R) of a model that did not keep its wnids
         if class_map is None:
             if sorted(data) != sorted(model):
                 only_data, only_model = sorted(set(data) - set(model)), sorted(set(model) - set(data))
