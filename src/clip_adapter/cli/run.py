@@ -123,6 +123,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cls = None if auto else get_method_class(args.method)
     overrides = {} if auto else _overrides(args, cls)
     grid = parse_grid(args.grid) if args.grid else None
+    both = sorted(set(overrides) & set(grid or {}))
+    if both:   # run_one would silently drop the grid's values for a fixed key
+        raise ValueError(f"{both[0]!r} is both fixed (--set or its own flag) and searched (--grid); keep one.")
     dataset = load_dataset(args.data, root=args.root, allow_outside_paths=args.allow_outside_paths)
     if args.label:
         dataset.name = args.label

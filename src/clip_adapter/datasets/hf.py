@@ -25,6 +25,7 @@ from typing import Any
 from ..io import default_cache_dir
 from .catalog import templates_for
 from .checks import DataError
+from .images import to_rgb
 from .types import SPLITS, Dataset, Item, anchor, readable
 
 __all__ = ["read_hf", "HF_PREFIX", "VAL_FRACTION", "SPLIT_NAMES"]
@@ -95,7 +96,7 @@ def _export(ds: Any, picked: dict[str, str | None], image_col: str, label_col: s
             labels = []
             for i, row in enumerate(ds[name]):
                 img = row[image_col]
-                img = img.convert("RGB") if img.mode not in ("RGB", "L") else img
+                img = to_rgb(img) if img.mode not in ("RGB", "L") else img   # 16-bit, alpha...: as shown
                 img.save(tmp / name / f"{i:07d}.png")
                 labels.append(str(int(row[label_col])))
             (tmp / name / "labels.txt").write_text("\n".join(labels) + "\n")

@@ -123,6 +123,10 @@ def _check_method_values(cls, overrides: dict, grid: dict | None, where: str) ->
         return
     cls.config_cls.check_field_names(overrides, "key", f"{where}.overrides")
     cls.config_cls.check_field_names(grid or {}, "key", f"{where}.grid")
+    both = sorted(set(overrides) & set(grid or {}))
+    if both:
+        raise ValueError(f"{where}: {both[0]!r} is both fixed (overrides, or an ablation's param) and searched "
+                         f"(grid); the fixed value would silently win. Keep it in one of them.")
     points = [dict(overrides)]
     for k, vals in (grid or {}).items():
         if not isinstance(vals, (list, tuple)) or not vals:
