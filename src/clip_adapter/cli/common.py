@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from ..backbones import Backbone, load_backbone
-from ..features import FeatureCache
+if TYPE_CHECKING:   # torch-heavy: imported when a command runs, so --help and parse errors answer at once
+    from ..backbones import Backbone
+    from ..features import FeatureCache
 
 __all__ = ["Parser", "add_backbone_args", "add_data_args", "backbone_from_args", "cache_from_args", "parse_grid",
            "count", "seed", "int_list", "label", "parse_class_map"]
@@ -127,10 +128,12 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def backbone_from_args(args: argparse.Namespace) -> Backbone:
+    from ..backbones import load_backbone
     return load_backbone(args.backbone, pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device)
 
 
 def cache_from_args(args: argparse.Namespace, backbone: Backbone) -> FeatureCache:
+    from ..features import FeatureCache
     shared = getattr(args, "shared_cache", None)
     if shared and args.cache_dir:
         raise ValueError(f"--cache-dir {args.cache_dir} and --shared-cache {shared} name two feature caches; give one.")

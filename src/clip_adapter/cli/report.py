@@ -5,7 +5,6 @@ import os
 import sys
 from pathlib import Path
 
-from ..report import build_report
 from ..results import LOCK_TIMEOUT_ENV
 
 
@@ -29,6 +28,7 @@ def register(sub) -> None:
 
 
 def cmd_report(args) -> int:
+    from ..report import build_report     # torch-heavy: only when the command runs
     if args.lock_timeout is not None:  # read by every lock wait, here and in Ray workers
         os.environ[LOCK_TIMEOUT_ENV] = str(args.lock_timeout)
     if len(args.outdir) > 1 and not args.into:

@@ -6,14 +6,8 @@ import dataclasses
 import json
 import logging
 
-from ..auto import DEFAULT_BUDGET_SECONDS, run_auto
 from ..datasets import SPLITS, load_dataset
-from ..experiment.size import run_size
-from ..fewshot import read_index_file
-from ..generalisation import run_base_to_new
-from ..methods import check_overrides, get_method_class
-from ..protocol import HP_SELECTION, RunSpec, run_one
-from ..report import format_table
+from ..config import HP_SELECTION
 from .common import (add_backbone_args, add_data_args, backbone_from_args, cache_from_args, count, int_list, label,
                      parse_grid, seed)
 
@@ -78,6 +72,7 @@ def register(sub) -> None:
 
 
 def _overrides(args: argparse.Namespace, cls) -> dict:
+    from ..methods import check_overrides
     check_overrides(cls, [p.split("=", 1)[0].strip().replace("-", "_") for p in args.set or [] if "=" in p])
     overrides = cls.config_cls.parse_overrides(args.set or [])
     fields = cls.config_cls.field_names()
@@ -116,11 +111,21 @@ def _row(record: dict) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ..auto import DEFAULT_BUDGET_SECONDS, run_auto      # torch-heavy imports wait until a command runs
+    from ..experiment.size import run_size
+    from ..fewshot import read_index_file
+    from ..generalisation import run_base_to_new
+    from ..methods import get_method_class
+    from ..protocol import RunSpec, run_one
+    from ..report import format_table
     auto = args.method == "auto"
     _check_flags(args, auto)
     cls = None if auto else get_method_class(args.method)
     overrides = {} if auto else _overrides(args, cls)
     grid = parse_grid(args.grid) if args.grid else None
+    both = sorted(set(overrides) & set(grid or {}))
+    if both:   # run_one would silently drop the grid's values for a fixed key
+        raise ValueError(f"{both[0]!r} is both fixed (--set or its own flag) and searched (--grid); keep one.")
     dataset = load_dataset(args.data, root=args.root, allow_outside_paths=args.allow_outside_paths)
     if args.label:
         dataset.name = args.label

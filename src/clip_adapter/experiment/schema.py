@@ -123,6 +123,10 @@ def _check_method_values(cls, overrides: dict, grid: dict | None, where: str) ->
         return
     cls.config_cls.check_field_names(overrides, "key", f"{where}.overrides")
     cls.config_cls.check_field_names(grid or {}, "key", f"{where}.grid")
+    both = sorted(set(overrides) & set(grid or {}))
+    if both:
+        raise ValueError(f"{where}: {both[0]!r} is both fixed (overrides, or an ablation's param) and searched "
+                         f"(grid); the fixed value would silently win. Keep it in one of them.")
     points = [dict(overrides)]
     for k, vals in (grid or {}).items():
         if not isinstance(vals, (list, tuple)) or not vals:
@@ -257,7 +261,12 @@ def _datasets(v: Any, where: str, ctx: _Ctx) -> tuple[DatasetEntry, ...]:
         if not isinstance(d.get("data"), str) or not d["data"]:
             raise ValueError(f"{at}: 'data' (a path or a built-in name) is required. Got {brief(d.get('data'))}.")
         kw = _parse_fields(DatasetEntry, {"root": ctx.root, **d}, at, ctx)
-        if _looks_like_path(kw["data"]):
+        if kw["data"].startswith("hf:"):  # a save_to_disk folder (relative to the config) or a hub name
+            rest = kw["data"][3:]
+            local = _resolve_path(rest, ctx.base)
+            if rest.startswith((".", "/", "~")) or Path(local).is_dir():
+                kw["data"] = "hf:" + local
+        elif _looks_like_path(kw["data"]):
             kw["data"] = _resolve_path(kw["data"], ctx.base)
         out.append(DatasetEntry(**kw))
     return tuple(out)

@@ -215,6 +215,16 @@ class FewShotMethod(abc.ABC):
         pass's). Empty (no refinement) by default."""
         return {}
 
+    @classmethod
+    def fit_many(cls, configs: "list[MethodConfig]", features: torch.Tensor, labels: torch.Tensor, *,
+                 text: ClassText, views: torch.Tensor | None = None, backbone=None,
+                 stack: bool | None = None) -> "list[FewShotMethod]":
+        """One fitted model per config, each as ``cls(config).fit(...)`` would give. Trained methods may fit them
+        all at once (``stack``: True/False forces it, None lets the method decide; e.g. with
+        :func:`~clip_adapter.training.train_stacked`) as long as every model equals its own ``fit``; this
+        default fits them one after another."""
+        return [cls(c, backbone=backbone).fit(features, labels, text=text, views=views) for c in configs]
+
     @abc.abstractmethod
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Class scores ``(n, C)`` for raw image features ``(n, d)``."""
