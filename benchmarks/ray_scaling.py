@@ -33,7 +33,7 @@ def _images(args, work: Path):
 
 def extraction(args, work: Path, items: list, recipe, ray) -> list[dict]:
     from clip_adapter.distributed import ExtractRequest, extract_features
-    backbone = recipe.load()
+    backbone = recipe.build()
     rows = []
     cache = FeatureCache(backbone, root=work / "plain", batch_size=args.batch_size, num_workers=args.workers,
                          progress=False)
@@ -92,10 +92,11 @@ def main() -> None:
     if args.quick:
         args.backbone, args.images, args.size, args.epochs = "tiny-vit", 40, 64, 3
     _util.setup(args)
-    from clip_adapter.distributed import BackboneRecipe, connect
+    from clip_adapter.backbones import BackboneSpec
+    from clip_adapter.distributed import connect
     ray = connect(None, num_cpus=args.num_cpus)
-    recipe = BackboneRecipe(args.backbone, None if args.pretrained in ("none", "") else args.pretrained,
-                            device=args.device)
+    recipe = BackboneSpec.of(args.backbone, None if args.pretrained in ("none", "") else args.pretrained,
+                             device=args.device)
     work = Path(tempfile.mkdtemp(prefix="ray_bench_"))
     try:
         ds = _images(args, work)

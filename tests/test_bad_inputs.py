@@ -429,6 +429,8 @@ CASES: list[Case] = [
     Case("data_missing", data(lambda t: t / "no" / "where"), "not found"),
     Case("backbone_unknown", argv("run", "--data", IMAGES, "--backbone", "RN5O"),
          "Unknown backbone 'RN5O' (did you mean 'RN50'?)"),
+    Case("fixed_and_searched", flags("--method", "clip_adapter", "--alpha", "0.3", "--grid", "alpha=0.2,0.4"),
+         "'alpha' is both fixed (--set or its own flag) and searched (--grid); keep one"),
     Case("method_unknown", flags("--method", "tip"), "Unknown method 'tip'"),
     Case("val_missing_for_a_grid", csv("path,label,split\nIMG,0,train\nIMH,1,train\nimgs/blue/blue_001.png,0,test\n",
                                        "--shots", "1"),
@@ -498,6 +500,11 @@ CASES: list[Case] = [
     Case("yaml_merge_key", yaml("base: &b {n_views: 2}\n<<: *b\n" + YAML_OK),
          "line 2 is not valid YAML (merge keys ('<<') are not supported"),
     Case("yaml_two_documents", yaml(YAML_OK + "---\nshots: [1]\n"), "line 3 is not valid YAML (but found another document)"),
+    Case("yaml_fixed_and_searched", yaml("datasets: [DATA]\nmethods: {clip_adapter: {overrides: {alpha: 0.2}, grid: "
+                                         "{alpha: [0.4, 0.6]}}}\n"), "'alpha' is both fixed (overrides, or an "
+                                                                     "ablation's param) and searched (grid)"),
+    Case("ablation_param_in_grid", yaml(YAML_OK + "ablation: {method: clip_adapter, param: alpha, values: [0.2], "
+                                        "grid: {alpha: [0.5]}}\n"), "'alpha' is both fixed"),
     Case("yaml_class_only_in_test", yaml(TRAINED, _split_tree),
          "1 of 4 classes has no training images ('yellow'; e.g. a class only in val/ or test/)"),
     Case("yaml_shots_above_a_class", yaml(TRAINED + "shots: [50]\n"),

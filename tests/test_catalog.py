@@ -32,6 +32,8 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is abse
 
 PAPER_NAMES = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
                "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"]
+VARIANT_NAMES = ["imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"]  # domain shift: test only
+ALL_NAMES = PAPER_NAMES + VARIANT_NAMES
 
 
 def png(path: Path, color=(10, 20, 30)) -> None:
@@ -95,7 +97,10 @@ def test_paper_sizes():
               "food101": (101, (50500, 20200, 30300)), "fgvc_aircraft": (100, (3334, 3333, 3333)),
               "sun397": (397, (15880, 3970, 19850)), "dtd": (47, (2820, 1128, 1692)),
               "eurosat": (10, (13500, 5400, 8100)), "ucf101": (101, (7639, 1898, 3783)),
-              "imagenet": (1000, (1_271_167, 10_000, 50_000))}
+              "imagenet": (1000, (1_271_167, 10_000, 50_000)),
+              # the domain-shift variants (CoOp's table): test only
+              "imagenet_v2": (1000, (0, 0, 10_000)), "imagenet_sketch": (1000, (0, 0, 50_889)),
+              "imagenet_a": (200, (0, 0, 7_500)), "imagenet_r": (200, (0, 0, 30_000))}
     assert {n: (REGISTRY[n].num_classes, REGISTRY[n].split_sizes) for n in expect} == expect
     assert sum(REGISTRY["imagenet"].split_sizes[:2]) == 1_281_167
 
@@ -385,7 +390,7 @@ def test_cli_download_unknown_name_fails_before_downloading(tmp_path):
 def test_lead_cli_wires_the_datasets_command(tmp_path, capsys):
     cli = pytest.importorskip("clip_adapter.cli")
     assert cli.main(["datasets", "list", "--root", str(tmp_path), "--format", "json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)) == 11
+    assert len(json.loads(capsys.readouterr().out)) == len(ALL_NAMES)
 
 
 # -- the real CoOp split files (shared/datasets) -------------------------------------------------------------------
@@ -429,3 +434,42 @@ def test_builtin_name_on_a_subset_reports_the_count_mismatch(tmp_path):
     report = verify("dtd", tmp_path, progress=False, allow_outside_paths=True)
     assert not report.ok and not report.missing and not report.corrupt
     assert "train 600 (expected 2820)" in report.summary() and "classes 10 (expected 47)" in report.summary()
+
+
+# -- the ImageNet variants of the domain-shift protocol ------------------------------------------------------------
+def test_wnid_lists_and_the_200_class_subsets():
+    from clip_adapter.datasets.class_ids import imagenet_classnames, imagenet_wnids, subset_wnids
+    wnids = imagenet_wnids()
+    assert len(wnids) == len(set(wnids)) == 1000 and wnids == sorted(wnids) and wnids[0] == "n01440764"
+    names = imagenet_classnames()
+    assert names["n01440764"] == "tench" and names["n15075141"] == "toilet paper"
+    for row, some in (("imagenet_a", ("n01498041", "n12267677")), ("imagenet_r", ("n01443537", "n12267677"))):
+        sub = subset_wnids(REGISTRY[row].class_list)
+        assert len(sub) == len(set(sub)) == REGISTRY[row].num_classes == 200 and set(sub) <= set(wnids)
+        assert all(w in sub for w in some)
+    a, r = set(subset_wnids("imagenet_a")), set(subset_wnids("imagenet_r"))
+    assert a != r  # two different 200-class subsets
+    for name in VARIANT_NAMES:
+        info = REGISTRY[name]
+        assert info.split_format == "imagenet_variant" and info.resources[0].urls and info.resources[0].manual
+        assert info.templates == ("a photo of a {}.",) and get_info(name.replace("_", "-")) is info
+
+
+def test_imagenet_variant_readers(tmp_path):
+    from clip_adapter.datasets.class_ids import class_ids, imagenet_wnids, subset_wnids
+    r_dir = tmp_path / "imagenet-rendition" / "imagenet-r"
+    for w in subset_wnids("imagenet_r"):
+        png(r_dir / w / "a.jpg")
+    ds = load_builtin("imagenet_r", tmp_path)
+    assert ds.num_classes == 200 and len(ds.split("test")) == 200 and not ds.split("train")
+    assert class_ids(ds) == subset_wnids("imagenet_r") and ds.classnames[0] == "goldfish"
+    png(r_dir / "n01440764" / "b.jpg")  # tench is not an ImageNet-R class
+    with pytest.raises(Exception, match=r"imagenet_r: .* has 201 class folders; expected the 200 of "
+                                        r"class_lists/imagenet_r.txt \(not in the list: \['n01440764'\]"):
+        load_builtin("imagenet_r", tmp_path)
+    v2 = tmp_path / "imagenetv2" / "imagenetv2-matched-frequency-format-val"
+    for i in (0, 1, 10, 999):
+        png(v2 / str(i) / "x.jpeg")
+    ds = load_builtin("imagenet_v2", tmp_path)
+    assert class_ids(ds) == [imagenet_wnids()[i] for i in (0, 1, 10, 999)]
+    assert ds.classnames == ["tench", "goldfish", "brambling", "toilet paper"]

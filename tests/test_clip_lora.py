@@ -170,6 +170,16 @@ def test_logits_inputs_agree(fitted, toy):
     assert fitted.predict_proba(images).sum(1).allclose(torch.ones(len(images)))
 
 
+def test_fit_and_predict_leave_the_global_rng_alone(tiny_backbone, toy):
+    images, labels, text = toy
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    ClipLora(ClipLoraConfig(iters=2, batch_size=8), backbone=tiny_backbone).fit(images, labels, text=text).predict(
+        images)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_same_seed_same_model(tiny_backbone, toy):
     images, labels, text = toy
     cfg = ClipLoraConfig(iters=4, batch_size=8, lr=1e-2, seed=3)
@@ -226,6 +236,7 @@ def test_run_one_trains_on_images(tiny_backbone, color_dir, tmp_path):
     assert rec["method"] == "clip_lora" and rec["n_train"] == 8 and rec["n_views"] == 0
     assert rec["trainable_parameters"] == 12 * 2 * 2 * 64 and 0 <= rec["accuracy"] <= 1
     assert rec["candidates"] == [{"val_accuracy": rec["val_accuracy"]}] and rec["grid"] == {}
+    assert rec["hp_selection"] == "none"  # the authors' fixed schedule: nothing is chosen on validation
     loaded = FewShotMethod.from_pretrained(tmp_path / "m", backbone=tiny_backbone)
     assert loaded.config.iters == 2
     # Evaluating the saved model scores images through its adapted encoder (never the backbone's cached features).
@@ -234,8 +245,8 @@ def test_run_one_trains_on_images(tiny_backbone, color_dir, tmp_path):
 
 
 def test_backbones_it_cannot_adapt(lite_backbone):
-    with pytest.raises(ValueError, match=r"^clip_lora needs an open_clip backbone whose vision and text towers are a "
-                                         r"transformer .*'lite:[^']*' has no such tower \(use a ViT CLIP"):
+    with pytest.raises(ValueError, match=r"^clip_lora needs an open_clip backbone whose vision and text towers are "
+                                         r"transformers .*'lite:[^']*' has no such tower \(use a ViT CLIP"):
         get_method("clip_lora", backbone=lite_backbone).fit(
             ImageSet(("a.png",), lite_backbone.test_transform, lite_backbone.train_transform), torch.tensor([0]),
             text=encode_class_texts(lite_backbone, ["a"], ["a photo of a {}."]))

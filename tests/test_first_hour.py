@@ -106,6 +106,10 @@ def test_report_says_how_many_planned_runs_are_missing(finished_experiment, tmp_
         paths = build_report(out, figures=False)
     assert paths["missing"] == [str(out / "colors/linear_probe/shots2-seed1.json")]
     assert "1 of 3 planned runs missing" in caplog.text
+    # plan.json is data: an entry outside the folder is not read
+    (out / "plan.json").write_text(json.dumps({"planned": plan + ["../../etc/passwd", "/etc/passwd"]}))
+    from clip_adapter.results import missing_runs
+    assert missing_runs(out) == (3, ["colors/linear_probe/shots2-seed1.json"])
 
 
 def test_html_report_is_self_contained(finished_experiment, tmp_path):
@@ -289,3 +293,22 @@ def test_run_takes_several_shot_counts(tmp_path, color_dir, capsys):
         main(["run", "--data", "demo", "--shots", "1,1"])
     assert main(["run", "--data", "demo", "--shots", "1,2", "--save-model", str(tmp_path / "m")]) == 1
     assert "--save-model needs one shot count" in capsys.readouterr().err
+
+
+def test_evaluate_on_the_classes_both_label_sets_share(colors, tiny, tmp_path):
+    from clip_adapter.prompts import encode_class_texts
+    model_classes = [colors.classnames[0], colors.classnames[1], "a class the data lacks"]
+    text = encode_class_texts(tiny, model_classes, ["a photo of a {}."])
+    x = torch.randn(6, tiny.embed_dim)
+    model = AdaptedClassifier(tiny, get_method("zero_shot").fit(x, torch.tensor([0, 1, 2] * 2), text=text))
+    cache = FeatureCache(tiny, root=tmp_path / "f", progress=False, num_workers=0)
+    with pytest.raises(ValueError, match="different classes"):
+        model.evaluate(colors, cache=cache)
+    res = model.evaluate(colors, cache=cache, class_map="shared")
+    test = colors.split("test")
+    kept = [it for it in test if it.label in (0, 1)]
+    assert res["n"] == len(kept) and res["left_out_images"] == len(test) - len(kept)
+    assert res["scored_classes"] == model_classes[:2]   # the model's third class is never predicted
+    logits = model.method.logits(cache.features(kept))[:, :2]
+    want = (logits.argmax(-1) == torch.tensor([it.label for it in kept])).float().mean().item()
+    assert res["accuracy"] == pytest.approx(want)

@@ -26,13 +26,14 @@ if os.environ.get("CI") == "true":
 else:
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
 
-from clip_adapter.distributed import (BackboneRecipe, ClusterError, ExtractRequest, check_resources,  # noqa: E402
+from clip_adapter.backbones import BackboneSpec  # noqa: E402
+from clip_adapter.distributed import (ClusterError, ExtractRequest, check_resources,  # noqa: E402
                                       check_shared_folder, connect, extract_features, predict_on_ray)
 from clip_adapter.distributed import cluster  # noqa: E402
 from clip_adapter.features import image_key  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TINY = BackboneRecipe("tiny-vit")
+TINY = BackboneSpec.of("tiny-vit", pretrained=None)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,7 +72,7 @@ def _records(result) -> dict[str, dict]:
 def test_extraction_on_ray_fills_the_cache_like_the_plain_path(colors, tmp_path):
     ds = load_dataset(colors)
     items = [it for s in ("train", "val", "test") for it in ds.split(s)]
-    backbone = TINY.load()
+    backbone = TINY.build()
     cache = FeatureCache(backbone, root=tmp_path / "ray", progress=False, num_workers=0, batch_size=8)
     stats = extract_features(TINY, cache, [ExtractRequest(items, "test"),
                                            ExtractRequest(ds.split("train"), "train", (0, 1))], encoder_actors=2)
@@ -103,7 +104,7 @@ def test_cache_keys_are_the_same_on_any_mount_point_and_differ_between_files(col
     a, b = load_dataset(colors), load_dataset(moved)
     assert [image_key(it) for it in a.split("test")] == [image_key(it) for it in b.split("test")]
     assert a.split("test")[0].rel.startswith("colors/")
-    backbone = TINY.load()
+    backbone = TINY.build()
     FeatureCache(backbone, root=tmp_path / "c", progress=False, num_workers=0).features(a.split("test"))
     other = FeatureCache(backbone, root=tmp_path / "c", progress=False, num_workers=0)
     other.features(b.split("test"))   # another mount point (another node): served from the same shards
@@ -207,7 +208,7 @@ def saved_model(colors, tmp_path_factory) -> tuple[Path, Path]:
     from clip_adapter import RunSpec, load_backbone, run_one
     tmp = tmp_path_factory.mktemp("ray_model")
     ckpt = tmp / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in TINY.load().model.state_dict().items()}, str(ckpt))
+    save_file({k: v.contiguous() for k, v in TINY.build().model.state_dict().items()}, str(ckpt))
     bb = load_backbone("tiny-vit", checkpoint=str(ckpt))
     run_one(load_dataset(colors), bb, RunSpec("clip_adapter", shots=2, overrides={"epochs": 2}, grid={}, n_views=0),
             cache=FeatureCache(bb, root=tmp / "c", progress=False, num_workers=0), save_model=tmp / "model")

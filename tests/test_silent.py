@@ -20,6 +20,7 @@ from clip_adapter.cli import build_parser, main
 from clip_adapter.datasets.images import open_rgb, to_rgb
 from clip_adapter.experiment.schema import read_yaml
 from clip_adapter.features import load_image_views
+from clip_adapter.methods import get_method_class
 
 from conftest import COLORS, make_color_images
 
@@ -128,7 +129,9 @@ def test_index_file_gives_the_shots_the_record_says(tmp_path, caplog, one_thread
     assert rc == 0
     record = json.loads(next((tmp_path / "runs").rglob("shots2-seed1.json")).read_text())
     assert record["shots"] == 2 and record["n_train"] == 8
-    assert "Colors: plan: 1 run (1 to go), 7 fits (largest grid: 7 points), at most 20 images to encode" in caplog.text
+    n = len(get_method_class("linear_probe").default_grid["C"])   # the method's grid: one fit per value of C
+    assert f"Colors: plan: 1 run (1 to go), {n} fits (largest grid: {n} points), at most 20 images to encode" \
+        in caplog.text
 
 
 def test_train_and_test_folders_without_val(tmp_path):

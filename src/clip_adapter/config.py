@@ -23,7 +23,12 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Iterable, Mapping
 
 __all__ = ["Constraint", "Interval", "Options", "Bool", "Text", "NoneOr", "IntList", "Predicate", "closest", "suggest",
-           "unknown_key", "invalid_value", "check_keys", "invalid_examples", "MethodConfig", "brief"]
+           "unknown_key", "invalid_value", "check_keys", "invalid_examples", "MethodConfig", "brief", "HP_SELECTION"]
+
+# How hyper-parameters are chosen (RunSpec.hp_selection, `run --hp-selection`, the experiment's `hp_selection`):
+# on min(K, 4) val images per class, on the whole val split, or not at all (the config's values). Here, in a
+# torch-free module, so the command line's --help lists the choices without importing torch.
+HP_SELECTION = ("few_shot_val", "full_val", "none")
 
 
 # -- messages ------------------------------------------------------------------------------------------------

@@ -56,7 +56,8 @@ def check_shots(counts: dict[int, int], k: int, classnames: Sequence[str], *, re
         verb = "has" if len(missing) == 1 else "have"
         raise ValueError(f"{where}: {len(missing)} of {len(classnames)} classes {verb} no training images "
                          f"({_names(missing, classnames)}; e.g. a class only in val/ or test/); every class needs "
-                         f"{k} for {k} shots. Add training images or remove the class.")
+                         f"{'one (--repeat-shots)' if repeat else k} for {k} shots. Add training images or remove "
+                         f"the class.")
     short = [] if repeat else [y for y in range(len(classnames)) if counts[y] < k]
     if len(short) == 1:
         y = short[0]

@@ -65,8 +65,10 @@ class ImageSet:
 
     def batches(self, batch_size: int = 64, num_workers: int = 0) -> Iterator[torch.Tensor]:
         """Test-transformed images ``(b, 3, H, W)`` in order, ``batch_size`` at a time."""
+        # Its own generator: a loader otherwise draws its base seed from the caller's global RNG.
         loader = DataLoader(ImageListDataset(self.paths, self.test_transform), batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers if len(self.paths) > batch_size else 0)
+                            num_workers=num_workers if len(self.paths) > batch_size else 0,
+                            generator=torch.Generator())
         yield from iter_batches(loader)
 
     def augmented(self, batches: Sequence[Sequence[tuple[int, int]]], num_workers: int = 0) -> Iterator[torch.Tensor]:
@@ -78,7 +80,7 @@ class ImageSet:
             bounds.append(list(range(start, start + len(batch))))
             start += len(batch)
         loader = DataLoader(_Scheduled(self.paths, self.train_transform, flat), batch_sampler=bounds,
-                            num_workers=num_workers, persistent_workers=num_workers > 0)
+                            num_workers=num_workers, persistent_workers=num_workers > 0, generator=torch.Generator())
         yield from iter_batches(loader)
 
 

@@ -26,6 +26,7 @@ class ClassText:
     templates: list[str]
     features: torch.Tensor
     logit_scale: float = 100.0
+    logit_bias: float = 0.0       # SigLIP's; the same for every class, so softmax outputs do not depend on it
 
     def __post_init__(self):
         if self.features.ndim != 2 or self.features.shape[0] != len(self.classnames):
@@ -62,4 +63,4 @@ def encode_class_texts(backbone, classnames: Sequence[str], templates: Sequence[
         out = feats[:, 0]
     else:
         out = F.normalize(feats, dim=-1).mean(dim=1)
-    return ClassText(classnames, templates, out, float(backbone.logit_scale))
+    return ClassText(classnames, templates, out, float(backbone.logit_scale), float(getattr(backbone, "logit_bias", 0.0)))

@@ -16,10 +16,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
+from .datasets.class_ids import class_ids
 from .datasets.types import Dataset, Item
 from .evaluation import evaluate_predictions
 from .features import FeatureCache
@@ -82,6 +83,15 @@ OPTIONAL_FIELDS: dict[str, str] = {
     "layer": "insertion-layer ablation: the block the adapter follows",
     "num_blocks": "insertion-layer ablation: blocks of the ViT",
     "auto": "--method auto: the methods tried with their validation accuracy, the rule and budget that chose",
+    "protocol": "'base_to_new' (CoCoOp): trained on the base half of the classes, 'accuracy' is on base test images",
+    "base_accuracy": "base-to-new: test accuracy on the base classes (base classifier only; = accuracy)",
+    "new_accuracy": "base-to-new: test accuracy on the new classes (new classifier only, from their names)",
+    "harmonic_mean": "base-to-new: 2 * base * new / (base + new)",
+    "unseen_classes": "base-to-new: how new classes were scored: 'transfer' or 'zero_shot_fallback'",
+    "base_classes": "base-to-new: the base class names, in label order",
+    "new_classes": "base-to-new: the new class names, in label order",
+    "n_test_new": "base-to-new: new-class test images scored",
+    "transfer": "cross-dataset / domain shift: per target dataset, the model's accuracy there (or why not)",
 }
 # Set on the record in memory, never written into its file.
 MEMORY_FIELDS: dict[str, str] = {"result_file": "where the record was written or read",
@@ -256,7 +266,8 @@ def _record(dataset: Dataset, backbone, spec: RunSpec, trains: bool, sel: Select
 
 def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | None = None,
             output: str | Path | None = None, save_model: str | Path | None = None,
-            text: ClassText | None = None, extra: dict[str, Any] | None = None, overwrite: bool = False) -> dict:
+            text: ClassText | None = None, extra: dict[str, Any] | None = None, overwrite: bool = False,
+            after: Callable[[FewShotMethod, dict], dict] | None = None) -> dict:
     """Fit ``spec.method`` on K shots, select on val, score on test; return (and optionally write) the record.
 
     Args:
@@ -268,6 +279,8 @@ def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | Non
         text: precomputed class text features (an experiment encodes them once per dataset).
         extra: producer fields (:data:`OPTIONAL_FIELDS`) stored with the record.
         overwrite: let ``save_model`` replace a model saved there before.
+        after: called with the chosen model and the record once test is scored; the fields it returns
+            (:data:`OPTIONAL_FIELDS`) are stored with the record (base-to-new's new classes, transfer targets).
     """
     _check_targets(output, save_model, overwrite)
     if not dataset.split("test"):
@@ -291,10 +304,14 @@ def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | Non
     record = _record(dataset, backbone, spec, cls.trains, sel, metrics, text, templates, grid,
                      (len(train_items), len(val_items)), seconds)
     record.update(extra or {})
+    if after is not None:
+        record.update(after(sel.model, record))
     if save_model is not None:  # first: a model that cannot be saved must not leave a record claiming a run
         model = AdaptedClassifier(backbone, sel.model)
         facts = {"dataset": dataset.name, "shots": record["shots"], "seed": spec.seed,
                  "test_accuracy": record["accuracy"]}
+        if (ids := class_ids(dataset)) is not None:
+            facts["class_ids"] = ids  # wnids: evaluation on ImageNet variants maps classes by them
         card = model.card(**facts, chosen=record["chosen"], val_accuracy=record["val_accuracy"],
                           macro_f1=record["macro_f1"], n_test=record["n_test"])
         model.save_pretrained(save_model, model_card=card, overwrite=overwrite, **facts)

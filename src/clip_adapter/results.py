@@ -242,4 +242,9 @@ def missing_runs(outdir: str | Path) -> tuple[int, list[str]] | None:
         planned = json.loads((outdir / PLAN_FILE).read_text())["planned"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return len(planned), [p for p in planned if read_result(outdir / p) is None]
+    if not isinstance(planned, list) or not all(isinstance(p, str) for p in planned):
+        return None
+    root = outdir.resolve()
+    # plan.json is data: an entry leaving the folder (absolute, '..') is not a run of this experiment
+    inside = [p for p in planned if (outdir / p).resolve().is_relative_to(root)]
+    return len(inside), [p for p in inside if read_result(outdir / p) is None]

@@ -16,15 +16,12 @@ from typing import Any
 
 import torch
 
-from .config import MethodConfig
+from .config import HP_SELECTION, MethodConfig
 from .methods import FewShotMethod, get_method_class
 from .prompts import ClassText
 
 __all__ = ["FeatureSplit", "select", "Selection", "grid_edges", "HP_SELECTION"]
 
-# How hyper-parameters are chosen (RunSpec.hp_selection, `run --hp-selection`, the experiment's `hp_selection`):
-# on min(K, 4) val images per class, on the whole val split, or not at all (the config's values).
-HP_SELECTION = ("few_shot_val", "full_val", "none")
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +66,16 @@ def grid_edges(grid: dict[str, list], chosen: dict[str, Any]) -> list[str]:
     return sorted(out)
 
 
-def _fit(method: str, config: MethodConfig, train: FeatureSplit, text: ClassText, backbone) -> FewShotMethod:
-    model = get_method_class(method)(config, backbone=backbone)
-    return model.fit(train.features, train.labels, text=text, views=train.views)
-
-
 def select(method: str, config: MethodConfig, grid: dict[str, list], train: FeatureSplit, val: FeatureSplit,
-           text: ClassText, backbone=None) -> Selection:
+           text: ClassText, backbone=None, stack: bool | None = None) -> Selection:
     """Fit ``method`` for every point of ``grid`` (over ``config``) on ``train``; keep the best on ``val``.
 
     Ties go to the earlier grid point, so the result does not depend on anything but train and val.
     An empty grid fits ``config`` once. When the method refines (``refine_grid``), a second grid around the first
     choice is searched too and competes with it. A choice on the edge of the values searched is logged as a warning
-    and listed in ``Selection.at_grid_edge``.
+    and listed in ``Selection.at_grid_edge``. The points of one pass are fitted in one call
+    (:meth:`FewShotMethod.fit_many`: a trained method may fit them as one stacked model, the same models as one by
+    one; ``stack=False`` forces one by one).
     """
     cls = get_method_class(method)
     cls.config_cls.check_field_names(grid, what="grid key")
@@ -99,14 +93,14 @@ def select(method: str, config: MethodConfig, grid: dict[str, list], train: Feat
     t0 = time.perf_counter()
     best: tuple[float, FewShotMethod, MethodConfig, dict] | None = None
     candidates: list[dict[str, Any]] = []
-    best = _search(method, config, points, train, val, text, backbone, candidates, best)
+    best = _search(method, config, points, train, val, text, backbone, candidates, best, stack)
     if len(points) > 1:
         extra = cls.refine_grid(grid, best[3])
         if extra:
             tried = [{k: c[k] for k in keys if k in c} for c in candidates]
             more = [{**best[3], **dict(zip(extra, vals))} for vals in itertools.product(*extra.values())]
             best = _search(method, config, [p for p in more if p not in tried], train, val, text, backbone,
-                           candidates, best)
+                           candidates, best, stack)
     edges = grid_edges(grid, best[3]) if len(points) > 1 else []
     if edges:
         log.warning("%s: the chosen %s lies on the edge of the values searched on validation; the optimum may lie "
@@ -117,18 +111,23 @@ def select(method: str, config: MethodConfig, grid: dict[str, list], train: Feat
 
 
 def _search(method: str, config: MethodConfig, points: list[dict], train: FeatureSplit, val: FeatureSplit,
-            text: ClassText, backbone, candidates: list, best):
+            text: ClassText, backbone, candidates: list, best, stack: bool | None = None):
     """Fit every point; append to ``candidates``; return the best so far (ties keep the earlier).
 
     Points that differ only in the method's ``logit_params`` share one fit: the fitted model is rescored with each
     point's config (the model kept for the best point gets a copy with that config, the same as fitting it)."""
-    rescore = get_method_class(method).logit_params
-    fitted: dict[str, FewShotMethod] = {}
-    for point in points:
-        cfg = dataclasses.replace(config, **point)
-        key = repr(sorted((k, v) for k, v in point.items() if k not in rescore))
-        if key not in fitted or not rescore:
-            fitted[key] = _fit(method, cfg, train, text, backbone)
+    cls = get_method_class(method)
+    rescore = cls.logit_params
+    configs = [dataclasses.replace(config, **point) for point in points]
+    keys = [repr(sorted((k, v) for k, v in p.items() if k not in rescore)) if rescore else str(i)
+            for i, p in enumerate(points)]
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}     # the first point of each fit
+    to_fit = sorted(first.values())
+    # One call for every fit of this pass: a trained method may fit them all at once (same models as one by one).
+    models = cls.fit_many([configs[i] for i in to_fit], train.features, train.labels, text=text, views=train.views,
+                          backbone=backbone, stack=stack)
+    fitted = {keys[i]: m for i, m in zip(to_fit, models)}
+    for point, cfg, key in zip(points, configs, keys):
         model = fitted[key]
         if rescore:
             model = copy.copy(model)  # shallow: shares the fitted tensors, carries this point's config

@@ -7,19 +7,21 @@ last partial batch is each method's declared choice (``FewShotMethod.drop_last``
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .config import Interval, MethodConfig, Options, Predicate
 from .io import progress_bar, torch_threads
 
-__all__ = ["TrainingConfig", "train_loop", "lr_at_epoch"]
+__all__ = ["TrainingConfig", "train_loop", "train_stacked", "can_stack", "VmapStack", "lr_at_epoch"]
 
 log = logging.getLogger(__name__)
 
@@ -144,3 +146,122 @@ def _epochs(params: list, logits_fn: Callable, source: torch.Tensor, labels: tor
         history["loss"].append(total / max(seen, 1))
         history["train_acc"] = correct / max(seen, 1)
         bar.update(1)
+
+
+# -- one vectorised fit for several grid points ----------------------------------------------------------------
+#: the fields that must agree for grid points to share one optimiser and one schedule (the seed may differ)
+SHARED_FIELDS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "warmup_epochs", "warmup_lr",
+                 "device")
+
+
+def can_stack(configs: Sequence[TrainingConfig]) -> bool:
+    """Whether :func:`train_stacked` can fit these points at once: the optimisation settings agree (the seeds and
+    the method's own hyper-parameters may differ)."""
+    return len(configs) > 1 and all(
+        all(getattr(c, f) == getattr(configs[0], f) for f in SHARED_FIELDS) for c in configs)
+
+
+def train_stacked(model: nn.Module, configs: Sequence[TrainingConfig], features: torch.Tensor, labels: torch.Tensor,
+                  views: torch.Tensor | None = None, drop_last: bool = True) -> list[dict]:
+    """Fit ``P = len(configs)`` grid points as ONE vectorised model; each point as :func:`train_loop` fits it alone.
+
+    ``model`` maps a stacked batch ``(P, B, d)`` to stacked logits ``(P, B, C)``, point ``p`` reading only its own
+    slice ``p`` of every parameter (:class:`VmapStack` builds one from per-point modules; a method may write its
+    own with batched matrix products). Each point draws its batches from its own generator seeded with its own
+    ``cfg.seed`` exactly as :func:`train_loop` does, the optimiser and the schedule act element by element, and the
+    summed loss gives each point exactly its own gradient: every point sees the seeds, batches and schedule of
+    fitting it alone, in one pass over the batches. ``drop_last`` as in :func:`train_loop`. Returns one history
+    per point.
+    """
+    if not can_stack(configs):
+        raise ValueError("train_stacked needs at least two configs with equal optimisation settings "
+                         f"({', '.join(SHARED_FIELDS)}); use train_loop for each point instead.")
+    cfg, device = configs[0], torch.device(configs[0].device)
+    trained = [p for p in model.to(device).parameters() if p.requires_grad]
+    if not trained:
+        raise ValueError("Nothing to train: no parameter requires grad.")
+    source = (views if views is not None else features.unsqueeze(0)).to(device)
+    labels = labels.to(device)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(trained, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=1e-4)
+    gens = [torch.Generator().manual_seed(c.seed) for c in configs]
+    histories: list[dict] = [{"loss": [], "steps": 0} for _ in configs]
+    t0 = time.perf_counter()
+    with cpu_threads(1, device):
+        for epoch in range(cfg.epochs):
+            for g in opt.param_groups:
+                g["lr"] = lr_at_epoch(cfg, epoch)
+            _stacked_epoch(model, source, labels, cfg, opt, gens, histories, drop_last)
+    seconds = time.perf_counter() - t0
+    for h in histories:
+        h["seconds"] = seconds
+    log.debug("trained %d points x %d steps at once in %.1fs", len(configs), histories[0]["steps"], seconds)
+    return histories
+
+
+class VmapStack(nn.Module):
+    """Per-point modules (one architecture, different values) as one stacked module for :func:`train_stacked`.
+
+    Parameters and buffers are stacked along a new first dimension (:func:`torch.func.stack_module_state`) and
+    the forward runs :func:`torch.func.vmap` over :func:`torch.func.functional_call`; per-point constants (e.g. a
+    blend ratio) belong in buffers. :meth:`write_back` copies the trained values into the original modules.
+    Generic; a hand-written batched forward (``torch.bmm``) can be faster on the CPU.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module]):
+        super().__init__()
+        self.points = list(modules)
+        params, buffers = torch.func.stack_module_state(self.points)
+        self.names = list(params)
+        self.stacked = nn.ParameterList([nn.Parameter(params[k], requires_grad=params[k].requires_grad)
+                                         for k in self.names])
+        for k, v in buffers.items():
+            self.register_buffer("b_" + k.replace(".", "__"), v)
+        self.buffer_names = list(buffers)
+        self._base = [copy.deepcopy(self.points[0]).to("meta")]   # in a list: not a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = dict(zip(self.names, self.stacked))
+        buffers = {k: getattr(self, "b_" + k.replace(".", "__")) for k in self.buffer_names}
+        base = self._base[0]
+        return torch.func.vmap(lambda p, b, xi: torch.func.functional_call(base, (p, b), (xi,)))(params, buffers, x)
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        for i, m in enumerate(self.points):
+            for k, v in zip(self.names, self.stacked):
+                m.get_parameter(k).copy_(v[i])
+
+
+def _stacked_epoch(logits_fn: nn.Module, source: torch.Tensor, labels: torch.Tensor,
+                   cfg: TrainingConfig, opt: torch.optim.Optimizer, gens: list[torch.Generator],
+                   histories: list[dict], drop_last: bool) -> None:
+    device, (n_views, n) = source.device, source.shape[:2]
+    # Each point consumes its own generator exactly as train_loop's epoch does: one permutation, then view indices.
+    draws = [(torch.randperm(n, generator=g), torch.randint(n_views, (n,), generator=g)) for g in gens]
+    order = torch.stack([o for o, _ in draws]).to(device)                       # (P, n)
+    view_idx = torch.stack([v for _, v in draws]).to(device)                    # (P, n)
+    drop_last = drop_last and n >= cfg.batch_size
+    P = len(gens)
+    total, correct, seen, steps = torch.zeros(P, dtype=torch.float64), torch.zeros(P, dtype=torch.long), 0, 0
+    for start in range(0, n, cfg.batch_size):
+        idx = order[:, start:start + cfg.batch_size]                           # (P, B)
+        if drop_last and idx.shape[1] < cfg.batch_size:
+            break
+        x = source[view_idx.gather(1, idx), idx]                                # (P, B, d)
+        y = labels[idx]                                                         # (P, B)
+        logits = logits_fn(x)                                                   # (P, B, C)
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y).mean(1)
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()         # the points share no parameter: each gets its own loss's gradient
+        opt.step()
+        total += losses.detach().double().cpu() * idx.shape[1]
+        correct += (logits.detach().argmax(-1) == y).sum(1).cpu()
+        seen += idx.shape[1]
+        steps += 1
+    for p, h in enumerate(histories):
+        h["steps"] += steps
+        h["loss"].append(float(total[p]) / max(seen, 1))
+        h["train_acc"] = int(correct[p]) / max(seen, 1)

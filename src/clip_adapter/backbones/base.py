@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -35,6 +35,7 @@ from ..io import file_digest
 __all__ = [
     "Backbone", "BackboneLoadError", "BackboneSpec", "load_backbone", "register_backbone", "list_backbones",
     "build_transforms", "weights_fingerprint", "check_backbone", "check_device", "normalise_pretrained",
+    "no_prompt_encoder",
     "OPEN_CLIP", "TRAIN_CROP_SCALE",
 ]
 
@@ -81,12 +82,13 @@ class Backbone(abc.ABC):
     """A frozen pair of encoders mapping images and texts into one ``embed_dim`` space.
 
     Subclasses set ``id`` (see the module docstring; build it with :class:`BackboneSpec`), ``embed_dim``,
-    ``logit_scale``, ``device`` and the two transforms.
+    ``logit_scale`` (and ``logit_bias`` when it is not 0), ``device`` and the two transforms.
     """
 
     id: str
     embed_dim: int
     logit_scale: float
+    logit_bias: float = 0.0   # added to every logit (SigLIP's sigmoid scoring); 0 for CLIP's softmax
     test_transform: Callable
     train_transform: Callable
     device: torch.device
@@ -103,6 +105,14 @@ class Backbone(abc.ABC):
         """Facts beyond ``id`` that determine the features (recorded with every result); none by default."""
         return {}
 
+    def prompt_encoder(self, classnames: Sequence[str], n_ctx: int = 16, init: str | None = None,
+                       who: str = "CoOp") -> Any:
+        """The hook of prompt-learning methods: a :class:`~clip_adapter.backbones.prompt_encoder.ContextPromptEncoder`
+        mapping a learned context (``n_ctx`` token embeddings, or those of the phrase ``init``) plus each class name
+        to raw class text features, differentiably. Backbones without a token-level text encoder raise a one-line
+        ``ValueError`` (this default)."""
+        raise no_prompt_encoder(self, who)
+
     @property
     def spec(self) -> "BackboneSpec":
         """What rebuilds this backbone (parsed from ``id``)."""
@@ -115,6 +125,14 @@ class Backbone(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r}, embed_dim={self.embed_dim})"
+
+
+def no_prompt_encoder(backbone: Any, who: str = "CoOp") -> ValueError:
+    """The one-line error for a backbone (any object with an ``id``) that has no token-level text encoder."""
+    bid = getattr(backbone, "id", type(backbone).__name__)
+    return ValueError(f"{who} needs a backbone with a token-level text encoder; {bid!r} ({type(backbone).__name__}) "
+                      f"only exposes sentence features; use an open_clip backbone (e.g. --backbone RN50 or ViT-B-16) "
+                      f"or --backbone lite.")
 
 
 def check_backbone(trained_id: str | None, trained_dim: int, backbone: Any, where: str = "Adapter") -> None:
@@ -137,8 +155,9 @@ _REGISTRY: dict[str, _Factory] = {}
 def register_backbone(name: str, *, family_names: Callable[[], list[str]] | None = None):
     """Decorator: register a factory under ``name`` (an id prefix, like ``lite``).
 
-    A plain factory is called as ``f(device=...)``. With ``family_names`` it is a *family* that builds many named
-    models (open_clip): it is called as ``f(name, pretrained=, checkpoint=, device=)`` for every name it lists.
+    A plain factory is called as ``f(device=..., **options)``. With ``family_names`` it is a *family* that builds many
+    named models: it is called as ``f(name, pretrained=, checkpoint=, device=, **options)`` for every name it lists
+    (open_clip: a bare architecture name) and for ``"<family>:<name>"`` (``hf:PATH``).
     """
     def deco(fn):
         if name in _REGISTRY:
@@ -166,26 +185,34 @@ def builds_by_name(family: str, name: str | None) -> bool:
 
 
 def load_backbone(name: str = "RN50", pretrained: str | None = "openai", checkpoint: str | None = None,
-                  device: str | torch.device = "cpu") -> Backbone:
+                  device: str | torch.device = "cpu", **options: Any) -> Backbone:
     """Load a frozen backbone.
 
     Args:
-        name: a registered backbone (``"lite"``), an open_clip architecture (``"RN50"``, ``"ViT-B-16"``), or
-            the path of an open_clip architecture JSON (random init unless ``checkpoint`` is given).
+        name: a registered backbone (``"lite"``), an open_clip architecture (``"RN50"``, ``"ViT-B-16"``), the path
+            of an open_clip architecture JSON (random init unless ``checkpoint`` is given), or ``<family>:<name>``
+            for a registered family (``"hf:openai/clip-vit-base-patch32"``, ``"hf:/path/to/saved_model"``).
         pretrained: open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b79k"``); ``None`` or ``"none"`` for
             random init.
         checkpoint: local checkpoint file; overrides ``pretrained``. Its sha256 becomes part of the backbone id.
         device: where the encoders run; features always come back on the CPU.
+        **options: passed to the factory, as timm's ``create_model(**kwargs)`` does (``templates=`` for lite,
+            open_clip's ``create_model`` keywords such as ``precision=``).
     """
     pretrained = normalise_pretrained(pretrained)
     check_device(device)
     factory = _REGISTRY.get(name)
     if factory is not None and factory.names is None:
-        return factory.build(device=device)
+        return factory.build(device=device, **options)
+    prefix, sep, rest = name.partition(":")
+    family = _families().get(prefix) if sep and prefix != OPEN_CLIP else None
+    if family is not None:
+        return family.build(rest, pretrained=pretrained, checkpoint=checkpoint, device=device, **options)
     family = _families().get(OPEN_CLIP)
     if family is None:  # pragma: no cover - clip_adapter.backbones registers it
         raise BackboneLoadError(f"Unknown backbone {name!r}; no open_clip family is registered.")
-    return family.build(name, pretrained=pretrained, checkpoint=checkpoint, device=device)
+    return family.build(rest if sep and prefix == OPEN_CLIP else name, pretrained=pretrained, checkpoint=checkpoint,
+                        device=device, **options)
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -223,7 +250,8 @@ def unknown_backbone(name: str) -> BackboneLoadError:
 # -- ids -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A backbone described well enough to rebuild it, and its id: the only place ids are built and parsed.
+    """The one recipe of a backbone: described well enough to rebuild it (``BackboneSpec.of("RN50").build()``), and
+    its id: the only place ids are built and parsed.
 
     Attributes:
         family: ``"open_clip"`` or a registered backbone's name (``"lite"``).
@@ -235,6 +263,8 @@ class BackboneSpec:
         embed_dim: feature width.
         model_config: the open_clip architecture config, so that a JSON architecture unknown on the loading machine
             can be rebuilt.
+        checkpoint, device, options: the recipe's local checkpoint file, device and factory options
+            (:meth:`of` / :meth:`build`; the experiment config's ``backbone`` and Ray workers use it).
     """
 
     family: str = OPEN_CLIP
@@ -245,6 +275,29 @@ class BackboneSpec:
     variant: str = ""
     embed_dim: int | None = None
     model_config: dict | None = None
+    # The recipe side (what load_backbone is given; none of it is part of the id):
+    checkpoint: str | None = None              # a local checkpoint file (its digest goes in checkpoint_sha256)
+    device: str = "cpu"                        # where the encoders run
+    options: dict = field(default_factory=dict)   # factory keyword options (load_backbone's **options)
+
+    @classmethod
+    def of(cls, name: str = "RN50", pretrained: str | None = "openai", checkpoint: str | None = None,
+           device: str = "cpu", **options: Any) -> "BackboneSpec":
+        """The recipe of a backbone as a user names it (``load_backbone``'s arguments); :meth:`build` loads it."""
+        prefix, sep, _ = str(name).partition(":")
+        factory = _REGISTRY.get(name)
+        family = name if factory is not None and factory.names is None else (
+            prefix if sep and prefix in _families() else OPEN_CLIP)
+        return cls(family=family, name=str(name), pretrained=normalise_pretrained(pretrained), checkpoint=checkpoint,
+                   device=str(device), options=dict(options))
+
+    def build(self, device: str | torch.device | None = None) -> "Backbone":
+        """Load this recipe (``device`` overrides its own), seeded so that a random init is the same model in every
+        process, as its feature-cache address assumes; pretrained weights are unaffected."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return load_backbone(str(self.name), pretrained=self.pretrained, checkpoint=self.checkpoint,
+                                 device=device or self.device, **self.options)
 
     @property
     def id(self) -> str:
@@ -268,8 +321,9 @@ class BackboneSpec:
         family, sep, rest = str(bid).partition(":")
         if not sep:
             return cls(family="", variant=str(bid), embed_dim=embed_dim)
-        if family != OPEN_CLIP:
-            return cls(family=family, name=family, variant=rest, embed_dim=embed_dim)
+        if family != OPEN_CLIP:  # a registered backbone rebuilds from its name; a family id (hf:) does not say how
+            plain = family in _REGISTRY and _REGISTRY[family].names is None
+            return cls(family=family, name=family if plain else None, variant=rest, embed_dim=embed_dim)
         name, _, tag = rest.partition("/")
         kw: dict[str, Any] = {}
         if tag.startswith(SHA_PREFIX):

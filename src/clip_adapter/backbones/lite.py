@@ -365,6 +365,12 @@ class LiteBackbone(Backbone):
         return {"alignment_recipe": recipe_key(self.templates), "alignment_lambda": self.alignment.lam,
                 "alignment_templates": len(self.templates)}
 
+    def prompt_encoder(self, classnames: Sequence[str], n_ctx: int = 16, init: str | None = None,
+                       who: str = "CoOp"):
+        """MiniLM on token embeddings, mapped by the alignment (:class:`~.prompt_encoder.LitePromptEncoder`)."""
+        from .prompt_encoder import LitePromptEncoder
+        return LitePromptEncoder(self, classnames, n_ctx=n_ctx, init=init)
+
     def imagenet_logits(self, features: torch.Tensor) -> torch.Tensor:
         """ImageNet-1k logits of image features from :meth:`encode_images` (the frozen head)."""
         return features.float() @ self.head_weight.T + self.head_bias
@@ -412,6 +418,6 @@ class LiteBackbone(Backbone):
 
 
 @register_backbone(NAME)
-def _make_lite(device: str | torch.device = "cpu") -> LiteBackbone:
-    """Factory for ``load_backbone("lite")``."""
-    return LiteBackbone(device=device)
+def _make_lite(device: str | torch.device = "cpu", **options: Any) -> LiteBackbone:
+    """Factory for ``load_backbone("lite", **options)`` (options: ``templates``, ``cache_dir``)."""
+    return LiteBackbone(device=device, **options)

@@ -15,7 +15,7 @@ import logging
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -64,6 +64,13 @@ class OpenClipBackbone(Backbone):
         tokens = self.tokenizer(list(texts)).to(self.device)
         return self.model.encode_text(tokens, normalize=False).float().cpu()
 
+    def prompt_encoder(self, classnames: Sequence[str], n_ctx: int = 16, init: str | None = None,
+                       who: str = "CoOp"):
+        """open_clip's ``encode_text`` on token embeddings (:class:`~.prompt_encoder.PromptEncoder`)."""
+        from .prompt_encoder import PromptEncoder, text_tower
+        text_tower(self, who)  # one-line error for towers it cannot replay (CoCa-style, padding-masked)
+        return PromptEncoder(self, classnames, n_ctx=n_ctx, init=init)
+
 
 def _embed_dim(model) -> int:
     if getattr(model, "text_projection", None) is not None:
@@ -86,8 +93,9 @@ def _architectures() -> list[str]:
 
 @register_backbone(OPEN_CLIP, family_names=_architectures)
 def load_open_clip(name: str, pretrained: str | None = "openai", checkpoint: str | None = None,
-                   device: str | torch.device = "cpu") -> OpenClipBackbone:
-    """An open_clip architecture (or architecture JSON path) with a pretrained tag, a checkpoint or random weights."""
+                   device: str | torch.device = "cpu", **options: Any) -> OpenClipBackbone:
+    """An open_clip architecture (or architecture JSON path) with a pretrained tag, a checkpoint or random weights;
+    ``options`` go to open_clip's ``create_model_and_transforms`` (``precision=``, ``force_quick_gelu=``...)."""
     open_clip = _open_clip()
     if name.endswith(".json"):
         cfg_path = Path(name)
@@ -111,7 +119,7 @@ def load_open_clip(name: str, pretrained: str | None = "openai", checkpoint: str
         weights, spec = (pretrained or None), BackboneSpec(name=name, pretrained=pretrained or None)
         if weights:
             check_weights_reachable(open_clip, name, weights)
-    model = _create(open_clip, name, weights, checkpoint, pretrained, device)
+    model = _create(open_clip, name, weights, checkpoint, pretrained, device, options)
     if weights is None:
         # Random init is only meaningful for tests and speed benchmarks; make that visible. Two random inits
         # differ, so the id carries a fingerprint of the weights (cached features must not be shared).
@@ -180,9 +188,10 @@ def _check_config_file(path: Path) -> None:
                                 f"vision_cfg and text_cfg; got {found}.")
 
 
-def _create(open_clip, name: str, weights: str | None, checkpoint: str | None, pretrained: str | None, device):
+def _create(open_clip, name: str, weights: str | None, checkpoint: str | None, pretrained: str | None, device,
+            options: dict[str, Any]):
     try:
-        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
+        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=weights, device=device, **options)
     except Exception as e:  # noqa: BLE001 - open_clip raises many types for download/parse failures
         reason = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]
         if checkpoint is not None:

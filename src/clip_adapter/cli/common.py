@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from ..backbones import Backbone, load_backbone
-from ..features import FeatureCache
+if TYPE_CHECKING:   # torch-heavy: imported when a command runs, so --help and parse errors answer at once
+    from ..backbones import Backbone
+    from ..features import FeatureCache
 
 __all__ = ["Parser", "add_backbone_args", "add_data_args", "backbone_from_args", "cache_from_args", "parse_grid",
            "count", "seed", "int_list", "label", "parse_class_map"]
@@ -72,8 +73,8 @@ def int_list(low: int):
 
 
 def parse_class_map(text: str | None) -> dict[str, str] | str | None:
-    """``--class-map``: ``by-name``, a JSON file ``{dataset class: model class}``, or ``a=b,c=d``."""
-    if text is None or text == "by-name":
+    """``--class-map``: ``by-name``, ``shared``, a JSON file ``{dataset class: model class}``, or ``a=b,c=d``."""
+    if text is None or text in ("by-name", "shared"):
         return text
     if text.endswith(".json"):
         try:
@@ -83,7 +84,7 @@ def parse_class_map(text: str | None) -> dict[str, str] | str | None:
     else:
         pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
         if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
-            raise ValueError(f"--class-map {text!r} must be 'by-name', FILE.json or dataset_class=model_class pairs "
+            raise ValueError(f"--class-map {text!r} must be 'by-name', 'shared', FILE.json or dataset_class=model_class pairs "
                              f"separated by commas.")
         mapping = {a.strip(): b.strip() for a, b in pairs}
     if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
@@ -94,8 +95,9 @@ def parse_class_map(text: str | None) -> dict[str, str] | str | None:
 def add_backbone_args(p: argparse.ArgumentParser, default: str = "RN50") -> None:
     g = p.add_argument_group("backbone")
     g.add_argument("--backbone", default=default,
-                   help=f"'lite' (offline EfficientNet-Lite0 + MiniLM), any open_clip model name (RN50, ViT-B-16, ...) "
-                        f"or an open_clip model-config JSON path (default: {default}).")
+                   help=f"'lite' (offline EfficientNet-Lite0 + MiniLM), any open_clip model name (RN50, ViT-B-16, ...), "
+                        f"an open_clip model-config JSON path, or hf:PATH / hf:HUB_ID for a Hugging Face CLIPModel or "
+                        f"SiglipModel (default: {default}).")
     g.add_argument("--pretrained", default="openai",
                    help="open_clip pretrained tag, e.g. openai, laion2b_s34b_b79k; 'none' for random init "
                         "(default: openai).")
@@ -126,10 +128,12 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def backbone_from_args(args: argparse.Namespace) -> Backbone:
+    from ..backbones import load_backbone
     return load_backbone(args.backbone, pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device)
 
 
 def cache_from_args(args: argparse.Namespace, backbone: Backbone) -> FeatureCache:
+    from ..features import FeatureCache
     shared = getattr(args, "shared_cache", None)
     if shared and args.cache_dir:
         raise ValueError(f"--cache-dir {args.cache_dir} and --shared-cache {shared} name two feature caches; give one.")

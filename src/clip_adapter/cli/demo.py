@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..demo import DEMO_VIEWS, demo_dataset, demo_workload, run_demo
-from ..report import format_table
 from .common import add_backbone_args, backbone_from_args, count, int_list, seed
 
 
@@ -19,8 +17,9 @@ def register(sub) -> None:
     p.add_argument("--shots", type=int_list(1), default=[1, 2, 4, 8, 16],
                    help="shots to run, comma-separated (default: 1,2,4,8,16).")
     p.add_argument("--seed", type=seed, default=1, help="seed (default: 1).")
-    p.add_argument("--views", type=count(0), default=DEMO_VIEWS,
-                   help=f"cached augmented views per training image (default: {DEMO_VIEWS}; the paper's is 10).")
+    # default None -> demo.DEMO_VIEWS, read when the command runs (importing ..demo here would load torch for --help)
+    p.add_argument("--views", type=count(0), default=None,
+                   help="cached augmented views per training image (default: the demo's, 2; the paper's is 10).")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars.")
     p.set_defaults(func=cmd_demo)
 
@@ -34,6 +33,10 @@ def _fmt(chosen: dict) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import DEMO_VIEWS, demo_dataset, demo_workload, run_demo   # torch-heavy: only when it runs
+    from ..report import format_table
+    if args.views is None:
+        args.views = DEMO_VIEWS
     t0 = time.perf_counter()
     work = demo_workload(args.shots, args.views)
     n_enc = work["images"] + work["view_encodings"]

@@ -6,9 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-from ..distributed import require_ray
-from ..experiment import load_config, run_experiment
-from ..experiment.schema import ExecutorEntry, RayEntry
 from ..io import plural
 from ..results import LOCK_TIMEOUT_ENV
 
@@ -40,6 +37,9 @@ def register(sub) -> None:
 
 
 def cmd_experiment(args) -> int:
+    from ..distributed import require_ray      # torch-heavy imports wait until the command runs
+    from ..experiment import load_config, run_experiment
+    from ..experiment.schema import ExecutorEntry, RayEntry
     if args.lock_timeout is not None:  # read by every lock wait, here and in Ray workers
         os.environ[LOCK_TIMEOUT_ENV] = str(args.lock_timeout)
     config = load_config(args.config, output=args.output, cache_dir=args.cache_dir)

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..model import AdaptedClassifier
-from ..model.export import export_onnx
-
 
 def register(sub) -> None:
     """``export``."""
@@ -22,6 +19,8 @@ def register(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ..model import AdaptedClassifier        # torch-heavy: only when the command runs
+    from ..model.export import export_onnx
     model = AdaptedClassifier.from_pretrained(args.model, checkpoint=args.checkpoint)
     out = export_onnx(model, args.onnx, atol=args.atol)
     print(f"wrote {args.onnx} and {args.onnx}.json: {len(out['classes'])} classes, input {out['input']['shape']}, "

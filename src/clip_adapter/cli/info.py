@@ -4,9 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..backbones import list_backbones
-from ..methods import get_method_class, list_methods
-from ..report import format_table
 
 
 def register(sub) -> None:
@@ -17,6 +14,8 @@ def register(sub) -> None:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    from ..methods import get_method_class, list_methods      # torch-heavy: only when the command runs
+    from ..report import format_table
     rows = []
     for name in list_methods():
         cls = get_method_class(name)
@@ -27,5 +26,6 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
+    from ..backbones import list_backbones
     print("\n".join(list_backbones()))
     return 0

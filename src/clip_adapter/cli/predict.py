@@ -11,15 +11,17 @@ import logging
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from ..datasets import load_dataset
 from ..io import atomic_path, write_json
-from ..distributed import check_shared_folder, connect, predict_on_ray
-from ..model import AdaptedClassifier, expand_images, predict_to_jsonl
-from ..model.stream import jsonl_to_parquet
-from ..report import format_table
 from .common import add_data_args, cache_from_args, count, parse_class_map
 
 log = logging.getLogger(__name__)
+
+
+if TYPE_CHECKING:
+    from ..model import AdaptedClassifier
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -38,6 +40,9 @@ def _infer_format(args) -> str:
 
 
 def _cmd_predict_stream(args, fmt: str) -> int:
+    from ..distributed import check_shared_folder, connect, predict_on_ray   # torch-heavy: only when it runs
+    from ..model import AdaptedClassifier, expand_images, predict_to_jsonl
+    from ..model.stream import jsonl_to_parquet
     """Predictions streamed into a JSON-lines file (``.parquet``: a JSON-lines journal converted at the end), here or
     on Ray; a rerun resumes where it stopped."""
     if not args.out or fmt not in ("jsonl", "parquet"):
@@ -76,6 +81,7 @@ def _check_out(out: str | None) -> None:
 
 
 def cmd_predict(args) -> int:
+    from ..model import AdaptedClassifier, expand_images, predict_to_jsonl
     fmt = _infer_format(args)
     _check_out(args.out)
     if fmt == "parquet" or args.ray is not None:
@@ -119,6 +125,7 @@ def cmd_predict(args) -> int:
 
 
 def _render(fmt: str, records: list[dict], model: AdaptedClassifier, args, k: int) -> str:
+    from ..report import format_table
     """The predictions as ``json``, ``csv`` or a Markdown ``table``."""
     if fmt == "json":
         n_err = sum("error" in r for r in records)
@@ -153,6 +160,8 @@ def _cell(text: str) -> str:
 
 
 def cmd_evaluate(args) -> int:
+    from ..model import AdaptedClassifier
+    from ..report import format_table
     _check_out(args.out)
     class_map = parse_class_map(args.class_map)
     model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint)
@@ -207,6 +216,7 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="result JSON (default: MODEL_DIR/eval-<dataset>-<split>.json).")
     p.add_argument("--class-map", default=None, metavar="MAP",
                    help="how the dataset's classes map to the model's when they differ: 'by-name' (a subset of the "
-                        "model's classes), FILE.json ({dataset class: model class}) or a=b,c=d (default: the classes "
-                        "must be the same).")
+                        "model's classes), 'shared' (only the classes both have, by name; images of the others are "
+                        "left out), FILE.json ({dataset class: model class}) or a=b,c=d (default: the classes must "
+                        "be the same).")
     p.set_defaults(func=cmd_evaluate)

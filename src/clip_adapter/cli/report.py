@@ -5,7 +5,6 @@ import os
 import sys
 from pathlib import Path
 
-from ..report import build_report
 from ..results import LOCK_TIMEOUT_ENV
 
 
@@ -13,7 +12,8 @@ def register(sub) -> None:
     """``report``."""
     p = sub.add_parser("report", help="rebuild tables and figures from an experiment's result files.",
                        description="Read OUTDIR/<dataset>/<method>/shots<K>-seed<S>.json and write summary.md, "
-                                   "summary.csv, figures/*.png (and ablation.* when present); rebuild runs.jsonl. "
+                                   "summary.csv, figures/*.png (and ablation.*, base_to_new.*, transfer.* when present); "
+                                   "rebuild runs.jsonl. "
                                    "With --into DIR, merge several OUTDIRs into one report in DIR.")
     p.add_argument("outdir", metavar="OUTDIR", nargs="+", help="the experiment's output folder (several with --into).")
     p.add_argument("--into", metavar="DIR", default=None,
@@ -28,6 +28,7 @@ def register(sub) -> None:
 
 
 def cmd_report(args) -> int:
+    from ..report import build_report     # torch-heavy: only when the command runs
     if args.lock_timeout is not None:  # read by every lock wait, here and in Ray workers
         os.environ[LOCK_TIMEOUT_ENV] = str(args.lock_timeout)
     if len(args.outdir) > 1 and not args.into:
@@ -37,9 +38,10 @@ def cmd_report(args) -> int:
         paths = build_report(args.into, figures=not args.no_figures, inputs=args.outdir, html=args.html)
     else:
         paths = build_report(args.outdir[0], figures=not args.no_figures, html=args.html)
-    for key in ("markdown", "ablation_markdown"):
+    for key in ("markdown", "ablation_markdown", "base_to_new_markdown", "transfer_markdown"):
         if paths.get(key):
             print(Path(paths[key]).read_text())
-    written = [paths.get(k) for k in ("markdown", "csv", "ablation_markdown", "ablation_csv", "runs", "html")]
+    written = [paths.get(k) for k in ("markdown", "csv", "ablation_markdown", "ablation_csv", "base_to_new_markdown",
+                                      "base_to_new_csv", "transfer_markdown", "transfer_csv", "runs", "html")]
     print("wrote: " + ", ".join([p for p in written if p] + paths["figures"]), file=sys.stderr)
     return 0

@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 
-from ..auto import DEFAULT_BUDGET_SECONDS, run_auto
 from ..datasets import SPLITS, load_dataset
-from ..experiment.size import run_size
-from ..fewshot import read_index_file
-from ..methods import check_overrides, get_method_class
-from ..protocol import HP_SELECTION, RunSpec, run_one
-from ..report import format_table
+from ..config import HP_SELECTION
 from .common import (add_backbone_args, add_data_args, backbone_from_args, cache_from_args, count, int_list, label,
                      parse_grid, seed)
 
@@ -62,6 +58,10 @@ def register(sub) -> None:
     g.add_argument("--label", default=None, type=label,
                    help="the dataset's name in results: OUTPUT/LABEL/METHOD/... (default: the dataset's name: a "
                         "folder's name, a CSV's file name or its folder's for a generic one such as data.csv).")
+    g.add_argument("--base-to-new", action="store_true",
+                   help="CoCoOp's base-to-new protocol: train and select on the base half of the classes, score base "
+                        "and new test images (records base/new accuracy and their harmonic mean; result folder "
+                        "<method>-base_to_new).")
     g.add_argument("--output", default="runs", help="results directory (default: runs).")
     g.add_argument("--save-model", default=None, metavar="DIR",
                    help="also save the fitted model to DIR (a new or empty folder, or a model saved before with "
@@ -72,6 +72,7 @@ def register(sub) -> None:
 
 
 def _overrides(args: argparse.Namespace, cls) -> dict:
+    from ..methods import check_overrides
     check_overrides(cls, [p.split("=", 1)[0].strip().replace("-", "_") for p in args.set or [] if "=" in p])
     overrides = cls.config_cls.parse_overrides(args.set or [])
     fields = cls.config_cls.field_names()
@@ -89,6 +90,8 @@ def _check_flags(args: argparse.Namespace, auto: bool) -> None:
     if auto and (args.set or args.grid or any(getattr(args, a) is not None for _, _, a in SHORTCUTS)):
         raise ValueError("--method auto chooses each method's hyper-parameters on val itself; drop --set, --grid, "
                          "--alpha, --alpha-text, --adapter and --epochs (or name one method).")
+    if auto and args.base_to_new:
+        raise ValueError("--base-to-new needs one named method (--method auto is not supported there).")
     if args.auto_budget is not None and not auto:
         raise ValueError("--auto-budget goes with --method auto.")
     if args.auto_budget is not None and not args.auto_budget > 0:
@@ -102,15 +105,27 @@ def _row(record: dict) -> dict:
     return {"dataset": record["dataset"], "method": record["method"], "shots": record["shots"],
             "seed": record["seed"], "chosen": json.dumps(record["chosen"]) if record["chosen"] else "-",
             "val acc": record["val_accuracy"], "test acc": record["accuracy"], "macro-F1": record["macro_f1"],
-            "train s": round(record["train_seconds"], 2)}
+            "train s": round(record["train_seconds"], 2),
+            **({"base acc": record["base_accuracy"], "new acc": record["new_accuracy"], "HM": record["harmonic_mean"],
+                "new classes": record["unseen_classes"]} if "base_accuracy" in record else {})}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ..auto import DEFAULT_BUDGET_SECONDS, run_auto      # torch-heavy imports wait until a command runs
+    from ..experiment.size import run_size
+    from ..fewshot import read_index_file
+    from ..generalisation import run_base_to_new
+    from ..methods import get_method_class
+    from ..protocol import RunSpec, run_one
+    from ..report import format_table
     auto = args.method == "auto"
     _check_flags(args, auto)
     cls = None if auto else get_method_class(args.method)
     overrides = {} if auto else _overrides(args, cls)
     grid = parse_grid(args.grid) if args.grid else None
+    both = sorted(set(overrides) & set(grid or {}))
+    if both:   # run_one would silently drop the grid's values for a fixed key
+        raise ValueError(f"{both[0]!r} is both fixed (--set or its own flag) and searched (--grid); keep one.")
     dataset = load_dataset(args.data, root=args.root, allow_outside_paths=args.allow_outside_paths)
     if args.label:
         dataset.name = args.label
@@ -138,6 +153,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                               overwrite=args.overwrite, budget_seconds=args.auto_budget or DEFAULT_BUDGET_SECONDS)
             tried = ", ".join(f"{c['method']} {c['val_accuracy']:.4f}" for c in record["auto"]["tried"])
             print(f"auto ({shots} shots): chose {record['method']} on validation accuracy ({tried})")
+        elif args.base_to_new:
+            spec = dataclasses.replace(spec, variant=f"{cls.name}-base_to_new")
+            record = run_base_to_new(dataset, backbone, spec, cache=cache, output=args.output,
+                                     save_model=args.save_model, overwrite=args.overwrite)
+            if record["unseen_classes"] != "transfer":
+                print(f"{cls.name} is class-specific: its new-class accuracy is zero-shot CLIP's (zero-shot "
+                      f"fallback).")
         else:
             record = run_one(dataset, backbone, spec, cache=cache, output=args.output, save_model=args.save_model,
                             overwrite=args.overwrite)

@@ -7,6 +7,7 @@ benchmark datasets (``catalog.json``), their download and verification. A new da
     checks.py     what every reader checks: paths inside the folder, labels, no image twice (no leakage)
     readers.py    one reader per on-disk form (CoOp split file, class folders, CSV)
     builtin.py    the catalog's datasets under a data root (CoOp layout, FGVC lists, ImageNet folders)
+    hf.py         Hugging Face datasets (hf:PATH / hf:NAME): Image + ClassLabel columns, images exported once
     load.py       load_dataset: which reader for what the user points at
     fetch.py      fetch, check and unpack a row's resources into its folder
     archive.py    unpack a zip/tar without trusting it: wanted members only, no links, nothing outside, a budget

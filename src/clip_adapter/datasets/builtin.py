@@ -1,7 +1,7 @@
 """The built-in datasets (catalog rows) read from their folder under the data root: one reader per ``split_format``,
 registered with :func:`~clip_adapter.datasets.catalog.register_format` (no if-chain): CoOp's split files (``coop``),
 FGVC-Aircraft's variant lists (``fgvc``), ImageNet's class folders (``imagenet``, with a val split held out of train,
-so nothing is tuned on test)."""
+so nothing is tuned on test), and the test-only ImageNet variants (``imagenet_variant``: -V2, -Sketch, -A, -R)."""
 from __future__ import annotations
 
 import hashlib
@@ -14,10 +14,11 @@ from pathlib import Path
 from ..io import atomic_path
 from .catalog import DatasetInfo, format_reader, get_info, register_format, resolve_root
 from .checks import DataError, check_unique_images
+from .class_ids import imagenet_classnames, imagenet_wnids, is_wnid, subset_wnids
 from .readers import read_coop
 from .types import SPLITS, Dataset, Item, anchor
 
-__all__ = ["read_builtin", "read_fgvc", "read_imagenet", "IMAGENET_VAL_PER_CLASS", "IMAGENET_SPLIT_CACHE"]
+__all__ = ["read_builtin", "read_fgvc", "read_imagenet", "read_imagenet_variant", "IMAGENET_VAL_PER_CLASS", "IMAGENET_SPLIT_CACHE"]
 
 log = logging.getLogger(__name__)
 
@@ -162,3 +163,30 @@ def _scan_imagenet(img_dir: Path, wnid_to_name: dict[str, str]) -> dict[str, lis
             raw["val" if f in held else "train"].append([f"train/{wnid}/{f}", label, cname])
         raw["test"].extend([f"val/{wnid}/{f}", label, cname] for f in _list_images(test_dir / wnid))
     return raw
+
+
+@register_format("imagenet_variant")
+def read_imagenet_variant(info: DatasetInfo, ds_dir: Path) -> Dataset:
+    """A test-only ImageNet variant (-V2, -Sketch, -A, -R): one folder per class under ``image_dir``, named by wnid
+    (ImageNet-V2: by class index 0..999); class names are CLIP's ImageNet names of those wnids. Every image is a
+    test image (train and val are empty). A row with a ``class_list`` must have exactly those classes."""
+    img_dir = ds_dir / info.image_dir
+    folders = sorted((e.name for e in os.scandir(img_dir) if e.is_dir()),
+                     key=lambda n: (0, int(n), n) if n.isdigit() else (1, 0, n))
+    all_wnids = imagenet_wnids()
+    wnids = [all_wnids[int(f)] if f.isdigit() and int(f) < len(all_wnids) else f for f in folders]
+    odd = [f for f, w in zip(folders, wnids) if not is_wnid(w)]
+    if odd:
+        raise DataError(f"{info.name}: {img_dir / odd[0]} is not a class folder (expected a wnid such as n01440764"
+                        f"{' or an index 0..999' if info.name == 'imagenet_v2' else ''}).")
+    expected = subset_wnids(info.class_list) if info.class_list else None
+    if expected is not None and sorted(wnids) != expected:
+        extra, lacking = sorted(set(wnids) - set(expected)), sorted(set(expected) - set(wnids))
+        raise DataError(f"{info.name}: {img_dir} has {len(wnids)} class folders; expected the {len(expected)} of "
+                        f"class_lists/{info.class_list}.txt (not in the list: {extra[:5]}; missing: {lacking[:5]}).")
+    names = imagenet_classnames()
+    test = [Item(str(img_dir / f / name), label) for label, f in enumerate(folders)
+            for name in _list_images(img_dir / f)]
+    splits = {"train": [], "val": [], "test": test}
+    return Dataset(info.name, [names[w] for w in wnids], anchor(splits, ds_dir), list(info.templates),
+                   source=str(img_dir))

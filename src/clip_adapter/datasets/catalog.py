@@ -1,4 +1,5 @@
-"""The 11 benchmark datasets of CLIP-Adapter / CoOp as data: ``catalog.json`` read into :class:`DatasetInfo` rows.
+"""The 11 benchmark datasets of CLIP-Adapter / CoOp and the 4 ImageNet variants of the domain-shift protocol
+(-V2, -Sketch, -A, -R) as data: ``catalog.json`` read into :class:`DatasetInfo` rows.
 
 The rows (layout, sizes, prompt templates, aliases, download sources) are data, as open_clip keeps its architectures:
 adding or fixing a dataset is an edit of ``catalog.json``, never of code. The on-disk layout is CoOp's
@@ -91,7 +92,8 @@ class DatasetInfo:
         coop_name: CoOp's dataset name (``DescribableTextures``): split file ``split_zhou_<coop_name>.json``.
         directory: folder under the data root (CoOp's: ``dtd``, ``caltech-101``, ``food-101``...).
         image_dir: folder (relative to ``directory``) the split relpaths are relative to; ``""`` = ``directory``.
-        split_format: ``coop`` (split_zhou JSON), ``fgvc`` (FGVC-Aircraft txt files) or ``imagenet`` (folders).
+        split_format: ``coop`` (split_zhou JSON), ``fgvc`` (FGVC-Aircraft txt files), ``imagenet`` (folders) or
+            ``imagenet_variant`` (test-only wnid or index folders).
         num_classes, split_sizes: expected class count and (train, val, test) sizes (CoOp's Table; checked by
             :func:`clip_adapter.datasets.verify`).
         templates: CoOp's hand-crafted prompt template(s).
@@ -101,6 +103,8 @@ class DatasetInfo:
         licence: terms of use of the images (not of this code).
         homepage: where the dataset is described.
         notes: anything that differs from the paper's protocol.
+        class_list: a shipped wnid list (``class_lists/<name>.txt``) naming the classes of a subset of ImageNet's
+            (ImageNet-A and -R: 200 classes); empty for the others.
     """
 
     name: str
@@ -119,6 +123,7 @@ class DatasetInfo:
     manual_steps: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     notes: str = ""
+    class_list: str = ""
 
     @property
     def split_file(self) -> str:
@@ -177,6 +182,7 @@ _ROW: dict[str, Constraint] = {
     "templates": Predicate(lambda v: isinstance(v, list) and len(v) > 0 and all(
         isinstance(t, str) and t.count("{}") == 1 for t in v), "a non-empty list of strings each with '{}' once"),
     "required": _str_list(), "manual_steps": _str_list(), "aliases": _str_list(), "notes": Text(nonempty=False),
+    "class_list": Text(nonempty=False),
 }
 _RESOURCE: dict[str, Constraint] = {
     "filename": Text(no_slash=True), "urls": _str_list(),

@@ -5,6 +5,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from .builtin import read_builtin
+from .hf import HF_PREFIX, read_hf
 from .readers import read_coop, read_csv, read_image_folder
 from .types import Dataset
 
@@ -30,12 +31,15 @@ def load_dataset(spec: str | Path, root: str | Path | None = None, split_seed: i
     """Load a dataset from a folder, a CSV file, or a built-in name (``dtd``, ``eurosat``... under ``root``).
 
     Args:
-        spec: path of a CoOp-layout folder, a class-folder tree, a CSV file, or a built-in dataset name.
+        spec: path of a CoOp-layout folder, a class-folder tree, a CSV file, a built-in dataset name, or
+            ``hf:PATH`` / ``hf:NAME`` for a Hugging Face dataset (:mod:`clip_adapter.datasets.hf`).
         root: where built-in datasets live (``--root``); only used for names.
         split_seed: seed of the train/val/test split made when the data has none.
         allow_outside_paths: let split-file and CSV entries point outside the dataset folder (absolute paths,
             ``..``); refused by default, since a dataset file should not open files elsewhere on the machine.
     """
+    if str(spec).startswith(HF_PREFIX):  # a Hugging Face dataset: save_to_disk folder or hub name
+        return read_hf(str(spec)[len(HF_PREFIX):], split_seed=split_seed)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix.lower() == ".csv":
         return read_csv(path, split_seed=split_seed, allow_outside_paths=allow_outside_paths)

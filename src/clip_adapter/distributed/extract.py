@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..backbones import load_backbone
+from ..backbones import BackboneSpec
 from ..datasets.types import Item
 from ..features import FeatureCache, image_key, load_image_views, write_shard
 from .cluster import actor_cpus, check_resources, require_ray
@@ -28,21 +29,13 @@ __all__ = ["BackboneRecipe", "ExtractRequest", "extract_features"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BackboneRecipe:
-    """How a worker builds the driver's backbone: the same name/weights, seeded so that a random init is identical
-    in every process (its feature-cache address assumes it)."""
-
-    name: str
-    pretrained: str | None = None
-    checkpoint: str | None = None
-    device: str = "cpu"
-
-    def load(self, device: str | None = None):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            return load_backbone(self.name, pretrained=self.pretrained, checkpoint=self.checkpoint,
-                                 device=device or self.device)
+def BackboneRecipe(name: str, pretrained: str | None = None, checkpoint: str | None = None,
+                   device: str = "cpu") -> BackboneSpec:
+    """Deprecated: a backbone recipe is a :class:`~clip_adapter.backbones.BackboneSpec`
+    (``BackboneSpec.of(name, pretrained, checkpoint, device)``; ``.build()`` loads it seeded)."""
+    warnings.warn("clip_adapter.distributed.BackboneRecipe is deprecated; use clip_adapter.backbones.BackboneSpec.of"
+                  "(name, pretrained, checkpoint, device) (.build() loads it).", DeprecationWarning, stacklevel=2)
+    return BackboneSpec.of(name, pretrained, checkpoint, device)
 
 
 @dataclass(frozen=True)
@@ -62,10 +55,10 @@ def _decode(batch: dict[str, np.ndarray], transform: Any, views: list[int] | Non
 class _Encoder:
     """A Ray Data actor: encodes decoded batches and writes each as one shard per view folder."""
 
-    def __init__(self, recipe: BackboneRecipe, folders: list[str], metas: list[dict[str, str]], threads: int):
+    def __init__(self, recipe: BackboneSpec, folders: list[str], metas: list[dict[str, str]], threads: int):
         if recipe.device == "cpu" and threads:
             torch.set_num_threads(threads)  # several CPU actors share the cores
-        self.backbone = recipe.load()
+        self.backbone = recipe.build()
         self.folders, self.metas = [Path(f) for f in folders], metas
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -88,13 +81,14 @@ def _groups(cache: FeatureCache, requests: Sequence[ExtractRequest]) -> list[tup
     return [(kind, views, cache.missing(items, kind, views)) for (kind, views), items in merged.items()]
 
 
-def extract_features(recipe: BackboneRecipe, cache: FeatureCache, requests: Sequence[ExtractRequest], *,
+def extract_features(recipe: BackboneSpec, cache: FeatureCache, requests: Sequence[ExtractRequest], *,
                      encoder_actors: int | None = None, gpus_per_actor: float | None = None,
                      batch_size: int | None = None) -> dict[str, Any]:
     """Encode every requested image the cache lacks, on the current Ray cluster (:func:`connect` first).
 
     Args:
-        recipe: how actors build the backbone (the driver's ``cache.backbone`` must be the same model).
+        recipe: how actors build the backbone (:meth:`BackboneSpec.build`; the driver's ``cache.backbone`` must be
+            the same model).
         encoder_actors: the pool size (default: one per GPU when the backbone runs on CUDA, else 1).
         gpus_per_actor: GPUs per encoder actor (default 1 on CUDA, 0 on the CPU).
         batch_size: images per encoder call (default: the cache's).

@@ -7,11 +7,11 @@ import logging
 import time
 from typing import Any
 
-import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..backbones import load_backbone
+from ..datasets import load_dataset
 from ..features import FeatureCache
+from ..generalisation import run_base_to_new, transfer_after
 from ..io import progress_bar
 from ..prompts import encode_class_texts
 from ..protocol import run_one
@@ -31,18 +31,14 @@ class RunContext:
         self.config, self.datasets, self.progress = config, datasets, progress
         self._backbone = self._cache = None
         self._text: dict[int, Any] = {}
+        self._targets: list | None = None
 
     @property
     def backbone(self):
         if self._backbone is None:
             b = self.config.backbone
             log.info("loading backbone %s (pretrained=%s)", b.name, b.pretrained)
-            # Seeded, so that a random-init backbone (id ".../random-init", tests) is the same model in every
-            # process, as its feature-cache address assumes; pretrained weights are unaffected.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                self._backbone = load_backbone(b.name, pretrained=b.pretrained, checkpoint=b.checkpoint,
-                                               device=b.device)
+            self._backbone = b.build()  # seeded: a random init is the same model in every process
         return self._backbone
 
     @property
@@ -55,6 +51,17 @@ class RunContext:
     @property
     def encoded_images(self) -> int:
         return self._cache.encoded_images if self._cache is not None else 0
+
+    @property
+    def targets(self) -> list:
+        """The transfer targets (loaded on first use), each named by its label when it has one."""
+        if self._targets is None:
+            self._targets = []
+            for entry in self.config.transfer.targets:
+                ds = load_dataset(entry.data, root=entry.root, allow_outside_paths=entry.allow_outside_paths)
+                ds.name = entry.label or ds.name
+                self._targets.append(ds)
+        return self._targets
 
     def text(self, di: int):
         if di not in self._text:
@@ -98,8 +105,14 @@ def execute_run(run: PlannedRun, ctx: RunContext) -> dict:
     extra: dict[str, Any] = {"variant": run.variant, "experiment": config.name, "run_settings": run.settings(config)}
     if run.ablation is not None:
         extra["ablation"] = dict(run.ablation)
-    record = run_one(ctx.datasets[run.dataset_index], ctx.backbone, spec, cache=ctx.cache, output=config.output,
-                     text=ctx.text(run.dataset_index), extra=extra)
+    dataset = ctx.datasets[run.dataset_index]
+    if config.protocol == "base_to_new":
+        record = run_base_to_new(dataset, ctx.backbone, spec, cache=ctx.cache, output=config.output, extra=extra)
+    else:
+        after = transfer_after(dataset, ctx.targets, ctx.backbone, ctx.cache) \
+            if run.transfer_source(config) is not None else None
+        record = run_one(dataset, ctx.backbone, spec, cache=ctx.cache, output=config.output,
+                         text=ctx.text(run.dataset_index), extra=extra, after=after)
     append_run(config.output, record)
     return record
 

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..methods import get_method_class
@@ -70,14 +71,25 @@ class PlannedRun:
         """What makes this run what it is; a result file made with other settings is never silently reused.
 
         Every :class:`RunSpec` field but :data:`NOT_IN_SETTINGS`, the ablation, the backbone (all but its device)
-        and the dataset's identity.
+        and the dataset's identity; the protocol and the transfer targets when they are not the default.
         """
         spec = self.spec(config)
         out: dict[str, Any] = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)
                                if f.name not in NOT_IN_SETTINGS}
         backbone = {k: v for k, v in dataclasses.asdict(config.backbone).items() if k not in NOT_IN_SETTINGS}
         out.update(ablation=self.ablation, backbone=backbone, dataset=self.data)
+        if config.protocol != "few_shot":  # absent for the default, so few-shot results stay current
+            out["protocol"] = config.protocol
+        if self.transfer_source(config) is not None:
+            out["transfer"] = [t.label or t.data for t in config.transfer.targets]
         return json.loads(json.dumps(out, sort_keys=True, default=str))
+
+    def transfer_source(self, config: ExperimentConfig) -> str | None:
+        """The name (in results) of the experiment's transfer source dataset, or None without ``transfer``."""
+        if config.transfer is None:
+            return None
+        d = config.datasets[self.dataset_index]
+        return self.dataset if config.transfer.source in (d.label, d.data, Path(d.data).name) else None
 
     def describe(self) -> str:
         return f"{self.dataset}/{self.variant} shots={self.shots} seed={self.seed}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from ..distributed import (BackboneRecipe, ExtractRequest, check_resources, check_shared_folder, connect,
+from ..distributed import (ExtractRequest, check_resources, check_shared_folder, connect,
                            extract_features)
 from ..features import FeatureCache
 from ..protocol import fewshot_items
@@ -71,9 +71,8 @@ def extraction_requests(config: ExperimentConfig, runs: list[PlannedRun], datase
 
 
 def _extract(config: ExperimentConfig, runs: list[PlannedRun], datasets: list, ray) -> int:
-    b = config.backbone
-    recipe = BackboneRecipe(b.name, b.pretrained, b.checkpoint, b.device)
-    cache = FeatureCache(recipe.load(device="cpu"), root=config.cache_dir, batch_size=config.batch_size,
+    recipe = config.backbone
+    cache = FeatureCache(recipe.build(device="cpu"), root=config.cache_dir, batch_size=config.batch_size,
                          progress=False)  # the driver only needs the cache's addresses, so its copy stays on the CPU
     check_shared_folder(ray, cache.root, "feature cache folder")
     stats = extract_features(recipe, cache, extraction_requests(config, runs, datasets),

@@ -20,16 +20,18 @@ from typing import Any, Callable
 
 from ..config import (Bool, Constraint, IntList, Interval, NoneOr, Options, Predicate, Text, brief, check_keys,
                       invalid_value)
-from ..backbones.base import normalise_pretrained
+from ..backbones.base import BackboneSpec, normalise_pretrained
 from ..methods import get_method_class
 from ..selection import HP_SELECTION
 
-__all__ = ["ExperimentConfig", "DatasetEntry", "MethodEntry", "BackboneEntry", "AblationEntry", "ExecutorEntry",
-           "RayEntry", "parse_config", "load_config", "read_yaml", "MAX_YAML_NODES", "reference_markdown", "setting",
-           "DEFAULT_SHOTS", "DEFAULT_SEEDS"]
+__all__ = ["ExperimentConfig", "DatasetEntry", "MethodEntry", "BackboneKeys", "BackboneEntry", "AblationEntry",
+           "ExecutorEntry", "RayEntry", "TransferEntry", "PROTOCOLS", "parse_config", "load_config", "read_yaml",
+           "MAX_YAML_NODES",
+           "reference_markdown", "setting", "DEFAULT_SHOTS", "DEFAULT_SEEDS"]
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
+PROTOCOLS = ("few_shot", "base_to_new")
 
 
 class _Ctx:
@@ -121,6 +123,10 @@ def _check_method_values(cls, overrides: dict, grid: dict | None, where: str) ->
         return
     cls.config_cls.check_field_names(overrides, "key", f"{where}.overrides")
     cls.config_cls.check_field_names(grid or {}, "key", f"{where}.grid")
+    both = sorted(set(overrides) & set(grid or {}))
+    if both:
+        raise ValueError(f"{where}: {both[0]!r} is both fixed (overrides, or an ablation's param) and searched "
+                         f"(grid); the fixed value would silently win. Keep it in one of them.")
     points = [dict(overrides)]
     for k, vals in (grid or {}).items():
         if not isinstance(vals, (list, tuple)) or not vals:
@@ -172,8 +178,11 @@ class MethodEntry:
 
 
 @dataclass(frozen=True)
-class BackboneEntry:
-    name: str = setting("RN50", "'lite', an open_clip architecture or an architecture JSON path", Text())
+class BackboneKeys:
+    """The YAML keys of ``backbone`` (parsing and docs only): the value in :class:`ExperimentConfig` is the
+    backbone's one recipe, a :class:`~clip_adapter.backbones.BackboneSpec` (``BackboneSpec.of(**keys)``)."""
+
+    name: str = setting("RN50", "'lite', an open_clip architecture, an architecture JSON path or hf:PATH", Text())
     pretrained: str | None = setting("openai", "open_clip pretrained tag; null or 'none' for random init",
                                      NoneOr(Text()))
     checkpoint: str | None = setting(None, "local checkpoint file (offline use)", NoneOr(Text()), path=True)
@@ -226,6 +235,18 @@ class ExecutorEntry:
                                    accepts="a mapping or null")
 
 
+@dataclass(frozen=True)
+class TransferEntry:
+    """Cross-dataset transfer and domain shift: the models trained on ``source`` (one of the experiment's datasets)
+    are scored on every target's test split. Targets with the source's classes (ImageNet-V2/-Sketch/-A/-R, mapped
+    by wnid) take every method; other targets only methods whose learned part carries over to new class names."""
+
+    source: str = setting(doc="the source dataset: a 'datasets' entry's label or data", check=Text())
+    targets: tuple[DatasetEntry, ...] = setting((), "target datasets (entries as in 'datasets'); their test split "
+                                                "is scored with the source's models", parse=None, shown="required",
+                                                accepts="a non-empty list")
+
+
 # -- parsers of the structured keys ----------------------------------------------------------------------------
 def _datasets(v: Any, where: str, ctx: _Ctx) -> tuple[DatasetEntry, ...]:
     if not isinstance(v, list) or not v:
@@ -240,7 +261,12 @@ def _datasets(v: Any, where: str, ctx: _Ctx) -> tuple[DatasetEntry, ...]:
         if not isinstance(d.get("data"), str) or not d["data"]:
             raise ValueError(f"{at}: 'data' (a path or a built-in name) is required. Got {brief(d.get('data'))}.")
         kw = _parse_fields(DatasetEntry, {"root": ctx.root, **d}, at, ctx)
-        if _looks_like_path(kw["data"]):
+        if kw["data"].startswith("hf:"):  # a save_to_disk folder (relative to the config) or a hub name
+            rest = kw["data"][3:]
+            local = _resolve_path(rest, ctx.base)
+            if rest.startswith((".", "/", "~")) or Path(local).is_dir():
+                kw["data"] = "hf:" + local
+        elif _looks_like_path(kw["data"]):
             kw["data"] = _resolve_path(kw["data"], ctx.base)
         out.append(DatasetEntry(**kw))
     return tuple(out)
@@ -290,14 +316,24 @@ def _ablations(v: Any, where: str, ctx: _Ctx) -> tuple[AblationEntry, ...]:
     return tuple(out)
 
 
-def _backbone(v: Any, where: str, ctx: _Ctx) -> BackboneEntry:
+def _backbone(v: Any, where: str, ctx: _Ctx) -> BackboneSpec:
     raw = _mapping({"name": v} if isinstance(v, str) else v, f"{ctx.source}: 'backbone'")
-    kw = _parse_fields(BackboneEntry, raw, f"{ctx.source}: backbone", ctx)
+    kw = _parse_fields(BackboneKeys, raw, f"{ctx.source}: backbone", ctx)
     if "pretrained" in kw:
         kw["pretrained"] = normalise_pretrained(kw["pretrained"])
     if str(kw.get("name", "")).endswith(".json"):
         kw["name"] = _resolve_path(kw["name"], ctx.base)
-    return BackboneEntry(**kw)
+    return BackboneSpec.of(**{**_raw(BackboneKeys()), **kw})
+
+
+def BackboneEntry(name: str = "RN50", pretrained: str | None = "openai", checkpoint: str | None = None,
+                  device: str = "cpu") -> BackboneSpec:
+    """Deprecated: an experiment's backbone is a :class:`~clip_adapter.backbones.BackboneSpec`
+    (``BackboneSpec.of(name, pretrained, checkpoint, device)``)."""
+    import warnings
+    warnings.warn("clip_adapter.experiment.BackboneEntry is deprecated; use clip_adapter.backbones.BackboneSpec.of"
+                  "(name, pretrained, checkpoint, device).", DeprecationWarning, stacklevel=2)
+    return BackboneSpec.of(name, pretrained, checkpoint, device)
 
 
 def _templates(v: Any, where: str, ctx: _Ctx) -> tuple[str, ...] | None:
@@ -316,6 +352,18 @@ def _executor(v: Any, where: str, ctx: _Ctx) -> ExecutorEntry:
         return ExecutorEntry()
     ray = _mapping(raw["ray"], f"{ctx.source}: executor.ray")
     return ExecutorEntry(ray=RayEntry(**_parse_fields(RayEntry, ray, f"{ctx.source}: executor.ray", ctx)))
+
+
+def _transfer(v: Any, where: str, ctx: _Ctx) -> TransferEntry | None:
+    if v is None:
+        return None
+    raw = _mapping(v, where)
+    at = f"{ctx.source}: transfer"
+    check_keys(raw, _yaml_keys(TransferEntry), at)
+    if not Text().ok(raw.get("source")):
+        raise ValueError(f"{at}: 'source' (one of the datasets) is required. Got {raw.get('source')!r}.")
+    targets = _datasets(raw.get("targets"), f"{at}.targets", ctx)
+    return TransferEntry(source=raw["source"], targets=targets)
 
 
 def _root(v: Any, where: str, ctx: _Ctx) -> str | None:
@@ -349,7 +397,7 @@ class ExperimentConfig:
                                                    "{method, param, values, shots, seeds, overrides, grid, label} "
                                                    "or a list of them", key="ablation", parse=_ablations,
                                                    shown="none", accepts="a mapping or a list of mappings")
-    backbone: BackboneEntry = setting(BackboneEntry(), "{name, pretrained, checkpoint, device} or a name",
+    backbone: BackboneSpec = setting(BackboneSpec.of(), "{name, pretrained, checkpoint, device} or a name",
                                       parse=_backbone, shown="{name: RN50, pretrained: openai, device: cpu}",
                                       accepts="a mapping or a name")
     n_views: int = setting(10, "cached augmented views per training image", Interval(int, 0))
@@ -367,6 +415,12 @@ class ExperimentConfig:
                                   NoneOr(Interval(int, 0)))
     threads: int | None = setting(None, "torch CPU threads (null: torch's default)", NoneOr(Interval(int, 1)))
     report: bool = setting(True, "write tables and figures at the end", Bool())
+    protocol: str = setting("few_shot", "'few_shot', or 'base_to_new' (CoCoOp: train on the base half of each "
+                            "dataset's classes; records get base_accuracy, new_accuracy, harmonic_mean)",
+                            Options(PROTOCOLS))
+    transfer: TransferEntry | None = setting(None, "{source, targets}: score the models trained on source on each "
+                                             "target (cross-dataset transfer, domain shift)", parse=_transfer,
+                                             shown="none", accepts="a mapping or null")
     executor: ExecutorEntry = setting(ExecutorEntry(), "where runs execute: {ray: {address, gpus_per_run, "
                                       "cpus_per_run, encoder_actors}} for a Ray cluster (default: this process)",
                                       parse=_executor, shown="this process", accepts="a mapping")
@@ -379,6 +433,8 @@ class ExperimentConfig:
         """This config in the YAML schema (paths resolved): ``parse_config(cfg.to_raw())`` gives it back."""
         raw = _raw(self)
         raw["methods"] = {m.label: _raw(m) for m in self.methods}
+        if raw.get("protocol") == "few_shot":
+            del raw["protocol"]  # the default: resolved copies of older configs stay as they were
         return {k: v for k, v in raw.items() if v not in (None, [], {})}
 
 
@@ -392,7 +448,8 @@ def _raw(obj: Any) -> dict[str, Any]:
         if isinstance(value, ExecutorEntry):
             value = {"ray": _raw(value.ray)} if value.ray is not None else None
         elif dataclasses.is_dataclass(value):
-            value = _raw(value) if not isinstance(value, BackboneEntry) else dataclasses.asdict(value)
+            value = ({k: getattr(value, k) for k in _yaml_keys(BackboneKeys)} if isinstance(value, BackboneSpec)
+                     else _raw(value))
         elif isinstance(value, tuple):
             value = [_raw(x) if dataclasses.is_dataclass(x) else x for x in value]
         elif isinstance(value, dict):
@@ -423,7 +480,21 @@ def parse_config(raw: Mapping[str, Any], source: str = "config", base_dir: str |
     kw["output"] = kw.get("output") or _resolve_path(f"results/{kw['name']}", ctx.base)
     if not kw.get("methods") and not kw.get("ablations"):
         raise ValueError(f"{source}: nothing to run; give 'methods' (and/or an 'ablation').")
+    _check_protocols(kw, source)
     return ExperimentConfig(**kw, source=source)
+
+
+def _check_protocols(kw: dict[str, Any], source: str) -> None:
+    """A transfer source must be one of the datasets; base-to-new has no ablations and no transfer."""
+    transfer = kw.get("transfer")
+    if transfer is not None:
+        names = [n for d in kw["datasets"] for n in (d.label, d.data, Path(d.data).name) if n]
+        if transfer.source not in names:
+            raise ValueError(f"{source}: transfer.source {transfer.source!r} is not one of the datasets; expected "
+                             f"a 'datasets' entry's label or data ({', '.join(dict.fromkeys(names))}).")
+    if kw.get("protocol") == "base_to_new" and (kw.get("ablations") or transfer is not None):
+        raise ValueError(f"{source}: protocol 'base_to_new' cannot be combined with "
+                         f"{'an ablation' if kw.get('ablations') else 'transfer'}; run them as separate experiments.")
 
 
 MAX_YAML_NODES = 100_000   # values in a config once every alias is expanded; far above any real experiment
@@ -533,8 +604,8 @@ def reference_markdown() -> str:
            "Generated from the key table in `src/clip_adapter/experiment/schema.py` (a test keeps this file equal to "
            "`reference_markdown()`). Relative paths are relative to the current directory.", ""]
     for title, cls in (("Top level", ExperimentConfig), ("`datasets` entries", DatasetEntry),
-                       ("`methods` entries (`label: {...}`)", MethodEntry), ("`backbone`", BackboneEntry),
-                       ("`ablation`", AblationEntry), ("`executor.ray`", RayEntry)):
+                       ("`methods` entries (`label: {...}`)", MethodEntry), ("`backbone`", BackboneKeys),
+                       ("`ablation`", AblationEntry), ("`transfer`", TransferEntry), ("`executor.ray`", RayEntry)):
         out += [f"## {title}", "", "| key | default | accepts | meaning |", "|---|---|---|---|"]
         for f in fields(cls):
             meta = f.metadata

@@ -34,6 +34,7 @@ Transition: a subclass may still override ``fit`` itself and call ``_start_fit``
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 import fnmatch
 import json
@@ -166,6 +167,10 @@ class FewShotMethod(abc.ABC):
     #: what ``fit`` and ``logits`` take from the protocol: cached ``"features"``, or ``"images"``
     #: (:class:`~clip_adapter.imageset.ImageSet`, for methods that back-propagate through the encoders)
     inputs: ClassVar[str] = "features"
+    #: what a fitted model does for classes it never saw (base-to-new, cross-dataset): "transfer" (what it learned
+    #: is class-agnostic and serves any class names: :meth:`for_classes`) or "zero_shot_fallback" (it is
+    #: class-specific, so unseen classes are scored by zero-shot CLIP)
+    unseen_classes: ClassVar[str] = "zero_shot_fallback"
 
     def __init__(self, config: MethodConfig | None = None, *, backbone=None):
         if config is not None and not isinstance(config, self.config_cls):
@@ -209,6 +214,16 @@ class FewShotMethod(abc.ABC):
         """A second, finer grid around ``chosen`` (searched after ``grid``; its candidates compete with the first
         pass's). Empty (no refinement) by default."""
         return {}
+
+    @classmethod
+    def fit_many(cls, configs: "list[MethodConfig]", features: torch.Tensor, labels: torch.Tensor, *,
+                 text: ClassText, views: torch.Tensor | None = None, backbone=None,
+                 stack: bool | None = None) -> "list[FewShotMethod]":
+        """One fitted model per config, each as ``cls(config).fit(...)`` would give. Trained methods may fit them
+        all at once (``stack``: True/False forces it, None lets the method decide; e.g. with
+        :func:`~clip_adapter.training.train_stacked`) as long as every model equals its own ``fit``; this
+        default fits them one after another."""
+        return [cls(c, backbone=backbone).fit(features, labels, text=text, views=views) for c in configs]
 
     @abc.abstractmethod
     def logits(self, features: torch.Tensor) -> torch.Tensor:
@@ -269,6 +284,21 @@ class FewShotMethod(abc.ABC):
     def trainable_tensor_names(self) -> list[str]:
         """The names of :meth:`state_tensors` that ``fit`` learns (matching a ``trainable`` pattern)."""
         return [k for k in self.state_tensors() if any(fnmatch.fnmatchcase(k, p) for p in self.trainable)]
+    def unseen_mode(self) -> str:
+        """:attr:`unseen_classes` of this model (a method may depend on its config: CoOp's class-specific context)."""
+        return self.unseen_classes
+
+    def for_classes(self, text: ClassText) -> "FewShotMethod":
+        """A copy of this fitted model that scores ``text``'s classes: the learned part kept, the class text
+        features replaced (only when :meth:`unseen_mode` is "transfer")."""
+        check_fitted(self)
+        if self.unseen_mode() != "transfer":
+            raise ValueError(f"{type(self).__name__} cannot score classes it never saw ({self.unseen_mode()}: its "
+                             f"learned part is class-specific); use zero-shot CLIP for them.")
+        new = copy.copy(self)
+        new.text_features_ = text.features.float().clone()
+        new.classes_, new.templates_ = list(text.classnames), list(text.templates)
+        return new
 
     def num_trainable_parameters(self) -> int:
         """Parameters learned by ``fit`` (0 for zero-shot and for training-free caches)."""

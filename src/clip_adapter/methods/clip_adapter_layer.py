@@ -53,6 +53,7 @@ class ClipAdapterLayer(FewShotMethod):
     config_cls = ClipAdapterLayerConfig
     default_grid = {"alpha": [0.2, 0.4, 0.6, 0.8]}
     needs_backbone = True
+    unseen_classes = "transfer"   # an image-side adapter: new class names need only their text features
     trainable = ("adapter.*",)
 
     # -- helpers -------------------------------------------------------------------------------------------------

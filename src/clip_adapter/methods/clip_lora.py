@@ -47,7 +47,7 @@ from ..training import _is_device
 from .base import FewShotMethod, check_finite, check_fitted, register_method
 from .common import cosine_logits
 
-__all__ = ["ClipLoraConfig", "ClipLora", "SplitAttention", "lora_model"]
+__all__ = ["ClipLoraConfig", "ClipLora", "SplitAttention", "check_adaptable", "lora_model", "lora_state"]
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,9 @@ class SplitAttention(nn.Module):
         d = mha.embed_dim
         self.num_heads, self.batch_first = mha.num_heads, mha.batch_first
         bias = mha.in_proj_bias is not None
-        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, d, bias=bias) for _ in range(3))
-        self.out_proj = nn.Linear(d, d, bias=mha.out_proj.bias is not None)
+        # skip_init: the weights are copied below, so no random init (and no draw from the caller's RNG).
+        self.q_proj, self.k_proj, self.v_proj = (nn.utils.skip_init(nn.Linear, d, d, bias=bias) for _ in range(3))
+        self.out_proj = nn.utils.skip_init(nn.Linear, d, d, bias=mha.out_proj.bias is not None)
         with torch.no_grad():
             for i, lin in enumerate((self.q_proj, self.k_proj, self.v_proj)):
                 lin.weight.copy_(mha.in_proj_weight[i * d:(i + 1) * d])
@@ -177,9 +178,9 @@ def check_adaptable(backbone, encoder: str = "both") -> None:
     missing = [t for t in need if t not in towers]
     if missing:
         has = f"has attention only in its {' and '.join(towers)} tower" if towers else "has no such tower"
-        raise ValueError(f"clip_lora needs an open_clip backbone whose {' and '.join(missing)} tower"
-                         f"{'s are' if len(missing) > 1 else ' is'} a transformer (nn.MultiheadAttention) to adapt; "
-                         f"{bid!r} {has} (use a ViT CLIP such as --backbone ViT-B-16"
+        are = "s are transformers" if len(missing) > 1 else " is a transformer"
+        raise ValueError(f"clip_lora needs an open_clip backbone whose {' and '.join(missing)} tower{are} "
+                         f"(nn.MultiheadAttention) to adapt; {bid!r} {has} (use a ViT CLIP such as --backbone ViT-B-16"
                          f"{', or encoder=' + repr(next(iter(towers))) if towers and encoder == 'both' else ''}).")
 
 

@@ -9,9 +9,11 @@ from torch import nn
 __all__ = ["cosine_logits", "Adapter", "blend", "view_samples"]
 
 
-def cosine_logits(image: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
-    """``scale * normalize(image) @ normalize(text).T``: CLIP's classifier."""
-    return scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
+def cosine_logits(image: torch.Tensor, text: torch.Tensor, scale: float, bias: float = 0.0) -> torch.Tensor:
+    """``scale * normalize(image) @ normalize(text).T + bias``: CLIP's classifier (``bias``: SigLIP's, 0 for CLIP;
+    a constant shift, so softmax and argmax do not depend on it, only SigLIP's per-class sigmoid does)."""
+    logits = scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
+    return logits + bias if bias else logits
 
 
 class Adapter(nn.Module):

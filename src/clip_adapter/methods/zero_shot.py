@@ -23,6 +23,7 @@ class ZeroShot(FewShotMethod):
 
     config_cls = ZeroShotConfig
     trains = False
+    unseen_classes = "transfer"   # the classifier is the class names' text features
 
     def fit(self, features: torch.Tensor | None = None, labels: torch.Tensor | None = None, *, text: ClassText,
             views: torch.Tensor | None = None) -> "ZeroShot":
@@ -32,12 +33,18 @@ class ZeroShot(FewShotMethod):
     def _fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
              views: torch.Tensor | None) -> None:
         self.text_features_ = text.features.float().clone()
+        self.logit_bias_ = float(text.logit_bias)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        return cosine_logits(self._check_features(features), self.text_features_, self.logit_scale_)
+        """The backbone's own zero-shot logits (with SigLIP's logit bias; 0 for CLIP)."""
+        return cosine_logits(self._check_features(features), self.text_features_, self.logit_scale_,
+                             getattr(self, "logit_bias_", 0.0))
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"fixed.text_features": self.text_features_}
+        bias = getattr(self, "logit_bias_", 0.0)
+        return {"fixed.text_features": self.text_features_, **({"fixed.logit_bias": torch.tensor([bias])} if bias
+                                                               else {})}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.text_features_ = tensors["fixed.text_features"]
+        self.logit_bias_ = float(tensors["fixed.logit_bias"].item()) if "fixed.logit_bias" in tensors else 0.0

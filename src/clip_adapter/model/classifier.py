@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 
 from ..backbones.base import OPEN_CLIP, BackboneSpec, builds_by_name, check_backbone
 from ..config import invalid_value
+from ..datasets.class_ids import class_ids, map_classes
 from ..evaluation import evaluate_predictions
 from ..features import FeatureCache, default_num_workers
 from ..imageset import ImageSet
@@ -144,7 +145,7 @@ class AdaptedClassifier:
             backbone = spec.load(device, None if checkpoint is None else str(checkpoint), where=f"Model {directory}")
         check_backbone(bid, meta["embed_dim"], backbone, where=f"Adapter in {directory}")
         method = FewShotMethod.from_pretrained(directory, backbone=backbone)
-        keep = ("dataset", "shots", "seed", "test_accuracy", "model_card")
+        keep = ("dataset", "shots", "seed", "test_accuracy", "model_card", "class_ids")
         return cls(backbone, method, info={k: meta[k] for k in keep if k in meta}, batch_size=batch_size)
 
     # -- prediction ---------------------------------------------------------------------------------------------
@@ -262,31 +263,55 @@ class AdaptedClassifier:
 
         The dataset's classes must be the model's (in any order). Otherwise ``class_map`` says how they correspond:
         ``{dataset class: model class}`` (classes it does not name map to the model class of the same name), or
-        ``"by-name"`` to score a dataset whose classes are a subset of the model's.
+        ``"by-name"`` to score a dataset whose classes are a subset of the model's, or ``"shared"`` to score only
+        the classes both have by name (images of the dataset's other classes are left out and counted). When both the dataset and the
+        model know their classes' wnids (:func:`~clip_adapter.datasets.class_ids.class_ids`; a model saved by
+        ``run_one`` keeps them), classes are mapped by wnid without a ``class_map`` (ImageNet-V2/-Sketch/-A/-R). A
+        dataset with a subset of the model's classes is scored on those classes' logits only, as the ImageNet-A/-R
+        papers do.
         """
         items = dataset.split(split)
         if not items:
             raise ValueError(f"Split {split!r} of dataset {dataset.name} is empty.")
         remap = self.label_map(dataset, class_map)
+        n_split = len(items)
+        items = [it for it in items if remap[it.label] >= 0]  # "shared": images of classes the model lacks are left out
+        if not items:
+            raise ValueError(f"Split {split!r} of dataset {dataset.name} has no image of a class the model knows.")
         labels = remap[torch.tensor([it.label for it in items], dtype=torch.long)]
+        scored = remap[remap >= 0].unique()  # a subset of the model's classes (-A/-R, shared): only its logits count
         if self.method.inputs == "images":  # its encoders are adapted: the backbone's cached features do not apply
-            pred = self.method.predict(ImageSet.of(items, self.backbone))
+            logits = self.method.logits(ImageSet.of(items, self.backbone))
         else:
             cache = cache or FeatureCache(self.backbone)
             if cache.backbone.id != self.backbone.id:
                 raise ValueError(f"The feature cache is for {cache.backbone.id!r}; the model uses "
                                  f"{self.backbone.id!r}.")
-            pred = self.method.predict(cache.features(items))
+            logits = self.method.logits(cache.features(items))
+        pred = scored[logits[:, scored].argmax(dim=-1)]
         m = evaluate_predictions(pred, labels, self.classes_)
         return {"dataset": dataset.name, "split": split, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                 "per_class_accuracy": m["per_class_accuracy"], "n": m["n"], "method": self.method.name,
                 "backbone": self.backbone.id, "saved_test_accuracy": self.info.get("test_accuracy"),
                 "class_map": class_map if isinstance(class_map, (str, type(None))) else dict(class_map),
+                "scored_classes": [self.classes_[i] for i in scored.tolist()], "left_out_images": n_split - len(items),
                 "versions": package_versions(), "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     def label_map(self, dataset, class_map: dict[str, str] | str | None = None) -> torch.Tensor:
         """Dataset label -> model label (a tensor indexed by the dataset's labels); see :meth:`evaluate`."""
         model, data = self.classes_, list(dataset.classnames)
+        if class_map == "shared":  # the classes both label sets have, by name; -1 marks a class the model lacks
+            common = set(data) & set(model)
+            if not common:
+                raise ValueError(f"Dataset {dataset.name} and the model share no class name (dataset: {data[:5]}..., "
+                                 f"model: {model[:5]}...); map them with a class map instead.")
+            return torch.tensor([model.index(c) if c in common else -1 for c in data], dtype=torch.long)
+        data_ids, model_ids = class_ids(dataset), self.info.get("class_ids")
+        if class_map is None and sorted(data) != sorted(model) and data_ids is not None and model_ids is not None:
+            # both sides know their wnids (ImageNet and its variants): map by them, naming what does not map
+            return torch.tensor(map_classes(data, data_ids, model, model_ids, f"Dataset {dataset.name}")[0])
+        if class_map is None and data_ids is not None and set(data) < set(model):
+            class_map = "by-name"  # an ImageNet variant's subset (-A, -R) of a model that did not keep its wnids
         if class_map is None:
             if sorted(data) != sorted(model):
                 only_data, only_model = sorted(set(data) - set(model)), sorted(set(model) - set(data))
@@ -296,7 +321,7 @@ class AdaptedClassifier:
                                  f"subset (CLI: --class-map FILE.json | a=b,c=d | by-name).")
             class_map = "by-name"
         if isinstance(class_map, str) and class_map != "by-name":
-            raise ValueError(f"class_map must be a mapping or 'by-name'. Got {class_map!r} instead.")
+            raise ValueError(f"class_map must be a mapping, 'by-name' or 'shared'. Got {class_map!r} instead.")
         mapping = {} if class_map == "by-name" else dict(class_map)
         unknown = sorted(set(mapping) - set(data))
         if unknown:

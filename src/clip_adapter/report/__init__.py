@@ -15,6 +15,11 @@ Written into ``OUTDIR``:
   an ablation: TEST accuracy at each fixed value. It is an analysis figure: it shows how the value matters, and
   is never used to choose it (the main table's values are chosen on validation).
 
+* ``base_to_new.md`` / ``.csv`` / ``figures/base_to_new.png`` for base-to-new records (``protocol: base_to_new``;
+  they stay out of the few-shot summary): base / new / HM per dataset and the average.
+* ``transfer.md`` / ``.csv`` / ``figures/transfer.png`` for records with a ``transfer`` list (cross-dataset
+  transfer, domain shift): source -> each target, n/a for methods that cannot transfer.
+
 The std of the average row is the std over seeds of the per-seed average over datasets (seeds every dataset has).
 
 ``clip-adapter report --into DIR OUTDIR [OUTDIR ...]`` merges several experiments (e.g. one per method family) into
@@ -31,6 +36,8 @@ from typing import Any
 from ..io import safe_name, write_text
 from ..results import RUNS_FILE, load_records, missing_runs, rebuild_runs_jsonl
 from .figures import plot_ablation, plot_dataset
+from .generalisation import (BASE_TO_NEW_COLUMNS, TRANSFER_COLUMNS, base_to_new_rows, is_base_to_new,
+                             markdown_base_to_new, markdown_transfer, plot_base_to_new, plot_transfer, transfer_rows)
 from .html import write_html_report
 from .summary import (AVERAGE, ablation_rows, average_rows, merge_records, summarize, text_prior_conflicts)
 from .tables import (ABLATION_COLUMNS, SUMMARY_COLUMNS, csv_text, format_cell, format_table, markdown_ablation,
@@ -78,12 +85,15 @@ def build_report(outdir: str | Path, figures: bool = True,
     if not inputs:
         rebuild_runs_jsonl(outdir)
         out["runs"] = str(outdir / RUNS_FILE)
-    out.update(_write_summary(outdir, records, figures))
+    out.update(_write_summary(outdir, [r for r in records if not is_base_to_new(r)], figures))
     out["figures"] += out.pop("summary_figures", [])
+    out.update(_write_generalisation(outdir, records, figures))
+    out["figures"] += out.pop("generalisation_figures", [])
     out.update(_write_ablation(outdir, records, figures))
     out["figures"] += out.pop("ablation_figures", [])
     if html:
-        md = [out[k] for k in ("markdown", "ablation_markdown") if out.get(k)]
+        md = [out[k] for k in ("markdown", "ablation_markdown", "base_to_new_markdown", "transfer_markdown")
+              if out.get(k)]
         out["html"] = str(write_html_report(outdir, md, out["figures"], f"clip-adapter report: {outdir.name}",
                                             out["missing"]))
     return out
@@ -105,6 +115,25 @@ def _write_summary(outdir: Path, records: list[dict], figures: bool) -> dict[str
             n = len({r["dataset"] for r in rows})
             out["summary_figures"].append(str(plot_dataset(avg, f"Average over {n} datasets ({backbone})",
                                                            outdir / "figures" / "average.png")))
+    return out
+
+
+def _write_generalisation(outdir: Path, records: list[dict], figures: bool) -> dict[str, Any]:
+    """The base-to-new and transfer tables (and figures) when there are such records."""
+    out: dict[str, Any] = {}
+    b2n = base_to_new_rows(records)
+    if b2n:
+        out["base_to_new_markdown"] = str(write_text(outdir / "base_to_new.md", markdown_base_to_new(b2n, records)))
+        out["base_to_new_csv"] = str(write_text(outdir / "base_to_new.csv", csv_text(b2n, BASE_TO_NEW_COLUMNS)))
+        if figures:
+            out["generalisation_figures"] = [str(plot_base_to_new(b2n, outdir / "figures" / "base_to_new.png"))]
+    tr = transfer_rows(records)
+    if tr:
+        out["transfer_markdown"] = str(write_text(outdir / "transfer.md", markdown_transfer(tr)))
+        out["transfer_csv"] = str(write_text(outdir / "transfer.csv", csv_text(tr, TRANSFER_COLUMNS)))
+        if figures:
+            out.setdefault("generalisation_figures", []).append(
+                str(plot_transfer(tr, outdir / "figures" / "transfer.png")))
     return out
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 from ..io import atomic_path
 from .summary import AVERAGE, method_key
 
-__all__ = ["plot_dataset", "plot_ablation"]
+__all__ = ["plot_dataset", "plot_ablation", "save_figure"]
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure as PNG, atomically."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     return path
@@ -46,7 +47,7 @@ def plot_dataset(rows: Sequence[Mapping], title: str, path: str | Path) -> Path:
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_ablation(rows: Sequence[Mapping], method: str, param: str, shots: int, path: str | Path) -> Path:
@@ -77,4 +78,4 @@ def plot_ablation(rows: Sequence[Mapping], method: str, param: str, shots: int, 
                  fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
