@@ -11,6 +11,11 @@ per epoch and per step and the peak memory the training adds:
 
     python benchmarks/scaling.py                    # 10/100/1000 classes x 1/4/16 shots, 10 epochs, CPU
     python benchmarks/scaling.py --device cuda
+    python benchmarks/scaling.py --methods          # every cached-feature method, one fit each (issue #18)
+
+``--methods`` times one ``fit`` (the method's default config, no search) of every registered method that works on
+cached features, on one 100-class, 16-shot, 1024-d problem with 10 views, on one CPU thread, against the 5 s
+target of issue #18; it writes ``scaling_methods.json``.
 """
 from __future__ import annotations
 
@@ -99,8 +104,45 @@ def run_cell(classes: int, shots: int, dim: int, views: int, epochs: int, device
     return out
 
 
+METHODS_TARGET_SECONDS = 5.0
+
+
+def run_methods(classes: int, shots: int, dim: int, views: int, device: str, seed: int = 0) -> list[dict]:
+    """One timed ``fit`` per cached-feature method (default config) on a synthetic problem, one CPU thread."""
+    from clip_adapter.io import torch_threads
+    from clip_adapter.methods import get_method, get_method_class, list_methods
+    from clip_adapter.prompts import ClassText
+    names = [m for m in list_methods() if not get_method_class(m).needs_backbone
+             and getattr(get_method_class(m), "inputs", "features") == "features"]
+    n = classes * shots
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, dim, generator=g)
+    labels = torch.arange(classes).repeat_interleave(shots)
+    view_feats = torch.empty(views, n, dim).normal_(generator=g).mul_(0.6).add_(centers[labels]).relu_()
+    feats = view_feats[0].clone()
+    text = ClassText([f"c{i}" for i in range(classes)], ["{}"], centers + 0.5 * torch.randn(classes, dim, generator=g))
+    test = (centers[labels] + 0.6 * torch.randn(n, dim, generator=g)).relu_()
+    rows = []
+    with torch_threads(1):
+        for name in names:
+            kw = {"device": device} if "device" in get_method_class(name).config_cls.field_names() else {}
+            m = get_method(name, **kw)
+            t = time.perf_counter()
+            m.fit(feats, labels, text=text, views=view_feats)
+            _util.sync(device)
+            seconds = time.perf_counter() - t
+            acc = float((m.predict(test) == labels).float().mean())
+            rows.append({"method": name, "fit_seconds": round(seconds, 3), "under_target": seconds < METHODS_TARGET_SECONDS,
+                         "config": m.config.to_dict(), "trainable_parameters": m.num_trainable_parameters(),
+                         "test_accuracy_synthetic": round(acc, 4), "loadavg": _util.loadavg()})
+            log.info("%-14s fit %.2f s%s", name, seconds, "" if seconds < METHODS_TARGET_SECONDS else "  (over 5 s)")
+    return rows
+
+
 def main() -> None:
     p = _util.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--methods", action="store_true", help="time one fit of every cached-feature method (100 classes "
+                   "x 16 shots x --dim x --views unless --classes/--shots give one value each)")
     p.add_argument("--classes", nargs="+", type=int, default=[10, 100, 1000])
     p.add_argument("--shots", nargs="+", type=int, default=[1, 4, 16])
     p.add_argument("--dim", type=int, default=1024)
@@ -112,6 +154,16 @@ def main() -> None:
     if args.quick:
         args.classes, args.shots, args.epochs = [10, 100], [1, 4], 2
     _util.setup(args)
+    if args.methods:
+        classes = args.classes[0] if len(args.classes) == 1 else 100
+        shots = args.shots[0] if len(args.shots) == 1 else 16
+        rec = _util.Result("scaling_methods", args, {"classes": classes, "shots": shots, "dim": args.dim,
+                                                     "views": args.views, "threads": 1,
+                                                     "target_seconds": METHODS_TARGET_SECONDS,
+                                                     "features": "synthetic, N(class centre, 0.6^2) then ReLU"})
+        rec.record["results"] = {"methods": run_methods(classes, shots, args.dim, args.views, args.device)}
+        rec.write()
+        return
     if args.cell:   # child mode: one cell, JSON on stdout
         print(json.dumps(run_cell(*args.cell, args.dim, args.views, args.epochs, args.device)))
         return
