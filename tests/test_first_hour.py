@@ -213,8 +213,8 @@ def test_onnx_export_matches_pytorch_and_runs_without_torch(colors, tiny, tmp_pa
     model = AdaptedClassifier(tiny, method)
     out = export_onnx(model, tmp_path / "deploy" / "colors.onnx")
     assert out["max_abs_diff"] <= 1e-4 and out["classes"] == colors.classnames
-    assert sorted(p.name for p in (tmp_path / "deploy").iterdir()) == ["colors.onnx", "colors.onnx.json",
-                                                                      "onnx_predict.py"]
+    assert sorted(p.name for p in (tmp_path / "deploy").iterdir()) == ["clip_adapter_images.py", "colors.onnx",
+                                                                      "colors.onnx.json", "onnx_predict.py"]
     images = [it.path for it in colors.split("test")[:4]]
     want = model.predict_proba(images)
     # The copied runner, with torch made unimportable: onnxruntime, numpy and Pillow only.

@@ -26,6 +26,7 @@ __all__ = ["export_onnx", "ONNX_OPSET", "RUNNER"]
 
 ONNX_OPSET = 18
 RUNNER = Path(__file__).with_name("onnx_predict.py")  # the torch-free runner copied next to an exported graph
+DECODER = Path(__file__).parents[1] / "datasets" / "images.py"  # its image decoder (numpy + Pillow), copied too
 
 
 class _Whole(torch.nn.Module):
@@ -122,6 +123,7 @@ def export_onnx(classifier, path: str | os.PathLike, *, check_images: torch.Tens
                "outputs": ["probs", "logits"], "preprocessing": prep, "opset": ONNX_OPSET}
     with atomic_path(Path(f"{path}.json")) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
-    with atomic_path(path.with_name(RUNNER.name)) as tmp:
-        tmp.write_text(RUNNER.read_text())
+    for source, name in ((RUNNER, RUNNER.name), (DECODER, "clip_adapter_images.py")):
+        with atomic_path(path.with_name(name)) as tmp:
+            tmp.write_text(source.read_text())
     return {**sidecar, "max_abs_diff": diff}

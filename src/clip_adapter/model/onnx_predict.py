@@ -3,7 +3,9 @@ clip-adapter). ``clip-adapter export`` copies this file next to the graph:
 
     python onnx_predict.py model.onnx a.jpg b.jpg --top-k 3
 
-It reads ``model.onnx.json`` (class names and preprocessing) and prints one JSON line per image.
+It reads ``model.onnx.json`` (class names and preprocessing) and prints one JSON line per image. Images are decoded by
+``clip_adapter_images.py`` (copied beside it: clip-adapter's own decoder, numpy and Pillow only), so a 16-bit or
+transparent image reads as it does in training.
 """
 from __future__ import annotations
 
@@ -13,7 +15,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+try:  # next to an exported graph: the decoder copied beside this file (16-bit, transparency, EXIF, CMYK...)
+    from clip_adapter_images import open_rgb
+except ImportError:  # inside the package
+    from clip_adapter.datasets.images import open_rgb
 
 __all__ = ["preprocess", "OnnxClassifier"]
 
@@ -54,8 +61,7 @@ class OnnxClassifier:
         self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
 
     def predict_proba(self, paths) -> np.ndarray:
-        batch = np.stack([preprocess(ImageOps.exif_transpose(Image.open(p)), self.meta["preprocessing"])
-                          for p in paths])
+        batch = np.stack([preprocess(open_rgb(p), self.meta["preprocessing"]) for p in paths])
         return self.session.run(["probs"], {"images": batch})[0]
 
 
