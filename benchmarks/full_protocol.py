@@ -1,4 +1,4 @@
-"""The full-protocol cost: one shipped config (configs/full_protocol_lite.yaml: every method, 1/2/4/8/16 shots x 3
+"""The full-protocol cost: one shipped config (configs/reproduce/full_protocol_lite.yaml: every method, 1/2/4/8/16 shots x 3
 seeds on dtd10, lite) run once on a warm feature cache, plus the extraction it needs measured once on an empty cache;
 split into extraction, search (fit + selection on val) and evaluation; next to the paper's way (the encoder on
 freshly augmented images at every step) extrapolated from measured epochs.
@@ -10,7 +10,7 @@ seeds with zero_shot + linear_probe on an empty cache: every image the plan need
 n_views augmented views), and the paper-way encoding rate
 from benchmarks/results/training_cost_dtd10.json (images/s of decode + augment + encode, same machine, lite).
 
-    CLIP_ADAPTER_CACHE=/work/cache clip-adapter experiment configs/full_protocol_lite.yaml --output OUT
+    CLIP_ADAPTER_CACHE=/work/cache clip-adapter experiment configs/reproduce/full_protocol_lite.yaml --output OUT
     python benchmarks/full_protocol.py OUT --wall wall.json --extraction-run EXTRACT_OUT --load load.txt
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ def main() -> None:
     _util.setup(args)
     rows = _rows(Path(args.output))
     rate = paper_rate()
-    res = _util.Result("full_protocol", args, {"output": args.output, "config": "configs/full_protocol_lite.yaml",
+    res = _util.Result("full_protocol", args, {"output": args.output, "config": "configs/reproduce/full_protocol_lite.yaml",
                                                "paper_rate": rate, "methods_on_main": args.methods_on_main})
     extraction = None
     if args.extraction_run:

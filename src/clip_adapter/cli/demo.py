@@ -40,8 +40,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     work = demo_workload(args.shots, args.views)
     n_enc = work["images"] + work["view_encodings"]
-    # Measured on a 2-core CPU (benchmarks/README.md): ~25 encoder images/s, ~25 s of start-up and training.
-    print(f"demo: {work['fits']} fits; encodes {n_enc} images on the first run (expected ~{_minutes(n_enc / 25 + 25)} "
+    # Measured on a 2-core CPU (benchmarks/results/demo_time.json): 308 s for 960 images with an empty cache, 47 s warm.
+    print(f"demo: {work['fits']} fits; encodes {n_enc} images on the first run (expected ~{_minutes(n_enc / 3.8 + 50)} "
           f"on 2 CPU cores, seconds once the features are cached)", flush=True)
     backbone = backbone_from_args(args)
     ds = demo_dataset()

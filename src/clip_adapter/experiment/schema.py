@@ -5,9 +5,9 @@ accepts (a :mod:`clip_adapter.config` constraint or a parser), whether it is a p
 config key is one field here (and its use in the runner); ``docs/experiment-config.md`` is generated from it
 (:func:`reference_markdown`) and a test keeps the two equal.
 
-    clip-adapter experiment configs/shared_lite.yaml
+    clip-adapter experiment configs/reproduce/shared_lite.yaml
     >>> from clip_adapter import run_experiment
-    >>> result = run_experiment("configs/shared_lite.yaml")     # a path, a dict or an ExperimentConfig
+    >>> result = run_experiment("configs/reproduce/shared_lite.yaml")     # a path, a dict or an ExperimentConfig
 """
 from __future__ import annotations
 
