@@ -474,7 +474,7 @@ CASES: list[Case] = [
     Case("evaluate_other_classes", evaluate_on(_subset),
          "have different classes (only in the dataset: ['purple']; only in the model: ['yellow'])"),
     Case("evaluate_class_map_syntax", evaluate_on(_subset, "--class-map", "purple"),
-         "--class-map 'purple' must be 'by-name', FILE.json or"),
+         "--class-map 'purple' must be 'by-name', 'shared', FILE.json or"),
     Case("evaluate_class_map_target", evaluate_on(_subset, "--class-map", "purple=violet"),
          "Dataset class 'purple' maps to 'violet', which is not a class of the model"),
     Case("evaluate_by_name_not_subset", evaluate_on(_subset, "--class-map", "by-name"),

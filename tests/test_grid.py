@@ -318,7 +318,7 @@ def test_zero_shot_is_planned_once_per_dataset_and_ablation_runs_are_separate(tm
 @pytest.mark.parametrize("name", ["paper", "shared_lite", "alpha_ablation"])
 def test_shipped_configs_are_valid(name, monkeypatch):
     monkeypatch.chdir(REPO)
-    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    cfg = load_config(REPO / "configs" / ("" if name == "paper" else "reproduce") / f"{name}.yaml")
     if name == "paper":
         assert len(cfg.datasets) == 11 and cfg.backbone.name == "RN50" and cfg.backbone.pretrained == "openai"
         assert [m.method for m in cfg.methods] == ["zero_shot", "linear_probe", "coop", "clip_adapter"]

@@ -454,7 +454,7 @@ def test_nan_weights_are_one_line_on_the_command_line_not_nan_probabilities(cli_
 # -- 7. --class-map: two dataset classes onto one model class -------------------------------------------------------
 def test_class_map_two_dataset_classes_onto_one_model_class(zs):
     class Data:
-        name, classnames = "colors", ["red", "green", "blue", "crimson"]
+        name, classnames, splits, num_classes = "colors", ["red", "green", "blue", "crimson"], {}, 4
     with pytest.raises(ValueError, match=r"Dataset classes 'red' and 'crimson' both map to the model class 'red'"):
         zs.label_map(Data(), {"crimson": "red"})
     assert zs.label_map(Data(), {"crimson": "yellow"}).tolist() == [0, 1, 2, 3]
