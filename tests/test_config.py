@@ -99,6 +99,14 @@ def test_a_new_config_is_one_declaration():
         Toy(width=0)
 
 
+def test_the_old_constraints_dict_is_refused_not_ignored():
+    with pytest.raises(TypeError, match="'constraints' dict is no longer read; declare each field as"):
+        @dataclasses.dataclass(frozen=True)
+        class Old(MethodConfig):
+            width: int = 8
+            constraints = {"width": Interval(int, 1)}
+
+
 def _raw(*order):
     parts = {"root": "/data/here", "datasets": ["eurosat", {"data": "dtd", "root": "/elsewhere"}],
              "methods": ["zero_shot"]}

@@ -308,7 +308,8 @@ def settings_of(cls: type) -> tuple[Setting, ...]:
             meta = f.metadata
             default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
             check = found.get("check")
-            out.append(Setting(f.name, str(f.type), default, found.get("doc", ""), check, key=meta.get("key"),
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))  # no __future__
+            out.append(Setting(f.name, kind, default, found.get("doc", ""), check, key=meta.get("key"),
                                path=bool(meta.get("path")), parse=meta.get("parse"), shown=meta.get("shown"),
                                accepts=meta.get("accepts") or (check.describe() if check is not None else None)))
         _SETTINGS[cls] = tuple(out)
@@ -348,6 +349,12 @@ class Config:
     must be a float in [0, 1]. Got 1.5 instead.``), then :meth:`validate` (the rare check spanning fields).
     :meth:`replace` changes values through the same checks; an unknown name is an error with the closest field.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "constraints" in cls.__dict__:   # the old style would be silently ignored: say what to write instead
+            raise TypeError(f"{cls.__name__}: a 'constraints' dict is no longer read; declare each field as "
+                            f"name: type = setting(default, doc, constraint) (clip_adapter.config.setting).")
 
     def __post_init__(self) -> None:
         for s in self.settings():
