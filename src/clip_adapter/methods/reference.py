@@ -19,7 +19,7 @@ import pprint
 from pathlib import Path
 from typing import Any
 
-from ..config import Options, settings_table
+from ..config import Options, settings_table, value_kind
 from .base import get_method_class, list_methods
 
 __all__ = ["reference_markdown", "field_table", "flags_module", "write_references", "DOC_PATH", "FLAGS_PATH"]
@@ -58,13 +58,12 @@ def reference_markdown() -> str:
 
 
 def _kind(type_text: str) -> tuple[str, bool]:
-    """``"int | None"`` -> ``("int", True)``: the field's value kind and whether None is allowed."""
-    parts = [t.strip() for t in type_text.split("|")]
-    kinds = [t for t in parts if t != "None"]
-    if len(kinds) != 1 or kinds[0] not in _KINDS:
+    """``"int | None"`` -> ``("int", True)``; a field of another type cannot be a flag (a one-line error)."""
+    kind, optional = value_kind(type_text)
+    if kind is None:
         raise ValueError(f"A method config field of type {type_text!r}: a command-line flag needs one of "
                          f"{', '.join(_KINDS)} (optionally '| None').")
-    return kinds[0], "None" in parts
+    return kind, optional
 
 
 def field_table() -> dict[str, dict[str, Any]]:
