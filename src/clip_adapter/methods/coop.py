@@ -21,7 +21,6 @@ the number of training images per class).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import warnings
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from torch import nn
 from ..backbones.prompt_encoder import (PLACEHOLDER, ContextPromptEncoder, LitePromptEncoder,  # noqa: F401
                                         PromptEncoder, encode_token_embeddings, text_tower)
 from ..backbones.base import no_prompt_encoder
-from ..config import Bool, Interval, NoneOr, Predicate
+from ..config import Bool, Interval, NoneOr, Predicate, setting
 from ..prompts import ClassText
 from ..training import TrainingConfig, train_loop
 from .base import FewShotMethod, register_method
@@ -57,16 +56,17 @@ def epochs_for_shots(shots: int) -> int:
 
 @dataclass(frozen=True)
 class CoOpConfig(TrainingConfig):
-    epochs: int | None = None     # None: by shots per class as in the paper (1: 50, 2-4: 100, 8-16: 200)
-    n_ctx: int = 16               # M, number of learned context vectors (ignored with `init`: M = its token count)
-    init: str | None = None       # e.g. "a photo of a": start the context from this phrase's token embeddings
-    class_specific: bool = False  # CSC: one context per class (C x M x width) instead of one unified context
-    init_std: float = 0.02        # std of the random normal context init (without `init`)
-
-    constraints = {"epochs": NoneOr(Interval(int, 1), none="None (by shots per class)"), "n_ctx": Interval(int, 1),
-                   "init": Predicate(lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
-                                     "None or a non-empty phrase such as 'a photo of a'"),
-                   "class_specific": Bool(), "init_std": Interval(float, 0, closed="neither")}
+    epochs: int | None = setting(None, "training epochs; None: by shots per class as in the paper (1: 50, 2-4: 100, "
+                                 "8-16: 200)", NoneOr(Interval(int, 1), none="None (by shots per class)"))
+    n_ctx: int = setting(16, "M, number of learned context vectors (ignored with `init`: M = its token count)",
+                         Interval(int, 1))
+    init: str | None = setting(None, "e.g. 'a photo of a': start the context from this phrase's token embeddings",
+                               Predicate(lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
+                                         "None or a non-empty phrase such as 'a photo of a'"))
+    class_specific: bool = setting(False, "CSC: one context per class (C x M x width) instead of one unified context",
+                                   Bool())
+    init_std: float = setting(0.02, "std of the random normal context init (without `init`)",
+                              Interval(float, 0, closed="neither"))
 
 
 def prompt_encoder(backbone, classnames: Sequence[str], n_ctx: int = 16, init: str | None = None,
@@ -122,7 +122,7 @@ class CoOp(FewShotMethod):
             return cosine_logits(x, encoder(self.ctx_).float().to(x.device), scale)
 
         self.history_ = train_loop([self.ctx_], logits_fn, features, labels,
-                                   dataclasses.replace(c, epochs=self.epochs_), views=views, drop_last=self.drop_last)
+                                   c.replace(epochs=self.epochs_), views=views, drop_last=self.drop_last)
         with torch.no_grad():
             self.text_features_ = encoder(self.ctx_).float().cpu()
         self.ctx_ = self.ctx_.detach().cpu()
