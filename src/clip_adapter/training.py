@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Interval, MethodConfig, Options, Predicate
+from .config import Interval, MethodConfig, Options, Predicate, setting
 from .io import progress_bar, torch_threads
 
 __all__ = ["TrainingConfig", "train_loop", "train_stacked", "can_stack", "VmapStack", "lr_at_epoch", "ManualStep",
@@ -39,21 +39,17 @@ def _is_device(v: object) -> bool:
 class TrainingConfig(MethodConfig):
     """Optimisation settings shared by trained methods (flat fields so ``--set lr=1e-3`` works)."""
 
-    epochs: int = 200
-    batch_size: int = 32
-    lr: float = 2e-3
-    optimizer: str = "sgd"         # "sgd" (paper), "adam" (Dassl's: L2 weight decay, eps 1e-8) or "adamw" (eps 1e-4)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1         # constant lr warm-up, as Dassl's "constant" warm-up
-    warmup_lr: float = 1e-5
-    device: str = "cpu"
-
-    constraints = {"epochs": Interval(int, 1), "batch_size": Interval(int, 1),
-                   "lr": Interval(float, 0, closed="neither"), "optimizer": Options(("sgd", "adam", "adamw")),
-                   "momentum": Interval(float, 0, 1, closed="left"), "weight_decay": Interval(float, 0),
-                   "warmup_epochs": Interval(int, 0), "warmup_lr": Interval(float, 0, closed="neither"),
-                   "device": Predicate(_is_device, "a torch device such as 'cpu', 'cuda' or 'cuda:1'")}
+    epochs: int = setting(200, "training epochs", Interval(int, 1))
+    batch_size: int = setting(32, "training images per step", Interval(int, 1))
+    lr: float = setting(2e-3, "learning rate (cosine-annealed after the warm-up)", Interval(float, 0, closed="neither"))
+    optimizer: str = setting("sgd", "'sgd' (paper), 'adam' (Dassl's: L2 weight decay, eps 1e-8) or 'adamw' (eps 1e-4)",
+                             Options(("sgd", "adam", "adamw")))
+    momentum: float = setting(0.9, "SGD momentum", Interval(float, 0, 1, closed="left"))
+    weight_decay: float = setting(5e-4, "weight decay", Interval(float, 0))
+    warmup_epochs: int = setting(1, "epochs of constant lr warm-up, as Dassl's \"constant\" warm-up", Interval(int, 0))
+    warmup_lr: float = setting(1e-5, "the warm-up's learning rate", Interval(float, 0, closed="neither"))
+    device: str = setting("cpu", "torch device of training",
+                          Predicate(_is_device, "a torch device such as 'cpu', 'cuda' or 'cuda:1'"))
 
 
 class ManualStep(Protocol):

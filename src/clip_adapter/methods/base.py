@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import abc
 import copy
-import dataclasses
 import fnmatch
 import json
 import logging
@@ -118,7 +117,7 @@ def get_method(name: str, config: MethodConfig | dict | None = None, **kwargs) -
         config = cls.config_cls.from_dict(config)
     check_overrides(cls, kwargs)
     if kwargs:
-        config = dataclasses.replace(config or cls.config_cls(), **kwargs)
+        config = (config or cls.config_cls()).replace(**kwargs)
     return cls(config, backbone=backbone)
 
 

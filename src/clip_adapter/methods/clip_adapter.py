@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Bool, Interval, Options
+from ..config import Bool, Interval, Options, setting
 from ..prompts import ClassText
 from ..training import TrainingConfig, can_stack, train_loop, train_stacked
 from .base import FewShotMethod, register_method
@@ -26,16 +26,14 @@ __all__ = ["ClipAdapterConfig", "ClipAdapter"]
 
 @dataclass(frozen=True)
 class ClipAdapterConfig(TrainingConfig):
-    alpha: float = 0.2          # residual ratio of the image adapter: alpha * A(f) + (1 - alpha) * f
-    alpha_text: float = 0.2     # residual ratio of the text adapter (target "text" or "both")
-    target: str = "image"       # where adapters sit: "image", "text" or "both"
-    reduction: int = 4          # hidden = dim // reduction
-    bias: bool = False
-    final_relu: bool = True
-
-    constraints = {"alpha": Interval(float, 0, 1), "alpha_text": Interval(float, 0, 1),
-                   "target": Options(("image", "text", "both")), "reduction": Interval(int, 1),
-                   "bias": Bool(), "final_relu": Bool()}
+    alpha: float = setting(0.2, "residual ratio of the image adapter: alpha * A(f) + (1 - alpha) * f",
+                           Interval(float, 0, 1))
+    alpha_text: float = setting(0.2, "residual ratio of the text adapter (target 'text' or 'both')",
+                                Interval(float, 0, 1))
+    target: str = setting("image", "where adapters sit: 'image', 'text' or 'both'", Options(("image", "text", "both")))
+    reduction: int = setting(4, "bottleneck: hidden = dim // reduction", Interval(int, 1))
+    bias: bool = setting(False, "the adapter's linear layers have biases", Bool())
+    final_relu: bool = setting(True, "a ReLU after the adapter's second layer (the paper's)", Bool())
 
 
 @register_method("clip_adapter")

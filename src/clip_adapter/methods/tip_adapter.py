@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import Interval, MethodConfig
+from ..config import Interval, MethodConfig, setting
 from ..prompts import ClassText
 from ..training import TrainingConfig, train_loop
 from .base import FewShotMethod, register_method
@@ -74,29 +74,23 @@ def tip_logits(features: torch.Tensor, text: torch.Tensor, keys: torch.Tensor, v
     return clip_logits + alpha * cache_logits
 
 
-ALPHA_BETA = {"alpha": Interval(float, 0), "beta": Interval(float, 0)}
-
-
 @dataclass(frozen=True)
 class TipAdapterConfig(MethodConfig):
-    alpha: float = 1.0   # weight of the cache logits (alpha = 0: zero-shot CLIP)
-    beta: float = 5.5    # sharpness of the affinity exp(-beta * (1 - cos)); paper's ImageNet value
-
-    constraints = ALPHA_BETA
+    alpha: float = setting(1.0, "weight of the cache logits (alpha = 0: zero-shot CLIP)", Interval(float, 0))
+    beta: float = setting(5.5, "sharpness of the affinity exp(-beta * (1 - cos)); paper's ImageNet value",
+                          Interval(float, 0))
 
 
 @dataclass(frozen=True)
 class TipAdapterFConfig(TrainingConfig):
-    alpha: float = 1.0        # weight of the cache logits (alpha = 0: zero-shot CLIP)
-    beta: float = 5.5         # sharpness of the affinity exp(-beta * (1 - cos))
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
-    optimizer: str = "adamw"  # AdamW, eps 1e-4 (train_loop's AdamW eps)
-    weight_decay: float = 0.01
-    warmup_epochs: int = 0    # the official code has no warm-up
-
-    constraints = ALPHA_BETA
+    alpha: float = setting(1.0, "weight of the cache logits (alpha = 0: zero-shot CLIP)", Interval(float, 0))
+    beta: float = setting(5.5, "sharpness of the affinity exp(-beta * (1 - cos))", Interval(float, 0))
+    epochs: int = setting(20)
+    batch_size: int = setting(256)
+    lr: float = setting(1e-3)
+    optimizer: str = setting("adamw", "AdamW, eps 1e-4 (train_loop's AdamW eps)")
+    weight_decay: float = setting(0.01)
+    warmup_epochs: int = setting(0, "epochs of constant lr warm-up (the official code has none)")
 
 
 @register_method("tip_adapter")
