@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -27,7 +27,7 @@ from .features import FeatureCache
 from .fewshot import check_shots, sample_k_shot, sample_val
 from .imageset import ImageSource
 from .io import package_versions, write_json
-from .config import Bool, Interval, MethodConfig, NoneOr, Options, Text, invalid_value
+from .config import Bool, Config, Interval, MethodConfig, NoneOr, Options, Predicate, Text, setting
 from .methods import FewShotMethod, check_overrides, check_save_target, get_method_class
 from .model import AdaptedClassifier
 from .prompts import ClassText, encode_class_texts
@@ -98,36 +98,30 @@ MEMORY_FIELDS: dict[str, str] = {"result_file": "where the record was written or
                                  "model_dir": "where the fitted model was saved"}
 
 
+_MAPPING = "a mapping of config fields"
+
+
 @dataclass
-class RunSpec:
-    """What one run needs besides the data and the backbone."""
+class RunSpec(Config):
+    """What one run needs besides the data and the backbone (validated on construction, as every config)."""
 
-    method: str
-    shots: int = 16
-    seed: int = 1
-    overrides: dict[str, Any] = field(default_factory=dict)   # fixed config values
-    grid: dict[str, list] | None = None    # searched on val; None = the method's default grid
-    n_views: int = 10                      # cached augmented views per training image
-    repeat_shots: bool = False             # sample with repetition when a class is short
-    templates: list[str] | None = None     # prompt templates; None = the dataset's
-    train_items: list[Item] | None = None  # explicit few-shot train set (index file); overrides sampling
-    val_items: list[Item] | None = None
-    variant: str | None = None             # result folder name; None = the method's name
-    device: str | None = None              # training device of methods that have one (None: their default)
-    hp_selection: str = "few_shot_val"     # few_shot_val (min(K, 4) per class), full_val, or none (no search)
-
-    constraints = {"method": Text(), "shots": Interval(int, 0), "seed": Interval(int, 0, 2**32 - 1),
-                   "n_views": Interval(int, 0), "repeat_shots": Bool(), "variant": NoneOr(Text(no_slash=True)),
-                   "device": NoneOr(Text()), "hp_selection": Options(HP_SELECTION)}
-
-    def __post_init__(self) -> None:
-        for name, c in self.constraints.items():
-            if not c.ok(getattr(self, name)):
-                raise invalid_value(name, getattr(self, name), c.describe(), owner="RunSpec")
-        for name in ("overrides", "grid"):
-            value = getattr(self, name)
-            if not (isinstance(value, dict) or (name == "grid" and value is None)):
-                raise invalid_value(name, value, "a mapping of config fields", owner="RunSpec")
+    method: str = setting(doc="registered method name", check=Text())
+    shots: int = setting(16, "training images per class", Interval(int, 0))
+    seed: int = setting(1, "few-shot sampling and training seed", Interval(int, 0, 2**32 - 1))
+    overrides: dict[str, Any] = setting(doc="fixed config values", factory=dict,
+                                        check=Predicate(lambda v: isinstance(v, dict), _MAPPING))
+    grid: dict[str, list] | None = setting(None, "searched on val; None = the method's default grid",
+                                           Predicate(lambda v: v is None or isinstance(v, dict), _MAPPING))
+    n_views: int = setting(10, "cached augmented views per training image", Interval(int, 0))
+    repeat_shots: bool = setting(False, "sample with repetition when a class is short", Bool())
+    templates: list[str] | None = setting(None, "prompt templates; None = the dataset's")
+    train_items: list[Item] | None = setting(None, "explicit few-shot train set (index file); overrides sampling")
+    val_items: list[Item] | None = setting(None, "explicit few-shot val set (index file)")
+    variant: str | None = setting(None, "result folder name; None = the method's name", NoneOr(Text(no_slash=True)))
+    device: str | None = setting(None, "training device of methods that have one (None: their default)",
+                                 NoneOr(Text()))
+    hp_selection: str = setting("few_shot_val", "few_shot_val (min(K, 4) per class), full_val, or none (no search)",
+                                Options(HP_SELECTION))
 
 
 def resolve_config(method: str, overrides: dict[str, Any], seed: int = 1,

@@ -118,7 +118,7 @@ def _search(method: str, config: MethodConfig, points: list[dict], train: Featur
     point's config (the model kept for the best point gets a copy with that config, the same as fitting it)."""
     cls = get_method_class(method)
     rescore = cls.logit_params
-    configs = [dataclasses.replace(config, **point) for point in points]
+    configs = [config.replace(**point) for point in points]
     keys = [repr(sorted((k, v) for k, v in p.items() if k not in rescore)) if rescore else str(i)
             for i, p in enumerate(points)]
     first = {k: i for i, k in reversed(list(enumerate(keys)))}     # the first point of each fit

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import Interval, MethodConfig
+from ..config import Interval, MethodConfig, setting
 from ..prompts import ClassText
 from ..training import TrainingConfig, train_loop
 from .base import FewShotMethod, register_method
@@ -107,31 +107,29 @@ def tip_logits(features: torch.Tensor, text: torch.Tensor, keys: torch.Tensor, v
     return clip_logits + alpha * cache_logits
 
 
-ALPHA_BETA = {"alpha": Interval(float, 0), "beta": Interval(float, 0)}
-
-
 @dataclass(frozen=True)
 class TipAdapterConfig(MethodConfig):
-    alpha: float = 1.0   # weight of the cache logits (alpha = 0: zero-shot CLIP)
-    beta: float = 5.5    # sharpness of the affinity exp(-beta * (1 - cos)); paper's ImageNet value
-
-    constraints = ALPHA_BETA
+    alpha: float = setting(1.0, "weight of the cache logits (alpha = 0: zero-shot CLIP)", Interval(float, 0))
+    beta: float = setting(5.5, "sharpness of the affinity exp(-beta * (1 - cos)); paper's ImageNet value",
+                          Interval(float, 0))
 
 
 @dataclass(frozen=True)
 class TipAdapterFConfig(TrainingConfig):
-    alpha: float = 1.0        # weight of the cache logits (alpha = 0: zero-shot CLIP); searched after fine-tuning
-    beta: float = 5.5         # sharpness of the affinity exp(-beta * (1 - cos)); searched after fine-tuning
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
-    optimizer: str = "adamw"  # AdamW, eps 1e-4 (train_loop's AdamW eps)
-    weight_decay: float = 0.01
-    warmup_epochs: int = 0    # the official code has no warm-up
-    init_alpha: float = 1.17  # alpha while fine-tuning the keys (official configs/imagenet.yaml init_alpha)
-    init_beta: float = 1.0    # beta while fine-tuning the keys (official init_beta, every dataset)
-
-    constraints = {**ALPHA_BETA, "init_alpha": Interval(float, 0), "init_beta": Interval(float, 0)}
+    alpha: float = setting(1.0, "weight of the cache logits (alpha = 0: zero-shot CLIP); searched after fine-tuning",
+                           Interval(float, 0))
+    beta: float = setting(5.5, "sharpness of the affinity exp(-beta * (1 - cos)); searched after fine-tuning",
+                          Interval(float, 0))
+    epochs: int = setting(20)
+    batch_size: int = setting(256)
+    lr: float = setting(1e-3)
+    optimizer: str = setting("adamw", "AdamW, eps 1e-4 (train_loop's AdamW eps)")
+    weight_decay: float = setting(0.01)
+    warmup_epochs: int = setting(0, "epochs of constant lr warm-up (the official code has none)")
+    init_alpha: float = setting(1.17, "alpha while the keys are fine-tuned (the official configs/imagenet.yaml "
+                                      "init_alpha)", Interval(float, 0))
+    init_beta: float = setting(1.0, "beta while the keys are fine-tuned (the official init_beta of every dataset)",
+                               Interval(float, 0))
 
 
 @register_method("tip_adapter")
@@ -194,8 +192,9 @@ class TipAdapter(FewShotMethod):
 
 @register_method("tip_adapter_f")
 class TipAdapterF(TipAdapter):
-    """Tip-Adapter-F: the cache keys are fine-tuned (N x d parameters) on the augmented views once, at
-    ``(init_alpha, init_beta)``; ``(alpha, beta)`` are then searched with the fine-tuned keys."""
+    """Tip-Adapter-F: the cache keys (N x d) fine-tuned once at (init_alpha, init_beta), then alpha, beta searched.
+
+    The keys are fine-tuned on the augmented views; ``(alpha, beta)`` only rescore the fine-tuned keys."""
 
     config_cls = TipAdapterFConfig
     finetune = True

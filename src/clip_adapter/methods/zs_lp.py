@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..prompts import ClassText
+from ..config import setting
 from ..training import TrainingConfig, train_loop
 from .base import FewShotMethod, register_method
 from .common import cosine_logits
@@ -28,12 +29,12 @@ __all__ = ["ZsLpConfig", "ZsLp"]
 
 @dataclass(frozen=True)
 class ZsLpConfig(TrainingConfig):
-    epochs: int = 300
-    batch_size: int = 256
-    lr: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    epochs: int = setting(300)
+    batch_size: int = setting(256)
+    lr: float = setting(0.1)
+    optimizer: str = setting("sgd")
+    momentum: float = setting(0.9)
+    weight_decay: float = setting(0.0)
 
 
 @register_method("zs_lp")

@@ -11,7 +11,8 @@ A saved model is a folder, PEFT style:
 * ``adapter_config.json``: method, its hyper-parameters, class names, templates, feature dim, logit scale, package
   versions, the backbone id and a ``"backbone"`` block that rebuilds it
   (:meth:`~clip_adapter.backbones.BackboneSpec.to_dict`: ``name``, ``pretrained`` tag, ``checkpoint_sha256`` of a
-  local checkpoint, ``embed_dim``, and the open_clip architecture ``model_config``);
+  local checkpoint, ``embed_dim``, the open_clip architecture ``model_config``, and for a Hugging Face folder its
+  ``source``: the absolute path and a digest of its files, rebuilt only while unchanged);
 * ``adapter_model.safetensors``: the learned tensors only, never the backbone;
 * ``README.md``: a short model card (dataset, shots, measured accuracy when known).
 
@@ -41,7 +42,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ..backbones.base import OPEN_CLIP, BackboneSpec, builds_by_name, check_backbone
+from ..backbones.base import OPEN_CLIP, BackboneSpec, builds_by_name, check_backbone, saved_recipe
 from ..config import invalid_value
 from ..datasets.class_ids import class_ids, map_classes
 from ..evaluation import evaluate_predictions
@@ -141,7 +142,7 @@ class AdaptedClassifier:
         else:  # written before the "backbone" block existed: the id says enough for named backbones
             spec = BackboneSpec.parse(str(bid), int(meta["embed_dim"])) if bid else BackboneSpec(family="")
         if backbone is None:
-            check_recipe(spec, directory / CONFIG_NAME)
+            spec = check_recipe(spec, directory / CONFIG_NAME)
             backbone = spec.load(device, None if checkpoint is None else str(checkpoint), where=f"Model {directory}")
         check_backbone(bid, meta["embed_dim"], backbone, where=f"Adapter in {directory}")
         method = FewShotMethod.from_pretrained(directory, backbone=backbone)
@@ -345,13 +346,17 @@ _FETCHING_KEYS = ("hf_model_name", "hf_tokenizer_name", "hf_model_pretrained", "
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]{0,127}")
 
 
-def check_recipe(spec: BackboneSpec, cfg_file: Path) -> None:
+def check_recipe(spec: BackboneSpec, cfg_file: Path) -> BackboneSpec:
     """A saved backbone description is rebuilt only if it is a recipe this tool writes: a name a registered
-    backbone factory builds (:func:`~clip_adapter.backbones.base.builds_by_name`), or an open_clip architecture
-    under a plain name with its config saved next to it, naming no Hugging Face model or other weights to fetch.
-    Never a path, a hub repo or an HF folder that no factory lists."""
+    backbone factory builds (:func:`~clip_adapter.backbones.base.builds_by_name`), a recipe its family's own check
+    accepts (:func:`~clip_adapter.backbones.base.saved_recipe`: an ``hf:`` folder only at the path recorded at save
+    time, unchanged), or an open_clip architecture under a plain name with its config saved next to it, naming no
+    Hugging Face model or other weights to fetch. Never a hub repo or any other path. Returns the spec to load."""
     if not spec.family or builds_by_name(spec.family, spec.name):
-        return  # no family: nothing to rebuild (from_pretrained says to pass the backbone)
+        return spec  # no family: nothing to rebuild (from_pretrained says to pass the backbone)
+    rebuilt = saved_recipe(spec, str(cfg_file))
+    if rebuilt is not None:
+        return rebuilt
     name = spec.name or ""
     if spec.family != OPEN_CLIP:
         raise ValueError(f"{cfg_file}: backbone {spec.id!r:.100} is not one this clip-adapter builds (family "
@@ -369,6 +374,7 @@ def check_recipe(spec: BackboneSpec, cfg_file: Path) -> None:
         raise ValueError(f"{cfg_file}: the saved architecture of backbone {name!r} names weights or code to fetch "
                          f"({bad}); a saved model may not. Load that backbone yourself and pass it: "
                          f"from_pretrained(dir, backbone=bb).")
+    return spec
 
 
 def _fetching(obj: Any, path: str = "") -> str | None:
