@@ -280,3 +280,21 @@ def test_fit_many_data_equals_each_fit_on_its_own_data(problem, kw, one_thread):
     short = ClipAdapter.fit_many_data(cfgs[:2], [feats, feats[:30]], [labels, labels[:30]], text=text,
                                       views=[views, views[:, :30]])
     torch.testing.assert_close(short[0].logits(feats), alone[0].logits(feats), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pull", [False, True])
+def test_probe_step_gives_autograd_gradients_bit_for_bit(problem, pull):
+    from clip_adapter.methods.zs_lp import _ProbeStep
+    text, feats, labels, _ = problem
+    t = text.features.float()
+    lam = torch.rand(C, generator=torch.Generator().manual_seed(2)) if pull else None
+    weight = torch.nn.Parameter(t + 0.1 * torch.randn(C, D, generator=torch.Generator().manual_seed(3)))
+    x, y = feats[:25], labels[:25]
+    loss = F.cross_entropy(50.0 * F.normalize(x, dim=-1) @ F.normalize(weight, dim=-1).t(), y)
+    if pull:
+        loss = loss + (lam * (weight - t).pow(2).sum(-1)).mean()
+    loss.backward()
+    want = weight.grad
+    weight.grad = None
+    got_loss, _ = _ProbeStep(weight, t, 50.0, lam)(x, y)
+    assert torch.equal(weight.grad, want) and torch.equal(got_loss, loss.detach())
