@@ -159,6 +159,13 @@ def test_run_flags_become_typed_overrides():
                                      "batch_size": 8}
     args = run.parse_args(["--data", "x", "--method", "coop", "--epochs", "none", "--init", "a photo of a"])
     assert _overrides(args, get_method_class("coop")) == {"epochs": None, "init": "a photo of a"}
+    coop = get_method_class("coop").config_cls
+    assert coop.parse_overrides(["epochs=null", "n_ctx=4", "init=a photo of a", "class_specific=yes"]) == \
+        {"epochs": None, "n_ctx": 4, "init": "a photo of a", "class_specific": True}
+    assert coop.parse_overrides(["epochs=none"]) == {"epochs": None} and coop.parse_overrides(["epochs=7"]) == \
+        {"epochs": 7}
+    with pytest.raises(ValueError, match=r"^Override n_ctx='4.5': expected an int\.$"):
+        coop.parse_overrides(["n_ctx=4.5"])
     with pytest.raises(ValueError, match=r"^--n-ctx does not apply to method 'clip_adapter' \(its config has no "
                                          r"'n_ctx'\)\.$"):
         _overrides(run.parse_args(["--data", "x", "--n-ctx", "4"]), cls)

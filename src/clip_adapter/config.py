@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Mapping
 
 __all__ = ["Constraint", "Interval", "Options", "Bool", "Text", "NoneOr", "IntList", "Predicate", "closest", "suggest",
-           "unknown_key", "invalid_value", "check_keys", "invalid_examples", "setting", "Setting", "settings_of", "settings_table", "shown", "Config",
+           "unknown_key", "invalid_value", "check_keys", "invalid_examples", "setting", "Setting", "settings_of", "settings_table", "shown", "value_kind", "Config",
            "MethodConfig", "brief", "HP_SELECTION"]
 
 # How hyper-parameters are chosen (RunSpec.hp_selection, `run --hp-selection`, the experiment's `hp_selection`):
@@ -423,34 +423,45 @@ class MethodConfig(Config):
     def parse_overrides(cls, pairs: list[str]) -> dict[str, Any]:
         """``["alpha=0.6", "epochs=50"]`` -> typed dict; an unknown key is an error with a suggestion."""
         out: dict[str, Any] = {}
-        defaults = {f.name: f.default for f in fields(cls)}
+        types = {x.name: x.type for x in cls.settings()}
         for pair in pairs:
             if "=" not in pair:
                 raise ValueError(f"Override {pair!r} must look like key=value.")
             k, v = pair.split("=", 1)
             k = k.strip().replace("-", "_")
             cls.check_field_names([k])
-            out[k] = _coerce(k, v.strip(), defaults[k])
+            out[k] = _coerce(k, v.strip(), types[k])
         return out
 
 
-def _coerce(key: str, v: str, like: Any) -> Any:
-    """The string of a ``key=value`` override as the type of the field's default."""
-    if isinstance(like, bool):
+def value_kind(type_text: str) -> tuple[str | None, bool]:
+    """``"int | None"`` -> ``("int", True)``: the one kind of a field's values among int, float, bool and str (None
+    for anything else) and whether it may be None."""
+    parts = [t.strip() for t in type_text.split("|")]
+    kinds = [t for t in parts if t != "None"]
+    return (kinds[0] if len(kinds) == 1 and kinds[0] in ("int", "float", "bool", "str") else None), "None" in parts
+
+
+def _coerce(key: str, v: str, type_text: str) -> Any:
+    """The string of a ``key=value`` override as a value of the field's type (``none``/``null`` for None when the
+    field may be None; JSON for a type other than int, float, bool, str)."""
+    kind, optional = value_kind(type_text)
+    if optional and v.lower() in ("none", "null"):
+        return None
+    if kind == "bool":
         if v.lower() in ("1", "true", "yes"):
             return True
         if v.lower() in ("0", "false", "no"):
             return False
         raise ValueError(f"Override {key}={v!r}: expected true or false.")
     try:
-        if isinstance(like, int):
+        if kind == "int":
             return int(v)
-        if isinstance(like, float):
+        if kind == "float":
             return float(v)
     except ValueError:
-        raise ValueError(f"Override {key}={v!r}: expected {'an int' if isinstance(like, int) else 'a number'}.") \
-            from None
-    if like is None:
+        raise ValueError(f"Override {key}={v!r}: expected {'an int' if kind == 'int' else 'a number'}.") from None
+    if kind is None:
         try:
             return json.loads(v)
         except json.JSONDecodeError:

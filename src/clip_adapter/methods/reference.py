@@ -19,8 +19,8 @@ import pprint
 from pathlib import Path
 from typing import Any
 
-from ..config import Options, settings_table
-from .base import get_method_class, list_methods
+from ..config import Options, settings_table, value_kind
+from .base import FewShotMethod, get_method_class, list_methods
 
 __all__ = ["reference_markdown", "field_table", "flags_module", "write_references", "DOC_PATH", "FLAGS_PATH"]
 
@@ -33,7 +33,9 @@ _KINDS = ("int", "float", "bool", "str")
 def _grid_line(grid: dict[str, list]) -> str:
     if not grid:
         return "Searched on validation by default: nothing (the values above are used)."
-    return "Searched on validation by default: " + "; ".join(f"`{k}` in {list(v)}" for k, v in grid.items()) + "."
+    def values(v: list) -> str:   # a long grid by its size and ends (the full list is the method's default_grid)
+        return str(list(v)) if len(v) <= 13 else f"{len(v)} values from {v[0]} to {v[-1]}"
+    return "Searched on validation by default: " + "; ".join(f"`{k}` in {values(v)}" for k, v in grid.items()) + "."
 
 
 def reference_markdown() -> str:
@@ -53,18 +55,19 @@ def reference_markdown() -> str:
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         out += [f"## `{name}` (`{cls.config_cls.__name__}`)", "", *([summary, ""] if summary else []),
                 *settings_table(cls.config_cls.settings(), head="field", types=True), "",
-                _grid_line(cls.default_grid), ""]
+                _grid_line(cls.default_grid) + (" Then a finer search around the first choice (`refine_grid`)."
+                                                if cls.refine_grid.__func__ is not FewShotMethod.refine_grid.__func__
+                                                else ""), ""]
     return "\n".join(out)
 
 
 def _kind(type_text: str) -> tuple[str, bool]:
-    """``"int | None"`` -> ``("int", True)``: the field's value kind and whether None is allowed."""
-    parts = [t.strip() for t in type_text.split("|")]
-    kinds = [t for t in parts if t != "None"]
-    if len(kinds) != 1 or kinds[0] not in _KINDS:
+    """``"int | None"`` -> ``("int", True)``; a field of another type cannot be a flag (a one-line error)."""
+    kind, optional = value_kind(type_text)
+    if kind is None:
         raise ValueError(f"A method config field of type {type_text!r}: a command-line flag needs one of "
                          f"{', '.join(_KINDS)} (optionally '| None').")
-    return kinds[0], "None" in parts
+    return kind, optional
 
 
 def field_table() -> dict[str, dict[str, Any]]:
