@@ -169,3 +169,15 @@ def test_run_flags_become_typed_overrides():
     with pytest.raises(ValueError, match=r"^--n-ctx does not apply to method 'clip_adapter' \(its config has no "
                                          r"'n_ctx'\)\.$"):
         _overrides(run.parse_args(["--data", "x", "--n-ctx", "4"]), cls)
+
+
+def test_training_settings_asked_of_a_training_free_method_are_the_training_configs_fields():
+    """TRAINING_KEYS is derived from TrainingConfig: each field it adds (a new one included) is explained, not just
+    unknown, when asked of a method that does not train."""
+    from clip_adapter.methods.base import TRAINING_KEYS
+    added = [s.name for s in TrainingConfig.settings() if s.name not in MethodConfig.field_names()]
+    assert sorted(TRAINING_KEYS) == sorted(added) and {"epochs", "lr", "warmup_lr", "device"} <= set(added)
+    for name in added:
+        with pytest.raises(ValueError, match=rf"^Method 'gda' is training-free \(closed form\): it takes no "
+                                             rf"'{name}' \(no epochs, lr or batch size\)\. Its settings: "):
+            get_method("gda", **{name: 1})
