@@ -383,11 +383,13 @@ class BackboneSpec:
         """Rebuild the backbone; a checkpoint-trained one needs that ``checkpoint`` (its sha256 is checked)."""
         if not self.name:
             raise ValueError(f"{where} does not say how to rebuild its backbone {self.id!r}; load that backbone "
-                             f"yourself and pass it: AdaptedClassifier.from_pretrained(dir, backbone=bb).")
+                             f"yourself and pass it: --backbone NAME on the command line, "
+                             f"AdaptedClassifier.from_pretrained(dir, backbone=bb) in Python.")
         self._check_checkpoint(checkpoint, where)
         if self.random_init:
             raise ValueError(f"{where} was trained on a randomly initialised backbone ({self.id}); a rebuilt one has "
-                             f"other random weights. Pass the original: from_pretrained(dir, backbone=bb).")
+                             f"other random weights. Pass the original: --backbone NAME on the command line "
+                             f"(checked by its weights' fingerprint), from_pretrained(dir, backbone=bb) in Python.")
         if self.family == OPEN_CLIP and self.model_config and self.name not in list_backbones():
             # An architecture JSON not registered here: rebuild it from the copy saved with the model.
             with tempfile.TemporaryDirectory() as tmp:
