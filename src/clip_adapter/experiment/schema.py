@@ -403,6 +403,9 @@ class ExperimentConfig:
                                   NoneOr(Interval(int, 0)))
     threads: int | None = setting(None, "torch CPU threads (null: torch's default)", NoneOr(Interval(int, 1)))
     report: bool = setting(True, "write tables and figures at the end", Bool())
+    batch_seeds: bool = setting(False, "fit the runs that differ only by seed together, one stacked model where the "
+                                "method can (CLIP-Adapter; local executor); each record is the one its run gives "
+                                "alone", Bool())
     protocol: str = setting("few_shot", "'few_shot', or 'base_to_new' (CoCoOp: train on the base half of each "
                             "dataset's classes; records get base_accuracy, new_accuracy, harmonic_mean)",
                             Options(PROTOCOLS))

@@ -41,7 +41,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 from safetensors.torch import load_file
@@ -228,6 +228,19 @@ class FewShotMethod(abc.ABC):
         :func:`~clip_adapter.training.train_stacked`) as long as every model equals its own ``fit``; this
         default fits them one after another."""
         return [cls(c, backbone=backbone).fit(features, labels, text=text, views=views) for c in configs]
+
+    #: whether :meth:`fit_many_data` can fit points with different data in one pass (else it fits one by one)
+    stacks_data: ClassVar[bool] = False
+
+    @classmethod
+    def fit_many_data(cls, configs: "list[MethodConfig]", features: Sequence[torch.Tensor],
+                      labels: Sequence[torch.Tensor], *, text: ClassText,
+                      views: "Sequence[torch.Tensor | None]", backbone=None) -> "list[FewShotMethod]":
+        """One fitted model per config, config ``i`` on its own data ``features[i]``, ``labels[i]``, ``views[i]``
+        (an experiment's seeds: each its own few-shot sample), each as ``cls(config).fit(...)`` on that data would
+        give. This default fits them one after another; a method with ``stacks_data`` fits them at once."""
+        return [cls(c, backbone=backbone).fit(f, y, text=text, views=v)
+                for c, f, y, v in zip(configs, features, labels, views)]
 
     @abc.abstractmethod
     def logits(self, features: torch.Tensor) -> torch.Tensor:
