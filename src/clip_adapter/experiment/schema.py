@@ -21,6 +21,7 @@ from typing import Any, Callable
 from ..config import (Bool, Constraint, IntList, Interval, NoneOr, Options, Predicate, Text, brief, check_keys,
                       invalid_value)
 from ..backbones.base import BackboneSpec, normalise_pretrained
+from ..backbones.encoder import DEFAULT_RUNTIME, ENCODER_KEYS, PRECISIONS, RUNTIMES
 from ..methods import get_method_class
 from ..selection import HP_SELECTION
 
@@ -187,6 +188,12 @@ class BackboneKeys:
                                      NoneOr(Text()))
     checkpoint: str | None = setting(None, "local checkpoint file (offline use)", NoneOr(Text()), path=True)
     device: str = setting("cpu", "torch device of encoders and training (cpu, cuda, cuda:1)", Text())
+    precision: str = setting("fp32", "image-encoder precision: fp32, or bf16/fp16 autocast (features move; cached "
+                             "separately)", Options(PRECISIONS))
+    compile: bool = setting(False, "torch.compile the image encoder", Bool())
+    runtime: str = setting(DEFAULT_RUNTIME, "image-encoder runtime: torch, onnx (ONNX Runtime, CPU, fp32) or auto "
+                           "(onnx for lite on the CPU when installed, else torch)", Options(RUNTIMES))
+    gpu_decode: bool = setting(False, "decode JPEGs on the GPU when filling the feature cache (CUDA only)", Bool())
 
 
 @dataclass(frozen=True)
@@ -323,7 +330,11 @@ def _backbone(v: Any, where: str, ctx: _Ctx) -> BackboneSpec:
         kw["pretrained"] = normalise_pretrained(kw["pretrained"])
     if str(kw.get("name", "")).endswith(".json"):
         kw["name"] = _resolve_path(kw["name"], ctx.base)
-    return BackboneSpec.of(**{**_raw(BackboneKeys()), **kw})
+    defaults = _raw(BackboneKeys())
+    # Encoder keys at their defaults are left out of the recipe's options, so the settings of a run (which include
+    # the backbone) stay those of results made before these keys existed.
+    kw = {k: v for k, v in kw.items() if k not in ENCODER_KEYS or v != defaults[k]}
+    return BackboneSpec.of(**{**{k: v for k, v in defaults.items() if k not in ENCODER_KEYS}, **kw})
 
 
 def BackboneEntry(name: str = "RN50", pretrained: str | None = "openai", checkpoint: str | None = None,
@@ -397,7 +408,7 @@ class ExperimentConfig:
                                                    "{method, param, values, shots, seeds, overrides, grid, label} "
                                                    "or a list of them", key="ablation", parse=_ablations,
                                                    shown="none", accepts="a mapping or a list of mappings")
-    backbone: BackboneSpec = setting(BackboneSpec.of(), "{name, pretrained, checkpoint, device} or a name",
+    backbone: BackboneSpec = setting(BackboneSpec.of(), "{name, pretrained, checkpoint, device, precision, compile, runtime, gpu_decode} or a name",
                                       parse=_backbone, shown="{name: RN50, pretrained: openai, device: cpu}",
                                       accepts="a mapping or a name")
     n_views: int = setting(10, "cached augmented views per training image", Interval(int, 0))
@@ -438,6 +449,13 @@ class ExperimentConfig:
         return {k: v for k, v in raw.items() if v not in (None, [], {})}
 
 
+def _raw_backbone(spec: BackboneSpec) -> dict[str, Any]:
+    """A backbone recipe as its YAML keys (the encoder keys live in its options; absent ones are the defaults)."""
+    defaults = _raw(BackboneKeys())
+    return {k: spec.options.get(k, defaults.get(k)) if k in ENCODER_KEYS else getattr(spec, k)
+            for k in _yaml_keys(BackboneKeys)}
+
+
 def _raw(obj: Any) -> dict[str, Any]:
     """The YAML keys of a config dataclass with their values (tuples as lists, entries as mappings, no nulls)."""
     out: dict[str, Any] = {}
@@ -448,8 +466,7 @@ def _raw(obj: Any) -> dict[str, Any]:
         if isinstance(value, ExecutorEntry):
             value = {"ray": _raw(value.ray)} if value.ray is not None else None
         elif dataclasses.is_dataclass(value):
-            value = ({k: getattr(value, k) for k in _yaml_keys(BackboneKeys)} if isinstance(value, BackboneSpec)
-                     else _raw(value))
+            value = _raw_backbone(value) if isinstance(value, BackboneSpec) else _raw(value)
         elif isinstance(value, tuple):
             value = [_raw(x) if dataclasses.is_dataclass(x) else x for x in value]
         elif isinstance(value, dict):
