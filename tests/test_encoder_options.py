@@ -199,3 +199,22 @@ def test_gpu_decode_pipeline_matches_pil_path(tiny, tmp_path):
         assert got.shape == want.shape
         # Same crops and flips (seeded per image and view); tensor vs PIL resizing differ by rounding only.
         assert (got - want).abs().mean() < 0.03, (transform, views)
+
+
+# -- experiment YAML -------------------------------------------------------------------------------------------
+def test_experiment_backbone_keys(color_dir):
+    from clip_adapter.experiment.schema import _raw, parse_config
+    base = {"datasets": [str(color_dir)], "methods": ["zero_shot"]}
+    default = parse_config({**base, "backbone": {"name": "tiny-vit", "pretrained": None}})
+    assert default.backbone.options == {}       # defaults stay out: run settings as before these keys existed
+    assert _raw(default)["backbone"]["runtime"] == "torch" and _raw(default)["backbone"]["precision"] == "fp32"
+    cfg = parse_config({**base, "backbone": {"name": "tiny-vit", "pretrained": None, "precision": "bf16",
+                                             "runtime": "auto"}})
+    assert cfg.backbone.options == {"precision": "bf16", "runtime": "auto"}
+    assert _raw(cfg)["backbone"]["precision"] == "bf16"
+    bb = cfg.backbone.build()
+    assert bb.encoder.variant == "bf16" and bb.describe()["encoder"]["precision"] == "bf16"
+    with pytest.raises(ValueError) as e:
+        parse_config({**base, "backbone": {"name": "tiny-vit", "precision": "int8"}}, source="exp.yaml")
+    assert str(e.value) == ("exp.yaml: backbone: 'precision' must be one of 'fp32', 'bf16', 'fp16'. Got 'int8' "
+                            "instead.")
