@@ -76,20 +76,34 @@ def test_encoders_are_frozen_and_the_scale_is_positive(backbone):
     assert backbone.logit_scale > 0 and isinstance(backbone.logit_bias, float)
 
 
-def test_prompt_encoder_hook_matches_the_text_encoder_or_says_why_not(backbone):
+def has_prompt_encoder(backbone) -> bool:
+    """Whether the backbone's class implements the prompt-encoder hook (the base class only says why not)."""
+    return type(backbone).prompt_encoder is not base.Backbone.prompt_encoder
+
+
+def test_open_clip_and_hf_backbones_have_the_prompt_encoder_hook(hf_backbones, tiny_backbone):
+    assert has_prompt_encoder(tiny_backbone) and all(has_prompt_encoder(b) for b in hf_backbones.values())
+
+
+@pytest.mark.parametrize("class_specific", [False, True])
+def test_prompt_encoder_hook_matches_the_text_encoder_or_says_why_not(backbone, class_specific):
     names = ["cat", "dog"]
-    try:
-        enc = backbone.prompt_encoder(names, init="a photo of a")
-    except ValueError as e:  # backbones without a token-level text encoder: one line, naming the backbone
-        assert str(e).startswith("CoOp needs a backbone with a token-level text encoder; " + repr(backbone.id))
-        assert "\n" not in str(e)
+    if not has_prompt_encoder(backbone):  # backbones without a token-level text encoder: one line, naming it
+        with pytest.raises(ValueError) as e:
+            backbone.prompt_encoder(names, init="a photo of a")
+        assert str(e.value).startswith("CoOp needs a backbone with a token-level text encoder; " + repr(backbone.id))
+        assert "\n" not in str(e.value)
         return
-    ctx = enc.init_context(class_specific=False, from_phrase=True).requires_grad_(True)
+    enc = backbone.prompt_encoder(names, init="a photo of a")
+    assert enc.n_ctx >= 1 and enc.classnames == names
+    ctx = enc.init_context(class_specific=class_specific, from_phrase=True).requires_grad_(True)
     out = enc(ctx)
     want = backbone.encode_texts([TEMPLATE.format(c) for c in names])
     assert out.shape == want.shape and torch.allclose(out.detach().float().cpu(), want, atol=2e-4, rtol=1e-3)
     out.sum().backward()
     assert ctx.grad is not None and ctx.grad.abs().sum() > 0       # the context is what CoOp trains
+    other = enc(enc.init_context(class_specific=class_specific, std=0.5)).detach().float().cpu()
+    assert not torch.allclose(other, want, atol=1e-3)               # the context is an input, not a constant
 
 
 # -- the Hugging Face family ------------------------------------------------------------------------------------

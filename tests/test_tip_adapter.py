@@ -84,23 +84,31 @@ def test_finetune_uses_views_and_lowers_training_loss():
     g = torch.Generator().manual_seed(5)
     views = torch.stack([feats + 1.0 * torch.randn(feats.shape, generator=g) for _ in range(3)])
     text = ClassText(_text(text).classnames, ["{}"], text, 1.0)
-    f = TipAdapterF(TipAdapterFConfig(epochs=20)).fit(feats, labels, text=text, views=views)
+    config = TipAdapterFConfig(epochs=20, init_alpha=1.0, init_beta=5.5)  # a sharp cache: room to learn
+    f = TipAdapterF(config).fit(feats, labels, text=text, views=views)
     assert f.history_["loss"][-1] < 0.9 * f.history_["loss"][0]
-    g = TipAdapterF(TipAdapterFConfig(epochs=20)).fit(feats, labels, text=text)
+    g = TipAdapterF(config).fit(feats, labels, text=text)
     assert not torch.equal(f.cache_keys_, g.cache_keys_)
 
 
 def test_schedule_defaults():
     c = TipAdapterFConfig()
     assert (c.epochs, c.batch_size, c.lr, c.optimizer, c.warmup_epochs) == (20, 256, 1e-3, "adamw", 0)
-    # Tip-Adapter: the official grid's resolution (200 beta x 20 alpha steps over [0.1, 13), its DTD grid)
+    assert (c.init_alpha, c.init_beta) == (1.17, 1.0)  # the official configs/imagenet.yaml init values
+    # Both: the official grid's resolution (200 beta x 20 alpha steps over [0.1, 13), its DTD grid) ...
     beta, alpha = TipAdapter.default_grid["beta"], TipAdapter.default_grid["alpha"]
-    assert (len(beta), len(alpha), beta[0], alpha[0]) == (200, 20, 0.1, 0.1)
-    assert beta[100] == pytest.approx(6.55) and alpha[2] == pytest.approx(1.39)  # the official DTD choice is on it
-    assert max(beta) < 13 and max(alpha) < 13
-    # Tip-Adapter-F refits per point: the small grid; its loader keeps the last partial batch, as the official one
-    assert TipAdapterF.default_grid == {"alpha": [0.5, 1.0, 2.0, 4.0], "beta": [1.0, 3.0, 5.5, 8.0]}
-    assert TipAdapterF.drop_last is False and TipAdapter.logit_params == ("alpha", "beta")
+    official_b, official_a = [b for b in beta if 0.1 <= b < 13], [a for a in alpha if 0.1 <= a < 13]
+    assert (len(official_b), len(official_a), official_b[0], alpha[0]) == (200, 20, 0.1, 0.1)
+    assert official_b[100] == pytest.approx(6.55) and alpha[2] == pytest.approx(1.39)  # the official DTD choice
+    # ... then quarter decades from 13 (a weak zero-shot classifier wants the cache weighted far more), and beta
+    # below 0.1 down to 0.01
+    assert alpha[20:] == pytest.approx([13 * 10 ** (k / 4) for k in range(len(alpha) - 20)], rel=1e-4)
+    assert beta[204:] == pytest.approx([13 * 10 ** (k / 4) for k in range(len(beta) - 204)], rel=1e-4)
+    assert beta[:4] == pytest.approx([0.01, 0.0178, 0.0316, 0.0562], rel=1e-3) and len(beta) == 207
+    assert (max(alpha), max(beta)) == pytest.approx((13000.0, 41.11)) and alpha == sorted(alpha) and beta == sorted(beta)
+    # Tip-Adapter-F fine-tunes once and searches the same grid; its loader keeps the last partial batch
+    assert TipAdapterF.default_grid == TipAdapter.default_grid
+    assert TipAdapterF.drop_last is False and TipAdapter.logit_params == TipAdapterF.logit_params == ("alpha", "beta")
 
 
 def test_tip_adapter_f_keeps_the_last_partial_batch():
@@ -131,6 +139,37 @@ def test_rescoring_a_fit_equals_refitting():
     assert torch.equal(sel.model.logits(val_f), fresh.logits(val_f))
 
 
+def test_tip_adapter_f_fine_tunes_once_at_the_initial_values(data):
+    """The official procedure: keys fine-tuned at (init_alpha, init_beta); alpha, beta only rescore the keys."""
+    feats, labels, views, text = data
+    a = TipAdapterF(TipAdapterFConfig(epochs=3, alpha=0.3, beta=9.0)).fit(feats, labels, text=text, views=views)
+    b = TipAdapterF(TipAdapterFConfig(epochs=3, alpha=7.0, beta=2.0)).fit(feats, labels, text=text, views=views)
+    assert torch.equal(a.cache_keys_, b.cache_keys_)  # the search values do not touch the fine-tuning
+    c = TipAdapterF(TipAdapterFConfig(epochs=3, init_alpha=5.0)).fit(feats, labels, text=text, views=views)
+    assert not torch.allclose(a.cache_keys_, c.cache_keys_)  # the initial values do
+    # logits: the formula with the fine-tuned keys and the config's (alpha, beta)
+    x = torch.randn(6, feats.shape[1])
+    assert torch.allclose(a.logits(x), tip_logits(x, text.features, a.cache_keys_, a.cache_values_, 0.3, 9.0, 100.0),
+                          atol=1e-4)
+
+
+def test_tip_adapter_f_search_fits_once(data, monkeypatch):
+    """select() fine-tunes Tip-Adapter-F once for the whole (alpha, beta) grid; each candidate equals a fresh fit."""
+    feats, labels, views, text = data
+    val_f, val_l, _ = clustered(seed=0, noise=0.9)
+    calls = []
+    original = TipAdapterF._finetune
+    monkeypatch.setattr(TipAdapterF, "_finetune", lambda self, *a: calls.append(1) or original(self, *a))
+    grid = {"beta": [0.5, 3.0, 30.0], "alpha": [0.1, 2.0, 200.0]}
+    sel = select("tip_adapter_f", TipAdapterFConfig(epochs=2), grid, FeatureSplit(feats, labels, views),
+                 FeatureSplit(val_f, val_l), text)
+    assert len(calls) == 1 and len(sel.candidates) == 9
+    for cand in sel.candidates[::4]:
+        fresh = TipAdapterF(TipAdapterFConfig(epochs=2, alpha=cand["alpha"], beta=cand["beta"])).fit(
+            feats, labels, text=text, views=views)
+        assert cand["val_accuracy"] == float((fresh.predict(val_f) == val_l).float().mean())
+
+
 @pytest.mark.parametrize("name", ["tip_adapter", "tip_adapter_f"])
 def test_learns_generated_task_above_zero_shot(name):
     feats, labels, _ = clustered(per_class=12, noise=0.5, seed=3)
@@ -149,7 +188,8 @@ def test_grid_search_on_val(data):
     val_feats, val_labels, _ = clustered(seed=0, noise=0.7)
     sel = select("tip_adapter", TipAdapterConfig(), TipAdapter.default_grid, FeatureSplit(feats, labels, views),
                  FeatureSplit(val_feats, val_labels), text)
-    assert len(sel.candidates) == 200 * 20 and set(sel.chosen) == {"alpha", "beta"}
+    grid = TipAdapter.default_grid
+    assert len(sel.candidates) == len(grid["beta"]) * len(grid["alpha"]) and set(sel.chosen) == {"alpha", "beta"}
     assert sel.val_accuracy == max(c["val_accuracy"] for c in sel.candidates)
 
 
@@ -169,6 +209,8 @@ def test_save_load_finetuned_keys(data, tmp_path):
                                       r"Got -1.0 instead."),
     (TipAdapterConfig, "beta", -0.5, r"'beta' parameter of TipAdapterConfig"),
     (TipAdapterFConfig, "alpha", -1.0, r"'alpha' parameter of TipAdapterFConfig"),
+    (TipAdapterFConfig, "init_alpha", -1.0, r"'init_alpha' parameter of TipAdapterFConfig"),
+    (TipAdapterFConfig, "init_beta", -1.0, r"'init_beta' parameter of TipAdapterFConfig"),
     (TipAdapterFConfig, "epochs", 0, r"'epochs' parameter of TipAdapterFConfig must be an int >= 1"),
 ])
 def test_config_constraints(cls, field, value, msg):

@@ -1,12 +1,12 @@
-"""Declarative value constraints, the one error message shape, the one "did you mean", and :class:`MethodConfig`.
+"""Declarative value constraints, the one error message shape, the one "did you mean", and the one config style.
 
-Method configs (and the experiment schema, :mod:`clip_adapter.experiment.schema`) declare what each field accepts
-instead of hand-coding checks, scikit-learn style::
+Every config (each method's, :class:`~clip_adapter.protocol.RunSpec`, the experiment schema in
+:mod:`clip_adapter.experiment.schema`) declares a field's default, doc and constraint together with
+:func:`setting`, instead of hand-coding checks::
 
     @dataclass(frozen=True)
     class ClipAdapterConfig(TrainingConfig):
-        alpha: float = 0.2
-        constraints = {"alpha": Interval(float, 0, 1)}
+        alpha: float = setting(0.2, "residual ratio of the image adapter", Interval(float, 0, 1))
 
 Every violation raises the same one-line ``ValueError``, e.g.
 ``The 'alpha' parameter of ClipAdapterConfig must be a float in [0, 1]. Got 1.5 instead.``
@@ -19,11 +19,12 @@ import json
 import math
 import reprlib
 import warnings
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterable, Mapping
 
 __all__ = ["Constraint", "Interval", "Options", "Bool", "Text", "NoneOr", "IntList", "Predicate", "closest", "suggest",
-           "unknown_key", "invalid_value", "check_keys", "invalid_examples", "MethodConfig", "brief", "HP_SELECTION"]
+           "unknown_key", "invalid_value", "check_keys", "invalid_examples", "setting", "Setting", "settings_of", "settings_table", "shown", "value_kind", "Config",
+           "MethodConfig", "brief", "HP_SELECTION"]
 
 # How hyper-parameters are chosen (RunSpec.hp_selection, `run --hp-selection`, the experiment's `hp_selection`):
 # on min(K, 4) val images per class, on the whole val split, or not at all (the config's values). Here, in a
@@ -244,41 +245,136 @@ def invalid_examples(constraint: Constraint) -> list[Any]:
     return [v for v in out if not constraint.ok(v)]
 
 
-# -- method configs ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MethodConfig:
-    """Base of every method config: a frozen dataclass validated on construction against ``constraints``.
+# -- settings: a field's default, doc and constraint in one place ------------------------------------------
+def setting(default: Any = dataclasses.MISSING, doc: str = "", check: Constraint | None = None, *,
+            factory: Callable[[], Any] | None = None, key: str | None = None, path: bool = False,
+            parse: Callable[..., Any] | None = None, shown: str | None = None, accepts: str | None = None) -> Any:
+    """A config field with its docs and its constraint (PEFT's ``field(metadata={"help": ...})``, sklearn's
+    ``_parameter_constraints``, in one place)::
 
-    Subclasses declare ``constraints = {"field": Constraint, ...}`` (merged with their parents'); the rare check that
-    spans fields goes in :meth:`validate`. Change a value with ``dataclasses.replace(cfg, alpha=0.6)`` (validates
-    again).
+        alpha: float = setting(0.2, "residual ratio of the image adapter", Interval(float, 0, 1))
+
+    ``check`` is what a value must be (checked by :class:`Config`'s ``__post_init__``, and by the experiment
+    schema when it reads a file). A subclass that only changes a default writes ``setting(300)``: ``doc`` and
+    ``check`` left out are its base's. The file-facing extras: ``key`` (the name in a file when it differs),
+    ``path`` (resolved against the file's folder), ``parse(value, where, ctx)`` (a parser for a structured value,
+    described by ``accepts``), ``shown`` (the default as the docs show it)."""
+    meta = {"doc": doc, "check": check, "key": key, "path": path, "parse": parse, "shown": shown, "accepts": accepts}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One field of a config as the docs, the command line and the checks see it (inherited parts resolved)."""
+
+    name: str
+    type: str           # the annotation as written: "float", "int | None"
+    default: Any        # dataclasses.MISSING when required; a default_factory's value otherwise
+    doc: str
+    check: Constraint | None
+    key: str | None = None
+    path: bool = False
+    parse: Callable[..., Any] | None = None
+    shown: str | None = None
+    accepts: str | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is dataclasses.MISSING
+
+
+def _meta(klass: type, name: str) -> Mapping[str, Any]:
+    f = klass.__dict__.get("__dataclass_fields__", {}).get(name)
+    return f.metadata if f is not None else {}
+
+
+_SETTINGS: dict[type, tuple[Setting, ...]] = {}
+
+
+def settings_of(cls: type) -> tuple[Setting, ...]:
+    """The :class:`Setting` of every field of the dataclass ``cls``, in field order; a ``doc`` or ``check`` a field
+    leaves out is taken from the nearest base class that declares it."""
+    if cls not in _SETTINGS:
+        out = []
+        for f in fields(cls):
+            found: dict[str, Any] = {}
+            for klass in cls.__mro__:
+                meta = _meta(klass, f.name)
+                for k in ("doc", "check"):
+                    if k not in found and meta.get(k):
+                        found[k] = meta[k]
+            meta = f.metadata
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            check = found.get("check")
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))  # no __future__
+            out.append(Setting(f.name, kind, default, found.get("doc", ""), check, key=meta.get("key"),
+                               path=bool(meta.get("path")), parse=meta.get("parse"), shown=meta.get("shown"),
+                               accepts=meta.get("accepts") or (check.describe() if check is not None else None)))
+        _SETTINGS[cls] = tuple(out)
+    return _SETTINGS[cls]
+
+
+def shown(value: Any) -> str:
+    """A default as the generated references show it: YAML's spelling (null, true, [1, 2])."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(list(value)) if isinstance(value, tuple) else str(value)
+
+
+def settings_table(rows: Iterable[Setting], *, head: str = "key", types: bool = False) -> list[str]:
+    """The markdown table of generated references (``docs/experiment-config.md``, ``docs/method-config.md``): one
+    row per setting with its name, [type,] default, what it accepts and what it means."""
+    def cell(text: Any) -> str:
+        return str(text).replace("|", "\\|")
+
+    cols = [head, *(["type"] if types else []), "default", "accepts", "meaning"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for x in rows:
+        default = x.shown or ("required" if x.required else shown(x.default))
+        kind = [f"`{cell(x.type)}`"] if types else []
+        out.append("| " + " | ".join([f"`{x.key or x.name}`", *kind, cell(default), cell(x.accepts or "any"),
+                                      cell(x.doc)]) + " |")
+    return out
+
+
+class Config:
+    """Base of every validated config (each method's config, :class:`~clip_adapter.protocol.RunSpec`): a dataclass
+    whose fields are made by :func:`setting`.
+
+    Construction checks every field against its ``check`` (one line: ``The 'alpha' parameter of ClipAdapterConfig
+    must be a float in [0, 1]. Got 1.5 instead.``), then :meth:`validate` (the rare check spanning fields).
+    :meth:`replace` changes values through the same checks; an unknown name is an error with the closest field.
     """
 
-    seed: int = 1  # seeds weight init and batch order of trained methods
-
-    # numpy/scikit-learn seeds are 0..2**32-1
-    constraints: ClassVar[dict[str, Constraint]] = {"seed": Interval(int, 0, 2**32 - 1)}
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "constraints" in cls.__dict__:   # the old style would be silently ignored: say what to write instead
+            raise TypeError(f"{cls.__name__}: a 'constraints' dict is no longer read; declare each field as "
+                            f"name: type = setting(default, doc, constraint) (clip_adapter.config.setting).")
 
     def __post_init__(self) -> None:
-        for name, constraint in self.all_constraints().items():
-            value = getattr(self, name)
-            if not constraint.ok(value):
-                raise invalid_value(name, value, constraint.describe(), owner=type(self).__name__)
+        for s in self.settings():
+            value = getattr(self, s.name)
+            if s.check is not None and not s.check.ok(value):
+                raise invalid_value(s.name, value, s.accepts, owner=type(self).__name__)
         self.validate()
-
-    @classmethod
-    def all_constraints(cls) -> dict[str, Constraint]:
-        """The constraints of this class and its bases (a subclass's entry wins)."""
-        out: dict[str, Constraint] = {}
-        for klass in reversed(cls.__mro__):
-            out.update(klass.__dict__.get("constraints", {}))
-        return out
 
     def validate(self) -> None:
         """Checks that span several fields; raise :func:`invalid_value`. Nothing by default."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    @classmethod
+    def settings(cls) -> tuple[Setting, ...]:
+        """Every field with its default, doc and constraint (:func:`settings_of`)."""
+        return settings_of(cls)
+
+    @classmethod
+    def all_constraints(cls) -> dict[str, Constraint]:
+        """field -> constraint, for the fields that have one (the common tests make invalid values from these)."""
+        return {s.name: s.check for s in cls.settings() if s.check is not None}
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -290,6 +386,29 @@ class MethodConfig:
         for k in names:
             if k not in cls.field_names():
                 raise unknown_key(f"{cls.__name__} {what}", k, cls.field_names(), where)
+
+    def replace(self, **changes: Any):
+        """A copy with ``changes``, validated as a new config is (``dataclasses.replace`` plus the "did you mean"
+        of an unknown name)."""
+        self.check_field_names(changes)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# -- method configs ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MethodConfig(Config):
+    """Base of every method config: a frozen dataclass of :func:`setting` fields, validated on construction.
+
+    A method declares its fields as ``alpha: float = setting(0.2, "what it means", Interval(float, 0, 1))``; the
+    rare check that spans fields goes in :meth:`validate`. Change a value with ``cfg.replace(alpha=0.6)`` (validated
+    again). ``docs/method-config.md`` is generated from these declarations.
+    """
+
+    # numpy/scikit-learn seeds are 0..2**32-1
+    seed: int = setting(1, "seeds weight init and batch order of trained methods", Interval(int, 0, 2**32 - 1))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "MethodConfig":
@@ -304,34 +423,45 @@ class MethodConfig:
     def parse_overrides(cls, pairs: list[str]) -> dict[str, Any]:
         """``["alpha=0.6", "epochs=50"]`` -> typed dict; an unknown key is an error with a suggestion."""
         out: dict[str, Any] = {}
-        defaults = {f.name: f.default for f in fields(cls)}
+        types = {x.name: x.type for x in cls.settings()}
         for pair in pairs:
             if "=" not in pair:
                 raise ValueError(f"Override {pair!r} must look like key=value.")
             k, v = pair.split("=", 1)
             k = k.strip().replace("-", "_")
             cls.check_field_names([k])
-            out[k] = _coerce(k, v.strip(), defaults[k])
+            out[k] = _coerce(k, v.strip(), types[k])
         return out
 
 
-def _coerce(key: str, v: str, like: Any) -> Any:
-    """The string of a ``key=value`` override as the type of the field's default."""
-    if isinstance(like, bool):
+def value_kind(type_text: str) -> tuple[str | None, bool]:
+    """``"int | None"`` -> ``("int", True)``: the one kind of a field's values among int, float, bool and str (None
+    for anything else) and whether it may be None."""
+    parts = [t.strip() for t in type_text.split("|")]
+    kinds = [t for t in parts if t != "None"]
+    return (kinds[0] if len(kinds) == 1 and kinds[0] in ("int", "float", "bool", "str") else None), "None" in parts
+
+
+def _coerce(key: str, v: str, type_text: str) -> Any:
+    """The string of a ``key=value`` override as a value of the field's type (``none``/``null`` for None when the
+    field may be None; JSON for a type other than int, float, bool, str)."""
+    kind, optional = value_kind(type_text)
+    if optional and v.lower() in ("none", "null"):
+        return None
+    if kind == "bool":
         if v.lower() in ("1", "true", "yes"):
             return True
         if v.lower() in ("0", "false", "no"):
             return False
         raise ValueError(f"Override {key}={v!r}: expected true or false.")
     try:
-        if isinstance(like, int):
+        if kind == "int":
             return int(v)
-        if isinstance(like, float):
+        if kind == "float":
             return float(v)
     except ValueError:
-        raise ValueError(f"Override {key}={v!r}: expected {'an int' if isinstance(like, int) else 'a number'}.") \
-            from None
-    if like is None:
+        raise ValueError(f"Override {key}={v!r}: expected {'an int' if kind == 'int' else 'a number'}.") from None
+    if kind is None:
         try:
             return json.loads(v)
         except json.JSONDecodeError:

@@ -14,7 +14,6 @@ same record (:data:`~clip_adapter.protocol.OPTIONAL_FIELDS`).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -60,8 +59,8 @@ def base_to_new_split(dataset: Dataset, spec: RunSpec) -> tuple[Dataset, Dataset
     if not new_ds.classnames:
         raise ValueError(f"Dataset {dataset.name} has {len(base_ds.classnames)} class(es); base-to-new needs at "
                          f"least 2 (half of them are held out as new classes).")
-    base_spec = dataclasses.replace(spec, train_items=subsample_items(train, base_ids) if trains else None,
-                                    val_items=subsample_items(val, base_ids) if trains else None)
+    base_spec = spec.replace(train_items=subsample_items(train, base_ids) if trains else None,
+                             val_items=subsample_items(val, base_ids) if trains else None)
     return base_ds, new_ds, base_spec
 
 

@@ -36,7 +36,7 @@ from .encoder import EncoderOptions, ImageRunner, OnnxGraphCache, Resolved, reso
 __all__ = [
     "Backbone", "BackboneLoadError", "BackboneSpec", "load_backbone", "register_backbone", "list_backbones",
     "build_transforms", "weights_fingerprint", "check_backbone", "check_device", "normalise_pretrained",
-    "no_prompt_encoder",
+    "no_prompt_encoder", "saved_recipe",
     "OPEN_CLIP", "TRAIN_CROP_SCALE",
 ]
 
@@ -192,22 +192,28 @@ def check_backbone(trained_id: str | None, trained_dim: int, backbone: Any, wher
 class _Factory:
     build: Callable[..., Backbone]
     names: Callable[[], list[str]] | None   # a family (open_clip) lists the names it builds; None: just its own
+    saved: Callable[["BackboneSpec", str], "BackboneSpec"] | None = None   # see register_backbone(saved_recipe=)
 
 
 _REGISTRY: dict[str, _Factory] = {}
 
 
-def register_backbone(name: str, *, family_names: Callable[[], list[str]] | None = None):
+def register_backbone(name: str, *, family_names: Callable[[], list[str]] | None = None,
+                      saved_recipe: Callable[["BackboneSpec", str], "BackboneSpec"] | None = None):
     """Decorator: register a factory under ``name`` (an id prefix, like ``lite``).
 
     A plain factory is called as ``f(device=..., **options)``. With ``family_names`` it is a *family* that builds many
     named models: it is called as ``f(name, pretrained=, checkpoint=, device=, **options)`` for every name it lists
     (open_clip: a bare architecture name) and for ``"<family>:<name>"`` (``hf:PATH``).
+
+    ``saved_recipe(spec, where)`` is for a family whose ids do not say how to rebuild the backbone (``hf:``): it
+    checks the recipe a saved model carries (:attr:`BackboneSpec.source`) and returns the spec to load (its ``name``
+    set), or raises a one-line ``ValueError`` (``where`` names the file) when it may not be rebuilt.
     """
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"Backbone {name!r} is already registered.")
-        _REGISTRY[name] = _Factory(fn, family_names)
+        _REGISTRY[name] = _Factory(fn, family_names, saved_recipe)
         return fn
     return deco
 
@@ -227,6 +233,13 @@ def builds_by_name(family: str, name: str | None) -> bool:
     its family lists. A saved model's backbone is rebuilt only from such a recipe (never a path or hub repo)."""
     factory = _REGISTRY.get(family)
     return factory is not None and (factory.names is None or name in factory.names())
+
+
+def saved_recipe(spec: "BackboneSpec", where: str) -> "BackboneSpec | None":
+    """The family's check of a saved model's backbone recipe (see :func:`register_backbone`): the spec to load, a
+    one-line ``ValueError``, or ``None`` when the family has no such check."""
+    factory = _REGISTRY.get(spec.family)
+    return None if factory is None or factory.saved is None else factory.saved(spec, where)
 
 
 def load_backbone(name: str = "RN50", pretrained: str | None = "openai", checkpoint: str | None = None,
@@ -319,6 +332,9 @@ class BackboneSpec:
             can be rebuilt.
         checkpoint, device, options: the recipe's local checkpoint file, device and factory options
             (:meth:`of` / :meth:`build`; the experiment config's ``backbone`` and Ray workers use it).
+        source: where a family read its weights, saved so that a model can rebuild its backbone when the id does
+            not say how (``hf:``: ``{"path": <absolute folder>, "files_sha256": <digest of its other files>}``);
+            only that family's ``saved_recipe`` check decides whether it is opened.
     """
 
     family: str = OPEN_CLIP
@@ -333,6 +349,7 @@ class BackboneSpec:
     checkpoint: str | None = None              # a local checkpoint file (its digest goes in checkpoint_sha256)
     device: str = "cpu"                        # where the encoders run
     options: dict = field(default_factory=dict)   # factory keyword options (load_backbone's **options)
+    source: dict | None = None                 # where a family's weights were read (a local hf: folder)
 
     @classmethod
     def of(cls, name: str = "RN50", pretrained: str | None = "openai", checkpoint: str | None = None,
@@ -395,6 +412,8 @@ class BackboneSpec:
                                "checkpoint_sha256": self.checkpoint_sha256}
         if self.model_config:
             out["model_config"] = self.model_config
+        if self.source:
+            out["source"] = self.source
         return out
 
     @classmethod
@@ -404,7 +423,8 @@ class BackboneSpec:
         sha = d.get("checkpoint_sha256")
         if sha and spec.checkpoint_sha256 and str(sha).startswith(spec.checkpoint_sha256):
             spec = replace(spec, checkpoint_sha256=str(sha))
-        return replace(spec, model_config=d.get("model_config") or None)
+        source = d.get("source") if isinstance(d.get("source"), dict) else None
+        return replace(spec, model_config=d.get("model_config") or None, source=source)
 
     def with_checkpoint_digest(self, sha256: str | None) -> "BackboneSpec":
         """This spec with the full sha256 of its checkpoint, when ``sha256`` extends the id's 16 digits."""
@@ -417,11 +437,13 @@ class BackboneSpec:
         """Rebuild the backbone; a checkpoint-trained one needs that ``checkpoint`` (its sha256 is checked)."""
         if not self.name:
             raise ValueError(f"{where} does not say how to rebuild its backbone {self.id!r}; load that backbone "
-                             f"yourself and pass it: AdaptedClassifier.from_pretrained(dir, backbone=bb).")
+                             f"yourself and pass it: --backbone NAME on the command line, "
+                             f"AdaptedClassifier.from_pretrained(dir, backbone=bb) in Python.")
         self._check_checkpoint(checkpoint, where)
         if self.random_init:
             raise ValueError(f"{where} was trained on a randomly initialised backbone ({self.id}); a rebuilt one has "
-                             f"other random weights. Pass the original: from_pretrained(dir, backbone=bb).")
+                             f"other random weights. Pass the original: --backbone NAME on the command line "
+                             f"(checked by its weights' fingerprint), from_pretrained(dir, backbone=bb) in Python.")
         if self.family == OPEN_CLIP and self.model_config and self.name not in list_backbones():
             # An architecture JSON not registered here: rebuild it from the copy saved with the model.
             with tempfile.TemporaryDirectory() as tmp:

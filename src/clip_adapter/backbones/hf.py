@@ -10,12 +10,18 @@ and the image preprocessing (size, mean, std) come from the same folder (``AutoT
 
 Ids: ``hf:<folder name>/sha256:<16 hex>`` for a folder (the digest of its weights files: other weights under the
 same folder name get another id, so cached features are never mixed up), ``hf:<hub id>@<revision>`` for a hub id.
+
+A model saved with a folder's backbone records the folder's absolute path and a digest of its other files
+(:attr:`BackboneSpec.source`); loading it without ``backbone=`` rebuilds the backbone from that folder only when it
+still exists, holds safetensors weights and both digests still match (:func:`check_saved_folder`). A hub id, or a
+folder that moved or changed, is never opened from a saved model: a one-line error says to pass ``backbone=``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -24,12 +30,15 @@ import torch
 from ..io import file_digest
 from .base import Backbone, BackboneLoadError, BackboneSpec, build_transforms, register_backbone
 
-__all__ = ["HF", "HFBackbone", "load_hf", "register_model_type", "model_types"]
+__all__ = ["HF", "HFBackbone", "load_hf", "register_model_type", "model_types", "check_saved_folder"]
 
 log = logging.getLogger(__name__)
 
 HF = "hf"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+# The files besides the weights that loading reads (config, tokenizer, image processor): their digest is saved too.
+SETTINGS_SUFFIXES = (".json", ".txt", ".model")
 _MODEL_TYPES: dict[str, type["HFBackbone"]] = {}
 
 
@@ -69,7 +78,7 @@ class HFBackbone(Backbone):
         self.test_transform, self.train_transform = build_transforms(size, mean, std, resize=resize)
         with torch.no_grad():  # the width of the projected features, whatever the config calls it
             self.embed_dim = int(self.encode_images(torch.zeros(1, 3, size, size)).shape[1])
-        self._spec = BackboneSpec(family=HF, name=HF, variant=spec.variant, embed_dim=self.embed_dim)
+        self._spec = replace(spec, embed_dim=self.embed_dim)
         self.id = self._spec.id
 
     @property
@@ -111,6 +120,13 @@ class HFBackbone(Backbone):
         tokens = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
         return self._pooled(self.model.get_text_features(**tokens)).float().cpu()
 
+    def prompt_encoder(self, classnames: Sequence[str], n_ctx: int = 16, init: str | None = None,
+                       who: str = "CoOp"):
+        """The model's ``get_text_features`` on prompt token embeddings
+        (:class:`~.prompt_encoder.HFPromptEncoder`)."""
+        from .prompt_encoder import HFPromptEncoder
+        return HFPromptEncoder(self, classnames, n_ctx=n_ctx, init=init)
+
     def describe(self) -> dict[str, Any]:
         return {"hf_model_type": self.model.config.model_type, "logit_bias": self.logit_bias}
 
@@ -130,6 +146,50 @@ def _folder_id(folder: Path) -> str:
     return f"{folder.name}/sha256:{h.hexdigest()[:16]}"
 
 
+def _settings_digest(folder: Path) -> str:
+    """sha256 of the folder's top-level config, tokenizer and processor files (names and contents)."""
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and f.suffix in SETTINGS_SUFFIXES and not f.name.startswith("."):
+            h.update(f"{f.name}:{file_digest(f)}\n".encode())
+    return h.hexdigest()
+
+
+def check_saved_folder(spec: BackboneSpec, where: str) -> BackboneSpec:
+    """The recipe of a saved model's ``hf:`` backbone, rebuilt only from the local folder recorded at save time:
+    an absolute path to a folder that still exists, holds safetensors weights (nothing unpickled) whose digest is the
+    id's, and whose config, tokenizer and processor files are unchanged. Returns the spec to load; otherwise a
+    one-line ``ValueError`` saying to pass the backbone. A hub id is never opened from a saved model."""
+    hint = ("load that backbone yourself and pass it: --backbone hf:PATH on the command line, "
+            "AdaptedClassifier.from_pretrained(dir, backbone=load_backbone('hf:PATH')) in Python")
+    source = spec.source if isinstance(spec.source, dict) else {}
+    path, files = source.get("path"), source.get("files_sha256")
+    if "/sha256:" not in spec.variant:
+        raise ValueError(f"{where}: backbone {spec.id!r:.100} is a Hugging Face hub model; a saved model never opens "
+                         f"a hub repo; {hint}.")
+    if not isinstance(path, str) or not Path(path).is_absolute() or not isinstance(files, str):
+        raise ValueError(f"{where}: backbone {spec.id!r:.100} records no local folder to rebuild it from (an absolute "
+                         f"path and its files' digest; got {path!r:.100}); {hint}.")
+    folder, shown = Path(path), repr(path)[:160]   # the path comes from the file: quoted, one line
+    if not folder.is_dir():
+        raise ValueError(f"{where}: the folder {shown} of backbone {spec.id!r:.100} no longer exists; {hint}.")
+    if not any((folder / f).is_file() for f in SAFE_WEIGHT_FILES):
+        raise ValueError(f"{where}: the folder {shown} holds no safetensors weights ({' or '.join(SAFE_WEIGHT_FILES)}"
+                         f"); a saved model never unpickles a backbone; {hint}.")
+    try:
+        actual = _folder_id(folder)
+    except (OSError, ValueError, BackboneLoadError) as e:  # a shard listed in the index is missing or unreadable
+        raise ValueError(f"{where}: the weights in {shown} cannot be read ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0]:.120}); {hint}.") from None
+    if actual != spec.variant:
+        raise ValueError(f"{where}: the weights in {shown} are not the ones the model was saved with (hf:{actual}, "
+                         f"saved {spec.id!r:.100}); {hint}.")
+    if _settings_digest(folder) != files:
+        raise ValueError(f"{where}: the config, tokenizer or processor files in {shown} changed since the model was "
+                         f"saved; {hint}.")
+    return replace(spec, name=f"{HF}:{folder}")
+
+
 def _read_processor(source: str, local: bool) -> dict[str, Any]:
     if local:
         path = Path(source) / "preprocessor_config.json"
@@ -142,7 +202,7 @@ def _read_processor(source: str, local: bool) -> dict[str, Any]:
         return {}
 
 
-@register_backbone(HF, family_names=lambda: [])
+@register_backbone(HF, family_names=lambda: [], saved_recipe=check_saved_folder)
 def load_hf(name: str, pretrained: str | None = None, checkpoint: str | None = None,
             device: str | torch.device = "cpu", **options: Any) -> HFBackbone:
     """``hf:<folder or hub id>``: a transformers model of a registered ``model_type`` (options go to its
@@ -174,6 +234,11 @@ def load_hf(name: str, pretrained: str | None = None, checkpoint: str | None = N
     model = getattr(transformers, cls.model_class).from_pretrained(source, **options)
     tokenizer = transformers.AutoTokenizer.from_pretrained(source, **{k: v for k, v in options.items()
                                                                       if k == "revision"})
-    variant = _folder_id(folder.resolve()) if local else f"{name}@{getattr(config, '_commit_hash', None) or 'main'}"
-    return cls(model, tokenizer, BackboneSpec(family=HF, name=HF, variant=variant), _read_processor(source, local),
-               device=device)
+    if local:
+        folder = folder.resolve()
+        spec = BackboneSpec(family=HF, name=f"{HF}:{folder}", variant=_folder_id(folder),
+                            source={"path": str(folder), "files_sha256": _settings_digest(folder)})
+    else:
+        spec = BackboneSpec(family=HF, name=f"{HF}:{name}",
+                            variant=f"{name}@{getattr(config, '_commit_hash', None) or 'main'}")
+    return cls(model, tokenizer, spec, _read_processor(source, local), device=device)

@@ -3,11 +3,15 @@ methods (CoOp) train through without knowing the backbone's internals.
 
 :meth:`Backbone.prompt_encoder(classnames, n_ctx, init) <clip_adapter.backbones.base.Backbone.prompt_encoder>` returns
 a :class:`ContextPromptEncoder`: prompts ``[start] ctx_1..ctx_M <class name>. [end]`` whose context slice is an
-argument, giving the raw class text features (differentiable in the context). Two kinds exist:
+argument, giving the raw class text features (differentiable in the context). Three kinds exist:
 
 * :class:`PromptEncoder`: open_clip's ``encode_text`` replayed on token embeddings (``OpenClipBackbone``);
 * :class:`LitePromptEncoder`: MiniLM on token embeddings, mean-pooled, normalised and mapped by the lite backbone's
-  alignment map (``LiteBackbone``): the same function ``encode_texts`` computes from strings.
+  alignment map (``LiteBackbone``): the same function ``encode_texts`` computes from strings;
+* :class:`HFPromptEncoder`: a ``transformers`` ``CLIPModel`` / ``SiglipModel``'s own ``get_text_features`` with the
+  token embeddings swapped for the prompt's (``HFBackbone``): positions, encoder, final layer norm and the family's
+  pooling (CLIP: the end-of-text token, then ``text_projection``; SigLIP: the last position, then its ``head``) are
+  the model's own code.
 """
 from __future__ import annotations
 
@@ -18,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ContextPromptEncoder", "PromptEncoder", "LitePromptEncoder", "text_tower", "encode_token_embeddings",
-           "PLACEHOLDER"]
+__all__ = ["ContextPromptEncoder", "PromptEncoder", "LitePromptEncoder", "HFPromptEncoder", "text_tower",
+           "encode_token_embeddings", "PLACEHOLDER"]
 
 PLACEHOLDER = "X"  # CoOp's stand-in word for a context token; its embedding is replaced by the learned vector
 
@@ -220,6 +224,67 @@ class LitePromptEncoder(ContextPromptEncoder):
         m = self.mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)  # sentence-transformers' mean pooling
         return self.alignment(F.normalize(pooled.float(), dim=-1).cpu()).to(x.device)
+
+
+class HFPromptEncoder(ContextPromptEncoder):
+    """CoOp's prompt encoder for the Hugging Face backbones (``transformers`` ``CLIPModel``, ``SiglipModel``).
+
+    The prompts ``"<context> <class name>."`` are tokenized exactly as the backbone's ``encode_texts`` does (its
+    ``tokenize``: CLIP pads to the longest prompt with an attention mask, SigLIP to the full length without one). To
+    encode, the model's own ``get_text_features`` runs on those token ids while a forward hook on the text tower's
+    ``token_embedding`` returns the assembled embeddings (start tokens, learned context, class name onwards) in place
+    of the looked-up ones; the rest (positional embeddings, encoder with the family's mask, final layer norm,
+    pooling and projection) is the model's code, so a context equal to a phrase's embeddings gives that phrase's
+    ``encode_texts`` features, and a new ``transformers`` release cannot make the two drift apart.
+    """
+
+    def __init__(self, backbone, classnames: Sequence[str], n_ctx: int = 16, init: str | None = None):
+        self.model, tokenizer = backbone.model, backbone.tokenizer
+        embeddings = getattr(getattr(self.model, "text_model", None), "embeddings", None)
+        self.token_embedding = getattr(embeddings, "token_embedding", None)
+        if not isinstance(self.token_embedding, nn.Embedding):
+            raise ValueError(f"CoOp expects the text tower of {backbone.id!r} at text_model.embeddings."
+                             f"token_embedding (transformers CLIPModel / SiglipModel); "
+                             f"{type(self.model).__name__} has none.")
+        self.classnames = [c.replace("_", " ") for c in classnames]
+        prefix = init.replace("_", " ").strip() if init is not None else " ".join([PLACEHOLDER] * n_ctx)
+        ctx_ids = list(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+        self.n_ctx = len(ctx_ids)
+        prompts = [f"{prefix} {name}." for name in self.classnames]
+        longest = max(len(ids) for ids in tokenizer(prompts)["input_ids"])  # not truncated: is anything cut?
+        if longest > backbone.context_length:
+            raise ValueError(f"A prompt of {self.n_ctx} context tokens plus a class name does not fit the text "
+                             f"encoder's {backbone.context_length} tokens; use fewer context tokens (n_ctx).")
+        device = self.token_embedding.weight.device
+        self.inputs = {k: v.to(device) for k, v in backbone.tokenize(prompts).items()}
+        ids = self.inputs["input_ids"]
+        start = _find(ids[0].tolist(), ctx_ids)  # after the start token (CLIP), or at 0 (SigLIP has none)
+        if start is None or not (ids[:, start:start + self.n_ctx].cpu() == torch.tensor(ctx_ids)).all():
+            raise ValueError("The tokenizer did not keep the context tokens apart from the class names; "
+                             f"prompt {prompts[0]!r} tokenized as {ids[0, :self.n_ctx + 3].tolist()}.")
+        with torch.no_grad():
+            emb = self.token_embedding(ids)
+            self.token_prefix = emb[:, :start].clone()                          # start token(s), maybe none
+            self.token_suffix = emb[:, start + self.n_ctx:].clone()             # class name, ".", end, padding
+            self.init_embedding = emb[0, start:start + self.n_ctx].clone()
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[:2] != self.inputs["input_ids"].shape:
+            raise ValueError(f"Prompt embeddings of shape {tuple(x.shape)} do not match the prompts' tokens "
+                             f"{tuple(self.inputs['input_ids'].shape)}.")
+        handle = self.token_embedding.register_forward_hook(lambda _module, _args, _out: x)
+        try:
+            out = self.model.get_text_features(**self.inputs)
+        finally:
+            handle.remove()
+        # transformers >= 5 returns a model output whose pooler_output is the projected embedding; 4.x a tensor.
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _find(seq: list[int], part: list[int]) -> int | None:
+    """The first index where ``part`` occurs in ``seq``."""
+    n = len(part)
+    return next((i for i in range(len(seq) - n + 1) if n and seq[i:i + n] == part), None)
 
 
 def _word_ids(tokenizer, text: str) -> list[int]:

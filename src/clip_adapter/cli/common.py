@@ -10,8 +10,8 @@ if TYPE_CHECKING:   # torch-heavy: imported when a command runs, so --help and p
     from ..backbones import Backbone
     from ..features import FeatureCache
 
-__all__ = ["Parser", "add_backbone_args", "add_encoder_args", "add_data_args", "backbone_from_args",
-           "encoder_from_args", "cache_from_args", "parse_grid",
+__all__ = ["Parser", "add_backbone_args", "add_encoder_args", "add_model_backbone_arg", "add_data_args",
+           "backbone_from_args", "encoder_from_args", "cache_from_args", "parse_grid",
            "count", "seed", "int_list", "label", "parse_class_map"]
 
 
@@ -135,6 +135,14 @@ def encoder_from_args(args: argparse.Namespace) -> dict:
     """The encoder options of ``add_encoder_args`` as ``load_backbone`` / ``configure_encoder`` keywords."""
     return {"precision": getattr(args, "precision", "fp32"), "compile": bool(getattr(args, "compile", False)),
             "runtime": getattr(args, "runtime", "torch"), "gpu_decode": bool(getattr(args, "gpu_decode", False))}
+
+
+def add_model_backbone_arg(p: argparse.ArgumentParser) -> None:
+    """``--backbone NAME`` of the commands that load a saved model (predict, evaluate, export)."""
+    p.add_argument("--backbone", default=None, metavar="NAME",
+                   help="load this backbone instead of the one the model folder describes, e.g. hf:PATH when the "
+                        "Hugging Face folder it was trained on has moved (any name 'run --backbone' takes); its id "
+                        "must be the model's (default: rebuilt from the model folder).")
 
 
 def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:

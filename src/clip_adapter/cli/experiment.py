@@ -1,7 +1,6 @@
 """``clip-adapter experiment CONFIG.yaml``: a datasets x shots x seeds x methods grid, resumable."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -39,18 +38,16 @@ def register(sub) -> None:
 def cmd_experiment(args) -> int:
     from ..distributed import require_ray      # torch-heavy imports wait until the command runs
     from ..experiment import load_config, run_experiment
-    from ..experiment.schema import ExecutorEntry, RayEntry
     if args.lock_timeout is not None:  # read by every lock wait, here and in Ray workers
         os.environ[LOCK_TIMEOUT_ENV] = str(args.lock_timeout)
     config = load_config(args.config, output=args.output, cache_dir=args.cache_dir)
     if args.device:
-        config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, device=args.device))
+        config = config.replace(backbone={**config.to_raw()["backbone"], "device": args.device})
     if args.ray is not None:
         if args.shard:
             raise ValueError("--ray and --shard are two ways to share the work; give one.")
-        ray = config.executor.ray or RayEntry()
-        ray = dataclasses.replace(ray, address=None if args.ray == LOCAL else args.ray)
-        config = dataclasses.replace(config, executor=ExecutorEntry(ray=ray))
+        ray = config.to_raw().get("executor", {}).get("ray", {})
+        config = config.replace(executor={"ray": {**ray, "address": None if args.ray == LOCAL else args.ray}})
         require_ray()  # a one-line error now, not after loading the datasets
     try:
         result = run_experiment(config, progress=not args.no_progress, report=False if args.no_report else None,

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from ..datasets import load_dataset
 from ..io import atomic_path, write_json
-from .common import add_data_args, add_encoder_args, cache_from_args, count, encoder_from_args, parse_class_map
+from .common import (add_data_args, add_encoder_args, add_model_backbone_arg, cache_from_args, count,
+                     encoder_from_args, parse_class_map)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="the local backbone checkpoint the model was trained on (needed, and sha256-checked, when "
                         "it was trained on one).")
     p.add_argument("--device", default="cpu", help="torch device for the image encoder, e.g. cpu, cuda (default: cpu).")
+    add_model_backbone_arg(p)
     add_encoder_args(p)
 
 
@@ -58,10 +60,10 @@ def _cmd_predict_stream(args, fmt: str) -> int:
         ray = connect(None if args.ray == "local" else args.ray)
         check_shared_folder(ray, Path(args.model_dir), "model folder")
         counts = predict_on_ray(args.model_dir, paths, journal, device=args.device, checkpoint=args.checkpoint,
-                                actors=args.actors, **kw)
+                                backbone=args.backbone, actors=args.actors, **kw)
     else:
         model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint,
-                                                  batch_size=args.batch_size)
+                                                  backbone=args.backbone, batch_size=args.batch_size)
         model.backbone.configure_encoder(**encoder_from_args(args))
         kw["top_k"] = args.top_k or min(5, len(model.classes_))
         counts = predict_to_jsonl(model, paths, journal, num_workers=args.workers,
@@ -89,7 +91,7 @@ def cmd_predict(args) -> int:
     if fmt == "parquet" or args.ray is not None:
         return _cmd_predict_stream(args, fmt)
     model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint,
-                                              batch_size=args.batch_size)
+                                              backbone=args.backbone, batch_size=args.batch_size)
     model.backbone.configure_encoder(**encoder_from_args(args))
     paths, bad_args = expand_images(args.images)
     for rec in bad_args:
@@ -167,7 +169,8 @@ def cmd_evaluate(args) -> int:
     from ..report import format_table
     _check_out(args.out)
     class_map = parse_class_map(args.class_map)
-    model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint)
+    model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint,
+                                              backbone=args.backbone)
     model.backbone.configure_encoder(**encoder_from_args(args))
     dataset = load_dataset(args.data, root=args.root, allow_outside_paths=args.allow_outside_paths)
     cache = cache_from_args(args, model.backbone)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 
@@ -13,9 +12,8 @@ from .common import (add_backbone_args, add_data_args, backbone_from_args, cache
 
 log = logging.getLogger(__name__)
 
-# Shortcut flags for CLIP-Adapter's fields: (flag, config key, args attribute).
-SHORTCUTS = (("--alpha", "alpha", "alpha"), ("--alpha-text", "alpha_text", "alpha_text"),
-             ("--adapter", "target", "adapter"), ("--epochs", "epochs", "epochs"))
+# Older spellings of method-config flags that keep working (config field -> extra flags).
+FLAG_ALIASES = {"target": ("--adapter",)}
 
 
 def register(sub) -> None:
@@ -35,12 +33,6 @@ def register(sub) -> None:
                    help="training images per class; several comma-separated (1,2,4,8,16) run one after another "
                         "(default: 16).")
     g.add_argument("--seed", type=seed, default=1, help="few-shot sampling and training seed (default: 1).")
-    g.add_argument("--alpha", type=float, default=None,
-                   help="CLIP-Adapter residual ratio of the image adapter; fixes it (default: searched on val).")
-    g.add_argument("--alpha-text", type=float, default=None, help="residual ratio of the text adapter.")
-    g.add_argument("--adapter", choices=["image", "text", "both"], default=None,
-                   help="where CLIP-Adapter's adapter sits (default: image).")
-    g.add_argument("--epochs", type=count(1), default=None, help="training epochs (CLIP-Adapter default: 200).")
     g.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any method config field, e.g. --set lr=1e-3 --set optimizer=adamw.")
     g.add_argument("--grid", action="append", metavar="KEY=V1,V2",
@@ -68,7 +60,65 @@ def register(sub) -> None:
                         "--overwrite).")
     g.add_argument("--overwrite", action="store_true",
                    help="let --save-model replace the model saved in DIR (never a folder with other files).")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, config_flags=_add_config_flags(p))
+
+
+_NONE = "none"   # what `--epochs none` parses to: unset flags are None, so an asked-for None needs its own mark
+
+
+def _maybe(kind):
+    """An argparse type for a field that may be None: 'none' or 'null' asks for None, anything else a ``kind``."""
+    def parse(text: str):
+        return _NONE if text.strip().lower() in ("none", "null") else kind(text)
+    parse.__name__ = kind.__name__   # argparse's message: "invalid int value: 'x'"
+    return parse
+
+
+def _flag_help(row: dict) -> str:
+    """Each method's doc of a field, methods with the same doc together: 'training epochs [clip_adapter, coop]'."""
+    by_doc: dict[str, list[str]] = {}
+    for method, doc in row["docs"].items():
+        by_doc.setdefault(doc, []).append(method)
+    text = "; ".join(f"{doc} [{', '.join(methods)}]" for doc, methods in by_doc.items())
+    return (text + (" ('none': None)" if row["optional"] else "")).replace("%", "%%")
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> tuple[tuple[str, str, str], ...]:
+    """One flag per method config field (``--alpha``, ``--lr``, ``--class-specific``), from the generated field
+    table (:mod:`.method_flags`, torch-free, so ``--help`` stays fast), after run's own options: a field whose flag
+    is one of them (``--seed``, ``--batch-size``) keeps run's meaning and is set with ``--set``. Returns
+    ``(field, flag, dest)`` of the flags added."""
+    from .method_flags import FIELDS
+    kinds = {"int": int, "float": float, "str": str}
+    rows = [(name, row, (f"--{name.replace('_', '-')}", *FLAG_ALIASES.get(name, ()))) for name, row in FIELDS.items()]
+    taken = [name for name, _, flags in rows if flags[0] in p._option_string_actions]
+    set_only = [n for n in taken if n not in ("seed", "device")]   # --seed, --device: run's own set these too
+    g = p.add_argument_group(
+        "method config", "Each flag fixes that field of --method's config (a method without it is an error; unset: "
+        "the method's default, or its grid searched on val). docs/method-config.md lists every method's fields; "
+        "--set KEY=VALUE sets any of them" + (f" ({', '.join(set_only)} only so: their flags are run's own)"
+                                               if set_only else "") + ".")
+    added = []
+    for name, row, flags in rows:
+        if name in taken:
+            continue
+        dest = f"config_{name}"
+        if row["kind"] == "bool":
+            g.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=None,
+                           help=_flag_help(row))
+        else:
+            kind = kinds[row["kind"]]
+            g.add_argument(*flags, dest=dest, default=None, type=_maybe(kind) if row["optional"] else kind,
+                           choices=row["choices"], metavar=None if row["choices"] else name.upper(),
+                           help=_flag_help(row))
+        added.append((name, flags[0], dest))
+    return tuple(added)
+
+
+def _given(args: argparse.Namespace) -> list[tuple[str, str, object]]:
+    """``(field, flag, value)`` of the method-config flags on the command line."""
+    return [(name, flag, None if getattr(args, dest) is _NONE else getattr(args, dest))
+            for name, flag, dest in args.config_flags if getattr(args, dest) is not None]
 
 
 def _overrides(args: argparse.Namespace, cls) -> dict:
@@ -76,10 +126,7 @@ def _overrides(args: argparse.Namespace, cls) -> dict:
     check_overrides(cls, [p.split("=", 1)[0].strip().replace("-", "_") for p in args.set or [] if "=" in p])
     overrides = cls.config_cls.parse_overrides(args.set or [])
     fields = cls.config_cls.field_names()
-    for flag, key, attr in SHORTCUTS:
-        value = getattr(args, attr)
-        if value is None:
-            continue
+    for key, flag, value in _given(args):
         if key not in fields:
             raise ValueError(f"{flag} does not apply to method {cls.name!r} (its config has no {key!r}).")
         overrides[key] = value
@@ -87,9 +134,10 @@ def _overrides(args: argparse.Namespace, cls) -> dict:
 
 
 def _check_flags(args: argparse.Namespace, auto: bool) -> None:
-    if auto and (args.set or args.grid or any(getattr(args, a) is not None for _, _, a in SHORTCUTS)):
-        raise ValueError("--method auto chooses each method's hyper-parameters on val itself; drop --set, --grid, "
-                         "--alpha, --alpha-text, --adapter and --epochs (or name one method).")
+    if auto and (args.set or args.grid or _given(args)):
+        given = ", ".join(["--set"] * bool(args.set) + ["--grid"] * bool(args.grid) + [f for _, f, _ in _given(args)])
+        raise ValueError(f"--method auto chooses each method's hyper-parameters on val itself; drop {given} (or name "
+                         f"one method).")
     if auto and args.base_to_new:
         raise ValueError("--base-to-new needs one named method (--method auto is not supported there).")
     if args.auto_budget is not None and not auto:
@@ -154,7 +202,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             tried = ", ".join(f"{c['method']} {c['val_accuracy']:.4f}" for c in record["auto"]["tried"])
             print(f"auto ({shots} shots): chose {record['method']} on validation accuracy ({tried})")
         elif args.base_to_new:
-            spec = dataclasses.replace(spec, variant=f"{cls.name}-base_to_new")
+            spec = spec.replace(variant=f"{cls.name}-base_to_new")
             record = run_base_to_new(dataset, backbone, spec, cache=cache, output=args.output,
                                      save_model=args.save_model, overwrite=args.overwrite)
             if record["unseen_classes"] != "transfer":

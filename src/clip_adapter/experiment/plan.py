@@ -76,7 +76,10 @@ class PlannedRun:
         spec = self.spec(config)
         out: dict[str, Any] = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)
                                if f.name not in NOT_IN_SETTINGS}
-        backbone = {k: v for k, v in dataclasses.asdict(config.backbone).items() if k not in NOT_IN_SETTINGS}
+        # `source` is a loaded backbone's record for saved models, never set in an experiment's recipe: left out so
+        # that results stored before the field existed stay current.
+        backbone = {k: v for k, v in dataclasses.asdict(config.backbone).items()
+                    if k not in NOT_IN_SETTINGS and k != "source"}
         out.update(ablation=self.ablation, backbone=backbone, dataset=self.data)
         if config.protocol != "few_shot":  # absent for the default, so few-shot results stay current
             out["protocol"] = config.protocol

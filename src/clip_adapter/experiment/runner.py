@@ -12,7 +12,6 @@ files at the start and end of every experiment, so it never holds duplicates.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -76,7 +75,7 @@ def resolve(config: ExperimentConfig | Mapping | str | Path, **overrides: Any) -
     if isinstance(config, Mapping):
         return parse_config({**config, **{k: v for k, v in overrides.items() if v is not None}})
     if overrides:
-        return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        return config.replace(**{k: v for k, v in overrides.items() if v is not None})
     return config
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import (Bool, Constraint, IntList, Interval, NoneOr, Options, Predicate, Text, brief, check_keys,
-                      invalid_value)
+from ..config import (Bool, IntList, Interval, NoneOr, Options, Predicate, Text, brief, check_keys, invalid_value,
+                      setting, settings_of, settings_table)
 from ..backbones.base import BackboneSpec, normalise_pretrained
 from ..backbones.encoder import DEFAULT_RUNTIME, ENCODER_KEYS, PRECISIONS, RUNTIMES
 from ..methods import get_method_class
@@ -35,26 +35,16 @@ DEFAULT_SEEDS = (1, 2, 3)
 PROTOCOLS = ("few_shot", "base_to_new")
 
 
+@dataclass(frozen=True)
 class _Ctx:
-    """What parsers need besides the value: the config's name in errors, the folder paths are relative to, the
-    data root of built-in names, and whether method names must be registered."""
+    """What parsers need besides the value, fixed before any key is parsed: the config's name in errors, the folder
+    paths are relative to, the top-level data root of built-in names (an explicit input of the datasets' parser),
+    and whether method names must be registered."""
 
-    def __init__(self, source: str, base: Path, check_registry: bool):
-        self.source, self.base, self.check_registry = source, base, check_registry
-        self.root: str | None = None
-
-
-def setting(default: Any = dataclasses.MISSING, doc: str = "", check: Constraint | None = None, *,
-            key: str | None = None, path: bool = False, parse: Callable[[Any, str, _Ctx], Any] | None = None,
-            factory: Callable[[], Any] | None = None, shown: str | None = None, accepts: str | None = None) -> Any:
-    """A config field: ``check`` (or ``parse(value, where, ctx)``, described by ``accepts``) validates the YAML value,
-    ``path`` resolves it against the config's folder, ``key`` is its YAML name when it differs, ``shown`` its default
-    in the docs."""
-    meta = {"doc": doc, "check": check, "key": key, "path": path, "parse": parse, "shown": shown,
-            "accepts": accepts or (check.describe() if check is not None else None)}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+    source: str
+    base: Path
+    check_registry: bool
+    root: str | None = None
 
 
 def _resolve_path(p: str, base: Path) -> str:
@@ -66,27 +56,32 @@ def _looks_like_path(s: str) -> bool:
     return "/" in s or "\\" in s or s.startswith((".", "~")) or s.lower().endswith(".csv")
 
 
+def _settings(cls) -> list:
+    """The file keys of ``cls`` (its :func:`setting` fields; plain fields such as ``source`` are not keys)."""
+    declared = {f.name for f in fields(cls) if f.metadata}
+    return [x for x in settings_of(cls) if x.name in declared]
+
+
 def _yaml_keys(cls) -> list[str]:
-    return [f.metadata.get("key") or f.name for f in fields(cls) if "doc" in f.metadata]
+    return [x.key or x.name for x in _settings(cls)]
 
 
 def _parse_fields(cls, raw: Mapping, where: str, ctx: _Ctx) -> dict[str, Any]:
     """Keyword arguments of ``cls`` from ``raw``: unknown keys, constraints, parsers and paths, one line per error."""
     check_keys(raw, _yaml_keys(cls), where)
     out: dict[str, Any] = {}
-    for f in fields(cls):
-        meta = f.metadata
-        name = meta.get("key") or f.name
-        if "doc" not in meta or name not in raw:
+    for x in _settings(cls):
+        name = x.key or x.name
+        if name not in raw:
             continue
         value = raw[name]
-        if meta["parse"] is not None:
-            value = meta["parse"](value, f"{where}.{name}" if where != ctx.source else f"{where}: {name!r}", ctx)
-        elif meta["check"] is not None and not meta["check"].ok(value):
-            raise invalid_value(name, value, meta["check"].describe(), where=where)
-        if meta["path"] and value:
+        if x.parse is not None:
+            value = x.parse(value, f"{where}.{name}" if where != ctx.source else f"{where}: {name!r}", ctx)
+        elif x.check is not None and not x.check.ok(value):
+            raise invalid_value(name, value, x.accepts, where=where)
+        if x.path and value:
             value = _resolve_path(value, ctx.base)
-        out[f.name] = value
+        out[x.name] = value
     return out
 
 
@@ -377,13 +372,6 @@ def _transfer(v: Any, where: str, ctx: _Ctx) -> TransferEntry | None:
     return TransferEntry(source=raw["source"], targets=targets)
 
 
-def _root(v: Any, where: str, ctx: _Ctx) -> str | None:
-    if not NoneOr(Text()).ok(v):
-        raise ValueError(f"{where} must be a string or null. Got {brief(v)} instead.")
-    ctx.root = v
-    return v
-
-
 # -- the experiment ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ExperimentConfig:
@@ -394,7 +382,7 @@ class ExperimentConfig:
 
     name: str = setting("", "the experiment's name", NoneOr(Text(no_slash=True)), shown="the config file's stem")
     root: str | None = setting(None, "default data root of built-in names ($CLIP_ADAPTER_DATA, else ~/data)",
-                               parse=_root, path=True, accepts="a string or null")
+                               NoneOr(Text(text="a string")), path=True)
     datasets: tuple[DatasetEntry, ...] = setting((), "paths (CoOp folder, class folders, CSV) or built-in names; "
                                                  "an entry may be {data, root, label}", parse=_datasets,
                                                  shown="required", accepts="a non-empty list")
@@ -426,6 +414,9 @@ class ExperimentConfig:
                                   NoneOr(Interval(int, 0)))
     threads: int | None = setting(None, "torch CPU threads (null: torch's default)", NoneOr(Interval(int, 1)))
     report: bool = setting(True, "write tables and figures at the end", Bool())
+    batch_seeds: bool = setting(False, "fit the runs that differ only by seed together, one stacked model where the "
+                                "method can (CLIP-Adapter; local executor); each record is the one its run gives "
+                                "alone", Bool())
     protocol: str = setting("few_shot", "'few_shot', or 'base_to_new' (CoCoOp: train on the base half of each "
                             "dataset's classes; records get base_accuracy, new_accuracy, harmonic_mean)",
                             Options(PROTOCOLS))
@@ -439,6 +430,12 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def replace(self, **keys: Any) -> "ExperimentConfig":
+        """A copy with top-level ``keys`` (YAML keys: ``output=``, ``backbone={...}``) changed, validated as a file
+        is (:func:`parse_config` of :meth:`to_raw` plus ``keys``): an unknown key gets the "did you mean", a relative
+        path resolves against the current directory."""
+        return parse_config({**self.to_raw(), **keys}, source=self.source, check_registry=False)
 
     def to_raw(self) -> dict[str, Any]:
         """This config in the YAML schema (paths resolved): ``parse_config(cfg.to_raw())`` gives it back."""
@@ -456,13 +453,14 @@ def _raw_backbone(spec: BackboneSpec) -> dict[str, Any]:
             for k in _yaml_keys(BackboneKeys)}
 
 
+_ROOT = next(x for x in settings_of(ExperimentConfig) if x.name == "root")
+
+
 def _raw(obj: Any) -> dict[str, Any]:
     """The YAML keys of a config dataclass with their values (tuples as lists, entries as mappings, no nulls)."""
     out: dict[str, Any] = {}
-    for f in fields(obj):
-        if "doc" not in f.metadata:
-            continue
-        value = getattr(obj, f.name)
+    for x in _settings(type(obj)):
+        value = getattr(obj, x.name)
         if isinstance(value, ExecutorEntry):
             value = {"ray": _raw(value.ray)} if value.ray is not None else None
         elif dataclasses.is_dataclass(value):
@@ -472,7 +470,7 @@ def _raw(obj: Any) -> dict[str, Any]:
         elif isinstance(value, dict):
             value = dict(value)
         if value is not None:
-            out[f.metadata.get("key") or f.name] = value
+            out[x.key or x.name] = value
     return out
 
 
@@ -489,7 +487,10 @@ def parse_config(raw: Mapping[str, Any], source: str = "config", base_dir: str |
     """
     if not isinstance(raw, Mapping):
         raise ValueError(f"{source}: expected a mapping of settings at the top level. Got {type(raw).__name__}.")
-    ctx = _Ctx(source, Path(base_dir) if base_dir is not None else Path.cwd(), check_registry)
+    root = raw.get("root")
+    if not _ROOT.check.ok(root):   # read first: the datasets' parser gets it (ctx.root), whatever the key order
+        raise invalid_value("root", root, _ROOT.accepts, where=source)
+    ctx = _Ctx(source, Path(base_dir) if base_dir is not None else Path.cwd(), check_registry, root)
     if "datasets" not in raw:
         raise ValueError(f"{source}: 'datasets' must be a non-empty list of paths or built-in names. Got None.")
     kw = _parse_fields(ExperimentConfig, raw, source, ctx)
@@ -623,22 +624,5 @@ def reference_markdown() -> str:
     for title, cls in (("Top level", ExperimentConfig), ("`datasets` entries", DatasetEntry),
                        ("`methods` entries (`label: {...}`)", MethodEntry), ("`backbone`", BackboneKeys),
                        ("`ablation`", AblationEntry), ("`transfer`", TransferEntry), ("`executor.ray`", RayEntry)):
-        out += [f"## {title}", "", "| key | default | accepts | meaning |", "|---|---|---|---|"]
-        for f in fields(cls):
-            meta = f.metadata
-            if "doc" not in meta:
-                continue
-            default = meta["shown"] or ("required" if f.default is dataclasses.MISSING and
-                                        f.default_factory is dataclasses.MISSING else _shown(f.default))
-            out.append(f"| `{meta['key'] or f.name}` | {default} | {meta['accepts']} | {meta['doc']} |")
-        out.append("")
+        out += [f"## {title}", "", *settings_table(_settings(cls)), ""]
     return "\n".join(out)
-
-
-def _shown(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return str(v).lower()
-    return str(list(v)) if isinstance(v, tuple) else str(v)
-

@@ -9,7 +9,7 @@ from .base import (CONFIG_NAME, WEIGHTS_NAME, FewShotMethod, NotFittedError, che
                    check_overrides, check_save_target, get_method, get_method_class, list_methods, read_saved_config, register_method)
 
 for _m in pkgutil.iter_modules(__path__):
-    if _m.name not in ("base", "common"):
+    if _m.name not in ("base", "common", "reference"):  # reference: the generated docs, imported when asked
         importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = ["FewShotMethod", "NotFittedError", "check_finite", "check_fitted", "check_overrides", "check_save_target", "get_method",

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Bool, Interval, Options
+from ..config import Bool, Interval, Options, setting
 from ..prompts import ClassText
 from ..training import TrainingConfig, can_stack, train_loop, train_stacked
 from .base import FewShotMethod, register_method
@@ -26,16 +26,14 @@ __all__ = ["ClipAdapterConfig", "ClipAdapter"]
 
 @dataclass(frozen=True)
 class ClipAdapterConfig(TrainingConfig):
-    alpha: float = 0.2          # residual ratio of the image adapter: alpha * A(f) + (1 - alpha) * f
-    alpha_text: float = 0.2     # residual ratio of the text adapter (target "text" or "both")
-    target: str = "image"       # where adapters sit: "image", "text" or "both"
-    reduction: int = 4          # hidden = dim // reduction
-    bias: bool = False
-    final_relu: bool = True
-
-    constraints = {"alpha": Interval(float, 0, 1), "alpha_text": Interval(float, 0, 1),
-                   "target": Options(("image", "text", "both")), "reduction": Interval(int, 1),
-                   "bias": Bool(), "final_relu": Bool()}
+    alpha: float = setting(0.2, "residual ratio of the image adapter: alpha * A(f) + (1 - alpha) * f",
+                           Interval(float, 0, 1))
+    alpha_text: float = setting(0.2, "residual ratio of the text adapter (target 'text' or 'both')",
+                                Interval(float, 0, 1))
+    target: str = setting("image", "where adapters sit: 'image', 'text' or 'both'", Options(("image", "text", "both")))
+    reduction: int = setting(4, "bottleneck: hidden = dim // reduction", Interval(int, 1))
+    bias: bool = setting(False, "the adapter's linear layers have biases", Bool())
+    final_relu: bool = setting(True, "a ReLU after the adapter's second layer (the paper's)", Bool())
 
 
 @register_method("clip_adapter")
@@ -71,7 +69,11 @@ class ClipAdapter(FewShotMethod):
         for a in self._adapters():
             a.to(self.config.device).train()
             params += list(a.parameters())
-        self.history_ = train_loop(params, self._logits, features, labels, self.config, views=views, drop_last=self.drop_last)
+        # The paper's placement (an image adapter, text fixed) trains through a hand-written step; others by autograd.
+        step = _ImageAdapterStep(self.image_adapter_, self.text_features_, self.config.alpha, self.logit_scale_) \
+            if self.text_adapter_ is None else None
+        self.history_ = train_loop(params, self._logits, features, labels, self.config, views=views,
+                                   drop_last=self.drop_last, step=step)
         for a in self._adapters():
             a.cpu().eval().requires_grad_(False)
         self.text_features_ = self.text_features_.cpu()
@@ -83,21 +85,46 @@ class ClipAdapter(FewShotMethod):
         """Fit every config as one vectorised model (:func:`~clip_adapter.training.train_stacked`): the adapters
         of all points stacked, one pass over the batches; each point equals its own :meth:`fit` (logits to float
         rounding). ``stack=False`` fits them one by one; points with different architectures or optimisation
-        settings are always fitted one by one. Stacked is the default: on the CPU 4 alphas cost 2.3x one fit
-        stacked vs 2.9x one by one (benchmarks/batched_search.py); off the CPU a step of these tiny models is
-        launch overhead, which stacking pays once instead of once per point."""
-        same_arch = len({(c.target, c.reduction, c.bias, c.final_relu) for c in configs}) == 1
-        if stack is False or not (same_arch and can_stack(configs)):
+        settings are always fitted one by one. Stacked is the default: it pays a step's fixed costs (Python,
+        dispatch, kernel launches) once for all points instead of once per point (benchmarks/batched_search.py)."""
+        if stack is False or not cls._can_stack(configs):
             return super().fit_many(configs, features, labels, text=text, views=views, backbone=backbone)
+        return cls._fit_stacked(configs, [features] * len(configs), [labels] * len(configs),
+                                [views] * len(configs), text, backbone, shared=True)
+
+    stacks_data = True
+
+    @classmethod
+    def fit_many_data(cls, configs: Sequence[ClipAdapterConfig], features: Sequence[torch.Tensor],
+                      labels: Sequence[torch.Tensor], *, text: ClassText, views: Sequence[torch.Tensor | None],
+                      backbone=None) -> list["ClipAdapter"]:
+        """Each config on its own data (an experiment's seeds) as one stacked model when the points can share an
+        optimiser and their data have one shape; each model equals its own :meth:`fit` on its data."""
+        shapes = {(tuple(f.shape), None if v is None else tuple(v.shape)) for f, v in zip(features, views)}
+        if len(shapes) != 1 or not cls._can_stack(configs):
+            return super().fit_many_data(configs, features, labels, text=text, views=views, backbone=backbone)
+        return cls._fit_stacked(configs, features, labels, views, text, backbone, shared=False)
+
+    @staticmethod
+    def _can_stack(configs: Sequence[ClipAdapterConfig]) -> bool:
+        same_arch = len({(c.target, c.reduction, c.bias, c.final_relu) for c in configs}) == 1
+        return same_arch and can_stack(configs)
+
+    @classmethod
+    def _fit_stacked(cls, configs, features, labels, views, text, backbone, shared: bool) -> list["ClipAdapter"]:
         models = [cls(c, backbone=backbone) for c in configs]
-        for m in models:            # what fit() does before _fit
-            m._start_fit(features, labels, text, views)
-            m.check_train_data(features, labels, views)
+        for m, f, y, v in zip(models, features, labels, views):     # what fit() does before _fit
+            m._start_fit(f, y, text, v)
+            m.check_train_data(f, y, v)
             m.text_features_ = text.features.float().clone()
-            m._build(features.shape[1])
-        features, views = features.float(), None if views is None else views.float()
+            m._build(f.shape[1])
+        if shared:      # one data set for every point
+            x, y, v = features[0].float(), labels[0], None if views[0] is None else views[0].float()
+        else:
+            x, y = torch.stack([f.float() for f in features]), torch.stack(list(labels))
+            v = None if views[0] is None else torch.stack([t.float() for t in views])
         stacked = _StackedClipAdapter(models)
-        histories = train_stacked(stacked, configs, features, labels, views=views, drop_last=cls.drop_last)
+        histories = train_stacked(stacked, configs, x, y, views=v, drop_last=cls.drop_last)
         stacked.write_back()
         for m, h in zip(models, histories):
             m.history_ = h
@@ -174,6 +201,8 @@ class _StackedClipAdapter(nn.Module):
         for name, vals in (("alpha", [m.config.alpha for m in models]),
                            ("alpha_text", [m.config.alpha_text for m in models])):
             self.register_buffer(name, torch.tensor([[a, 1 - a] for a in vals], dtype=torch.float32)[:, :, None, None])
+        # train_stacked's hand-written step (ManualStep): for the paper's placement, image side only.
+        self.step = self._image_step if self.image is not None and self.text is None else None
 
     @staticmethod
     def _blend(x: torch.Tensor, adapters: _StackedAdapters | None, ab: torch.Tensor) -> torch.Tensor:
@@ -188,3 +217,123 @@ class _StackedClipAdapter(nn.Module):
         for side in (self.image, self.text):
             if side is not None:
                 side.write_back()
+
+    @torch.no_grad()
+    def _image_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward`, the per-point mean cross-entropy and its backward by hand (:class:`_ImageAdapterStep`
+        stacked): writes the image adapters' ``.grad``, returns (per-point losses ``(P,)``, logits)."""
+        side = self.image
+        ws = [w.detach() for w in side.weights]
+        bs = [b.detach() for b in side.biases] if side.biases else [None, None]
+        acts = _adapter_fwd(x, ws, bs, side.final_relu, stacked=True)
+        img = self.alpha[:, 0] * acts[-1] + self.alpha[:, 1] * x
+        norm_text = F.normalize(self.text_features, dim=-1)
+        losses, logits, g_img = _cosine_ce_bwd(img, norm_text, self.scale, y, stacked=True)
+        grads = _adapter_bwd(g_img * self.alpha[:, 0], x, acts, ws, bs, side.final_relu, stacked=True)
+        for j, (g_w, g_b) in enumerate(grads):
+            side.weights[j].grad = g_w
+            if side.biases:
+                side.biases[j].grad = g_b
+        return losses, logits
+
+
+# -- hand-written training steps ---------------------------------------------------------------------------------
+# Autograd's bookkeeping costs as much as the maths for these small products on the CPU. The steps below run, with
+# autograd off, the very operations autograd runs for the modules above (the same kernels on the same operands, in
+# the same layouts), so the gradients are the same bits: tests/test_fastfit.py checks them against autograd.
+
+def _linear_fwd(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stacked: bool) -> torch.Tensor:
+    """``F.linear`` (weight ``(out, in)``), or the stacked adapters' ``bmm`` (weight ``(P, in, out)``)."""
+    if stacked:
+        return torch.baddbmm(b.unsqueeze(1), x, w) if b is not None else torch.bmm(x, w)
+    return torch.addmm(b, x, w.t()) if b is not None else torch.mm(x, w.t())
+
+
+def _linear_bwd(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stacked: bool,
+                need_input: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """(grad input, grad weight, grad bias) of :func:`_linear_fwd`, as autograd's mm/bmm/addmm backward."""
+    if stacked:
+        gx = torch.bmm(g, w.transpose(1, 2)) if need_input else None
+        return gx, torch.bmm(x.transpose(1, 2), g), g.sum(1, keepdim=True).squeeze(1) if b is not None else None
+    gx = torch.mm(g, w) if need_input else None
+    return gx, torch.mm(g.t(), x), g.sum(0) if b is not None else None
+
+
+def _adapter_fwd(x: torch.Tensor, ws: list, bs: list, final_relu: bool, stacked: bool) -> list[torch.Tensor]:
+    """The bottleneck MLP's activations: ``[relu(h1), a]`` (``a`` the adapter's output)."""
+    r1 = torch.relu(_linear_fwd(x, ws[0], bs[0], stacked))
+    h2 = _linear_fwd(r1, ws[1], bs[1], stacked)
+    return [r1, torch.relu(h2) if final_relu else h2]
+
+
+def _adapter_bwd(g: torch.Tensor, x: torch.Tensor, acts: list[torch.Tensor], ws: list, bs: list, final_relu: bool,
+                 stacked: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Per layer (grad weight, grad bias) of :func:`_adapter_fwd` given the output's grad ``g``."""
+    r1, a = acts
+    if final_relu:
+        g = torch.ops.aten.threshold_backward(g, a, 0)
+    g_r1, g_w2, g_b2 = _linear_bwd(g, r1, ws[1], bs[1], stacked, need_input=True)
+    g_h1 = torch.ops.aten.threshold_backward(g_r1, r1, 0)
+    _, g_w1, g_b1 = _linear_bwd(g_h1, x, ws[0], bs[0], stacked, need_input=False)
+    return [(g_w1, g_b1), (g_w2, g_b2)]
+
+
+def _cosine_ce_bwd(img: torch.Tensor, norm_text: torch.Tensor, scale: float, y: torch.Tensor,
+                   stacked: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss, logits and the loss's grad w.r.t. ``img`` of ``cross_entropy(scale * normalize(img) @ text.T, y)``
+    (stacked: the per-point losses ``(P,)``, each the mean over its batch, as ``train_stacked`` sums them)."""
+    norm = torch.linalg.vector_norm(img, 2, -1, keepdim=True)
+    denom = norm.clamp_min(1e-12).expand_as(img)
+    unit = img / denom
+    scaled = unit * scale
+    if stacked:
+        logits = torch.bmm(scaled, norm_text.mT)
+        P, B = y.shape
+        logp = torch.log_softmax(logits.flatten(0, 1), 1)
+        nll, total = torch.ops.aten.nll_loss_forward(logp, y.flatten(), None, 0, -100)
+        loss = nll.view(P, B).mean(1)
+        g_nll = (torch.ones(P, dtype=img.dtype, device=img.device).unsqueeze(1).expand(P, B) / B).reshape(-1)
+        g = torch.ops.aten.nll_loss_backward(g_nll, logp, y.flatten(), None, 0, -100, total)
+        g = torch._log_softmax_backward_data(g, logp, 1, logp.dtype).view_as(logits)
+        g_scaled = torch.bmm(g, norm_text)
+    else:
+        logits = torch.mm(scaled, norm_text.t())
+        logp = torch.log_softmax(logits, 1)
+        loss, total = torch.ops.aten.nll_loss_forward(logp, y, None, 1, -100)
+        g = torch.ops.aten.nll_loss_backward(torch.ones((), dtype=img.dtype, device=img.device), logp, y, None, 1,
+                                             -100, total)
+        g = torch._log_softmax_backward_data(g, logp, 1, logp.dtype)
+        g_scaled = torch.mm(g, norm_text)
+    g_unit = g_scaled * scale
+    # F.normalize's backward: through the division, then the clamped norm (autograd's formulas, term by term).
+    g_denom = (-g_unit * ((img / denom) / denom)).sum(-1, keepdim=True)
+    g_norm = torch.where(norm >= 1e-12, g_denom, torch.zeros((), dtype=img.dtype, device=img.device))
+    g_img = g_unit / denom + g_norm * (img / norm).masked_fill_(norm == 0, 0)
+    return loss, logits, g_img
+
+
+class _ImageAdapterStep:
+    """One training step of an image-side CLIP-Adapter (the text side fixed): forward, backward into each
+    parameter's ``.grad``; returns (loss, logits) for :func:`~clip_adapter.training.train_loop`."""
+
+    def __init__(self, adapter: Adapter, text_features: torch.Tensor, alpha: float, scale: float):
+        linears = [m for m in adapter.fc if isinstance(m, nn.Linear)]
+        self.ws = [lin.weight for lin in linears]
+        self.bs = [lin.bias for lin in linears]
+        self.final_relu = isinstance(adapter.fc[-1], nn.ReLU)
+        self.alpha, self.scale = alpha, scale
+        self.text_features = text_features
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ws, bs = [w.detach() for w in self.ws], [None if b is None else b.detach() for b in self.bs]
+        acts = _adapter_fwd(x, ws, bs, self.final_relu, stacked=False)
+        img = acts[-1] * self.alpha + x * (1 - self.alpha)          # blend(), as alpha * A(x) + (1 - alpha) * x
+        norm_text = F.normalize(self.text_features, dim=-1)
+        loss, logits, g_img = _cosine_ce_bwd(img, norm_text, self.scale, y, stacked=False)
+        grads = _adapter_bwd(g_img * self.alpha, x, acts, ws, bs, self.final_relu, stacked=False)
+        for w, b, (g_w, g_b) in zip(self.ws, self.bs, grads):
+            w.grad = g_w
+            if b is not None:
+                b.grad = g_b
+        return loss, logits

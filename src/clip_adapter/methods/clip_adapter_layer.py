@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..config import Bool, Interval, Options, Predicate
+from ..config import Bool, Interval, Options, Predicate, setting
 from ..layers import ViTTail, activation_shape, block_activations, num_blocks
 from ..prompts import ClassText
 from ..training import TrainingConfig, train_loop
@@ -33,17 +33,15 @@ PREDICT_CHUNK = 256  # images per tail forward in logits (bounds attention memor
 
 @dataclass(frozen=True)
 class ClipAdapterLayerConfig(TrainingConfig):
-    layer: int = -1          # insertion position k: after block k (1..L, or -1 = after the last = feature level)
-    alpha: float = 0.2       # residual ratio alpha * A(x) + (1 - alpha) * x
-    tokens: str = "cls"      # tokens the adapter blends (k < L): "cls" (class token) or "all"
-    reduction: int = 4       # hidden = width // reduction
-    bias: bool = False
-    final_relu: bool = True
-
-    constraints = {"layer": Predicate(lambda v: isinstance(v, int) and not isinstance(v, bool) and v != 0,
-                                      "a non-zero int (1..L, or negative from the end)"),
-                   "alpha": Interval(float, 0, 1), "tokens": Options(("cls", "all")), "reduction": Interval(int, 1),
-                   "bias": Bool(), "final_relu": Bool()}
+    layer: int = setting(-1, "insertion position k: after block k (1..L, or -1 = after the last = feature level)",
+                         Predicate(lambda v: isinstance(v, int) and not isinstance(v, bool) and v != 0,
+                                   "a non-zero int (1..L, or negative from the end)"))
+    alpha: float = setting(0.2, "residual ratio alpha * A(x) + (1 - alpha) * x", Interval(float, 0, 1))
+    tokens: str = setting("cls", "tokens the adapter blends (k < L): 'cls' (class token) or 'all'",
+                          Options(("cls", "all")))
+    reduction: int = setting(4, "bottleneck: hidden = width // reduction", Interval(int, 1))
+    bias: bool = setting(False, "the adapter's linear layers have biases", Bool())
+    final_relu: bool = setting(True, "a ReLU after the adapter's second layer (the paper's)", Bool())
 
 
 @register_method("clip_adapter_layer")

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Bool, Interval, MethodConfig, NoneOr, Options, Predicate
+from ..config import Bool, Interval, MethodConfig, NoneOr, Options, Predicate, setting
 from ..features import default_num_workers
 from ..imageset import ImageSet
 from ..prompts import ClassText
@@ -63,34 +63,31 @@ def _is_params(v: Any) -> bool:
 class ClipLoraConfig(MethodConfig):
     """CLIP-LoRA's settings; the defaults are the paper's (its ``run_utils.py``)."""
 
-    r: int = 2                    # LoRA rank
-    alpha: float = 1.0            # LoRA scaling alpha / sqrt(r) (rank-stabilised, as the authors' code)
-    dropout: float = 0.25         # dropout on the LoRA branch's input
-    params: str = "qkv"           # projections adapted in every block: letters of q, k, v, o (output)
-    encoder: str = "both"         # towers adapted: "both", "vision" or "text"
-    iters_per_shot: int = 500     # total iterations = iters_per_shot x shots (the paper's 500 x N)
-    iters: int | None = None      # a fixed total number of iterations instead (None: iters_per_shot x shots)
-    batch_size: int = 32
-    lr: float = 2e-4              # AdamW, cosine-annealed per iteration to min_lr
-    weight_decay: float = 1e-2
-    min_lr: float = 1e-6
-    min_crop: float = 0.08        # random resized crop scale (min_crop, 1), bicubic, + horizontal flip
-    template: str = "a photo of a {}."  # the one prompt trained and evaluated (the authors', every dataset)
-    amp: bool = True              # fp16 autocast + gradient scaling on CUDA, as the authors; ignored on the CPU
-    device: str = "cpu"
-    num_workers: int | None = None  # image loaders (None: a few on CUDA, none on the CPU); results do not change
-
-    constraints = {
-        "r": Interval(int, 1), "alpha": Interval(float, 0, closed="neither"),
-        "dropout": Interval(float, 0, 1, closed="left"),
-        "params": Predicate(_is_params, "a non-empty string of distinct letters among 'q', 'k', 'v', 'o'"),
-        "encoder": Options(("both", "vision", "text")), "iters_per_shot": Interval(int, 1),
-        "iters": NoneOr(Interval(int, 1)), "batch_size": Interval(int, 1),
-        "lr": Interval(float, 0, closed="neither"), "weight_decay": Interval(float, 0), "min_lr": Interval(float, 0),
-        "min_crop": Interval(float, 0, 1, closed="right"),
-        "template": Predicate(lambda v: isinstance(v, str) and v.count("{}") == 1, "a string with one '{}'"),
-        "amp": Bool(), "device": Predicate(_is_device, "a torch device such as 'cpu', 'cuda' or 'cuda:1'"),
-        "num_workers": NoneOr(Interval(int, 0))}
+    r: int = setting(2, "LoRA rank", Interval(int, 1))
+    alpha: float = setting(1.0, "LoRA scaling alpha / sqrt(r) (rank-stabilised, as the authors' code)",
+                           Interval(float, 0, closed="neither"))
+    dropout: float = setting(0.25, "dropout on the LoRA branch's input", Interval(float, 0, 1, closed="left"))
+    params: str = setting("qkv", "projections adapted in every block: letters of q, k, v, o (output)",
+                          Predicate(_is_params, "a non-empty string of distinct letters among 'q', 'k', 'v', 'o'"))
+    encoder: str = setting("both", "towers adapted: 'both', 'vision' or 'text'", Options(("both", "vision", "text")))
+    iters_per_shot: int = setting(500, "total iterations = iters_per_shot x shots (the paper's 500 x N)",
+                                  Interval(int, 1))
+    iters: int | None = setting(None, "a fixed total number of iterations instead (None: iters_per_shot x shots)",
+                                NoneOr(Interval(int, 1)))
+    batch_size: int = setting(32, "training images per iteration", Interval(int, 1))
+    lr: float = setting(2e-4, "AdamW learning rate, cosine-annealed per iteration to min_lr",
+                        Interval(float, 0, closed="neither"))
+    weight_decay: float = setting(1e-2, "AdamW weight decay", Interval(float, 0))
+    min_lr: float = setting(1e-6, "the cosine schedule's final learning rate", Interval(float, 0))
+    min_crop: float = setting(0.08, "random resized crop scale (min_crop, 1), bicubic, + horizontal flip",
+                              Interval(float, 0, 1, closed="right"))
+    template: str = setting("a photo of a {}.", "the one prompt trained and evaluated (the authors', every dataset)",
+                            Predicate(lambda v: isinstance(v, str) and v.count("{}") == 1, "a string with one '{}'"))
+    amp: bool = setting(True, "fp16 autocast + gradient scaling on CUDA, as the authors; ignored on the CPU", Bool())
+    device: str = setting("cpu", "torch device of training",
+                          Predicate(_is_device, "a torch device such as 'cpu', 'cuda' or 'cuda:1'"))
+    num_workers: int | None = setting(None, "image loaders (None: a few on CUDA, none on the CPU); results do not "
+                                      "change", NoneOr(Interval(int, 0)))
 
 
 # ------------------------------------------------------------------------------------------------ the model

@@ -9,8 +9,11 @@ prompt into a class text feature; only the context vectors are trained, with cro
 
 over cached image features (the image encoder never runs during training). The text encoder is the backbone's own
 prompt encoder (its ``prompt_encoder`` hook, :mod:`clip_adapter.backbones.prompt_encoder`): open_clip's
-``encode_text`` replayed on token *embeddings*, or for the offline ``lite`` backbone MiniLM on token embeddings,
-mean-pooled, normalised and mapped by the backbone's alignment map; CoOp never looks inside the backbone.
+``encode_text`` replayed on token *embeddings*; for the offline ``lite`` backbone MiniLM on token embeddings,
+mean-pooled, normalised and mapped by the backbone's alignment map; for Hugging Face ``CLIPModel`` / ``SiglipModel``
+the model's own ``get_text_features`` on the prompt's embeddings. CoOp never looks inside the backbone. With SigLIP
+the fitted model's logits add its logit bias (SigLIP's own sigmoid scores, as zero-shot's); the bias is the same for
+every class, so the cross-entropy training does not see it.
 
 Schedule (paper): SGD lr 2e-3, momentum 0.9, weight decay 5e-4, batch 32, cosine after one constant warm-up
 epoch at 1e-5; 50 epochs for 1 shot, 100 for 2-4 shots, 200 for 8-16 shots (``epochs=None`` picks these from
@@ -18,7 +21,6 @@ the number of training images per class).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import warnings
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from torch import nn
 from ..backbones.prompt_encoder import (PLACEHOLDER, ContextPromptEncoder, LitePromptEncoder,  # noqa: F401
                                         PromptEncoder, encode_token_embeddings, text_tower)
 from ..backbones.base import no_prompt_encoder
-from ..config import Bool, Interval, NoneOr, Predicate
+from ..config import Bool, Interval, NoneOr, Predicate, setting
 from ..prompts import ClassText
 from ..training import TrainingConfig, train_loop
 from .base import FewShotMethod, register_method
@@ -54,16 +56,17 @@ def epochs_for_shots(shots: int) -> int:
 
 @dataclass(frozen=True)
 class CoOpConfig(TrainingConfig):
-    epochs: int | None = None     # None: by shots per class as in the paper (1: 50, 2-4: 100, 8-16: 200)
-    n_ctx: int = 16               # M, number of learned context vectors (ignored with `init`: M = its token count)
-    init: str | None = None       # e.g. "a photo of a": start the context from this phrase's token embeddings
-    class_specific: bool = False  # CSC: one context per class (C x M x width) instead of one unified context
-    init_std: float = 0.02        # std of the random normal context init (without `init`)
-
-    constraints = {"epochs": NoneOr(Interval(int, 1), none="None (by shots per class)"), "n_ctx": Interval(int, 1),
-                   "init": Predicate(lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
-                                     "None or a non-empty phrase such as 'a photo of a'"),
-                   "class_specific": Bool(), "init_std": Interval(float, 0, closed="neither")}
+    epochs: int | None = setting(None, "training epochs; None: by shots per class as in the paper (1: 50, 2-4: 100, "
+                                 "8-16: 200)", NoneOr(Interval(int, 1), none="None (by shots per class)"))
+    n_ctx: int = setting(16, "M, number of learned context vectors (ignored with `init`: M = its token count)",
+                         Interval(int, 1))
+    init: str | None = setting(None, "e.g. 'a photo of a': start the context from this phrase's token embeddings",
+                               Predicate(lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
+                                         "None or a non-empty phrase such as 'a photo of a'"))
+    class_specific: bool = setting(False, "CSC: one context per class (C x M x width) instead of one unified context",
+                                   Bool())
+    init_std: float = setting(0.02, "std of the random normal context init (without `init`)",
+                              Interval(float, 0, closed="neither"))
 
 
 def prompt_encoder(backbone, classnames: Sequence[str], n_ctx: int = 16, init: str | None = None,
@@ -119,15 +122,18 @@ class CoOp(FewShotMethod):
             return cosine_logits(x, encoder(self.ctx_).float().to(x.device), scale)
 
         self.history_ = train_loop([self.ctx_], logits_fn, features, labels,
-                                   dataclasses.replace(c, epochs=self.epochs_), views=views, drop_last=self.drop_last)
+                                   c.replace(epochs=self.epochs_), views=views, drop_last=self.drop_last)
         with torch.no_grad():
             self.text_features_ = encoder(self.ctx_).float().cpu()
         self.ctx_ = self.ctx_.detach().cpu()
         self.n_ctx_ = encoder.n_ctx
+        self.logit_bias_ = float(text.logit_bias)  # SigLIP's (0 for CLIP): a constant shift, not trained through
 
     @torch.no_grad()
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        return cosine_logits(self._check_features(features), self.text_features_, self.logit_scale_)
+        """``logit_scale * cos(image, learned prompt) + logit_bias`` (the bias: SigLIP's, 0 for CLIP)."""
+        return cosine_logits(self._check_features(features), self.text_features_, self.logit_scale_,
+                             getattr(self, "logit_bias_", 0.0))
 
     def unseen_mode(self) -> str:
         """A unified context serves any class name; a class-specific one (CSC) has no prompt for a new class."""
@@ -149,11 +155,18 @@ class CoOp(FewShotMethod):
             return enc(self.ctx_.to(enc._device)).float().cpu()
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"ctx": self.ctx_, "fixed.text_features": self.text_features_}
+        bias = getattr(self, "logit_bias_", 0.0)
+        return {"ctx": self.ctx_, "fixed.text_features": self.text_features_,
+                **({"fixed.logit_bias": torch.tensor([bias])} if bias else {})}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.ctx_ = tensors["ctx"]
         self.text_features_ = tensors["fixed.text_features"]
+        bias = tensors.get("fixed.logit_bias")
+        if bias is not None and tuple(bias.shape) != (1,):
+            raise ValueError(f"the tensor 'fixed.logit_bias' must hold one number; got shape {tuple(bias.shape)}")
+        # On the meta device (loading's dry run) the value is unknown: any non-zero stand-in keeps the tensor listed.
+        self.logit_bias_ = 0.0 if bias is None else 1.0 if bias.is_meta else float(bias.item())
         self.n_ctx_ = int(self.ctx_.shape[-2])
         if self.backbone is not None:
             # The saved features are what logits use (bit-exact); the backbone re-derives them from the context.

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import Interval, MethodConfig
+from ..config import Interval, MethodConfig, setting
 from ..prompts import ClassText
 from .base import FewShotMethod, register_method
 from .common import cosine_logits, view_samples
@@ -57,9 +57,8 @@ def gda_classifier(samples: torch.Tensor, labels: torch.Tensor, n_classes: int) 
 
 @dataclass(frozen=True)
 class GDAConfig(MethodConfig):
-    alpha: float = 1.0  # weight of the GDA logits against zero-shot's; searched on validation (ALPHA_GRID)
-
-    constraints = {"alpha": Interval(float, 0)}
+    alpha: float = setting(1.0, "weight of the GDA logits against zero-shot's; searched on validation (ALPHA_GRID)",
+                           Interval(float, 0))
 
 
 @register_method("gda")

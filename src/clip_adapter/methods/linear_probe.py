@@ -8,18 +8,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import Interval, MethodConfig
+from ..config import Interval, MethodConfig, setting
 from ..prompts import ClassText
 from .base import FewShotMethod, register_method
 
 
 @dataclass(frozen=True)
 class LinearProbeConfig(MethodConfig):
-    C: float = 1.0          # inverse L2 regularisation strength; chosen on val by the experiment runner
-    max_iter: int = 1000
-
-    constraints = {"C": Interval(float, 0, closed="neither", text="a float in the range (0, inf)"),
-                   "max_iter": Interval(int, 1)}
+    C: float = setting(1.0, "inverse L2 regularisation strength; chosen on val by the experiment runner",
+                       Interval(float, 0, closed="neither", text="a float in the range (0, inf)"))
+    max_iter: int = setting(1000, "L-BFGS iterations at most", Interval(int, 1))
 
 
 @register_method("linear_probe")

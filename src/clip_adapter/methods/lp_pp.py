@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import Interval, MethodConfig
+from ..config import Interval, MethodConfig, setting
 from ..io import torch_threads
 from ..prompts import ClassText
 from .base import FewShotMethod, register_method
@@ -50,12 +50,9 @@ def lp_pp_init(f: torch.Tensor, labels: torch.Tensor, t: torch.Tensor, n_classes
 
 @dataclass(frozen=True)
 class LpPpConfig(MethodConfig):
-    epochs: int = 300       # full-batch iterations
-    alpha_every: int = 10   # alpha takes a step every this many epochs
-    momentum: float = 0.9   # SGD momentum of w and b
-
-    constraints = {"epochs": Interval(int, 1), "alpha_every": Interval(int, 1),
-                   "momentum": Interval(float, 0, 1, closed="left")}
+    epochs: int = setting(300, "full-batch iterations", Interval(int, 1))
+    alpha_every: int = setting(10, "alpha takes a step every this many epochs", Interval(int, 1))
+    momentum: float = setting(0.9, "SGD momentum of w and b", Interval(float, 0, 1, closed="left"))
 
 
 @register_method("lp_pp")

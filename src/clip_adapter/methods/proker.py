@@ -36,7 +36,7 @@ import hashlib
 import torch
 import torch.nn.functional as F
 
-from ..config import Interval, MethodConfig, Options
+from ..config import Interval, MethodConfig, Options, setting
 from ..prompts import ClassText
 from .base import FewShotMethod, register_method
 from .common import view_samples
@@ -69,13 +69,13 @@ def rbf_kernel(x: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ProKeRConfig(MethodConfig):
-    beta: float = 1.7       # kernel sharpness exp(-beta * (1 - cos)); searched on validation
-    lmbda: float = 0.1      # proximal weight lambda: small = stay near zero-shot; searched on validation
-    views: str = "mean"     # training samples: "mean" of each image's views, or "all" views as samples
     # (defaults: the authors' ImageNet 16-shot values, configs_proker/hyperparameters.json)
-
-    constraints = {"beta": Interval(float, 0, closed="neither"), "lmbda": Interval(float, 0, closed="neither"),
-                   "views": Options(("mean", "all"))}
+    beta: float = setting(1.7, "kernel sharpness exp(-beta * (1 - cos)); searched on validation",
+                          Interval(float, 0, closed="neither"))
+    lmbda: float = setting(0.1, "proximal weight lambda: small = stay near zero-shot; searched on validation",
+                           Interval(float, 0, closed="neither"))
+    views: str = setting("mean", "training samples: 'mean' of each image's views, or 'all' views as samples",
+                         Options(("mean", "all")))
 
 
 @register_method("proker")

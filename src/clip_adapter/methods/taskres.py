@@ -14,14 +14,13 @@ Authors' code: github.com/geekyutao/TaskRes (``trainers/taskres.py``, ``TaskResL
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import Interval, NoneOr
+from ..config import Interval, NoneOr, setting
 from ..prompts import ClassText
 from ..training import TrainingConfig, train_loop
 from .base import FewShotMethod, register_method
@@ -37,15 +36,13 @@ def taskres_epochs(shots: int) -> int:
 
 @dataclass(frozen=True)
 class TaskResConfig(TrainingConfig):
-    alpha: float = 0.5             # residual scale (the paper's; 1.0 for Flowers102)
-    epochs: int | None = None      # None: by shots per class (1-4: 100, 8-16: 200)
-    batch_size: int = 256
-    lr: float = 2e-3
-    optimizer: str = "adam"        # Dassl's Adam (L2 weight decay 5e-4)
-    weight_decay: float = 5e-4
-
-    constraints = {"alpha": Interval(float, 0),
-                   "epochs": NoneOr(Interval(int, 1), none="None (by shots per class)")}
+    alpha: float = setting(0.5, "residual scale (the paper's; 1.0 for Flowers102)", Interval(float, 0))
+    epochs: int | None = setting(None, "training epochs; None: by shots per class (1-4: 100, 8-16: 200)",
+                                 NoneOr(Interval(int, 1), none="None (by shots per class)"))
+    batch_size: int = setting(256)
+    lr: float = setting(2e-3)
+    optimizer: str = setting("adam", "Dassl's Adam (L2 weight decay 5e-4)")
+    weight_decay: float = setting(5e-4)
 
 
 @register_method("taskres")
@@ -70,7 +67,7 @@ class TaskRes(FewShotMethod):
         def logits_fn(x: torch.Tensor) -> torch.Tensor:
             return cosine_logits(x, self._classifier(residual), scale)
 
-        self.history_ = train_loop([residual], logits_fn, features, labels, dataclasses.replace(c, epochs=self.epochs_),
+        self.history_ = train_loop([residual], logits_fn, features, labels, c.replace(epochs=self.epochs_),
                                    views=views, drop_last=self.drop_last)
         self.residual_ = residual.detach().cpu()
 

@@ -17,39 +17,72 @@ default, as in the official code), batch 256, 20 epochs, cosine (stepped per epo
 loader keeps the last partial batch (``drop_last = False``, as the official ``build_data_loader`` for
 Tip-Adapter-F), so every image is seen every epoch.
 
+Tip-Adapter-F follows the official procedure (``run_tip_adapter_F`` in ``main.py``): the keys are fine-tuned
+*once*, at the initial ``(init_alpha, init_beta)`` (the official ``init_alpha`` / ``init_beta`` of the dataset
+config; default: ``configs/imagenet.yaml``'s 1.17 and 1), then ``(alpha, beta)`` are searched on validation with
+the fine-tuned keys over the same grid as Tip-Adapter. So ``alpha`` and ``beta`` are ``logit_params`` for both
+methods (a search fits once and rescores), and only ``init_alpha`` / ``init_beta`` shape the fine-tuning.
+
 Where the official code chooses (github.com/gaopengcuhk/Tip-Adapter): ``main.py`` (the 10 datasets) searches
 alpha/beta on the *validation* features; ``main_imagenet.py`` (ImageNet, which has no val split there) searches
 them on the *test* features; and Tip-Adapter-F keeps the fine-tuning epoch with the best *test* accuracy (both
 scripts) before searching alpha/beta again. Here every choice is made on validation (``hp_selection``), never on
-test, and Tip-Adapter-F keeps its last epoch.
+test, and Tip-Adapter-F keeps its last epoch (no epoch is selected).
 
-Hyper-parameters: Tip-Adapter searches the official grid's resolution, beta in 200 steps and alpha in 20 steps over
-[0.1, 13) (the official DTD grid, ``configs/dtd.yaml``; the other datasets' grids end at 3-13 except Cars 20/10,
-FGVC 30 and Flowers 50, where a choice on the edge is flagged, ``at_grid_edge``): 4,000 points, each a cache
-lookup on cached features. Tip-Adapter-F fine-tunes again for every grid point, so it keeps the small grid alpha in
-{0.5, 1, 2, 4} x beta in {1, 3, 5.5, 8} (16 x 20 epochs on cached features; seconds).
+Hyper-parameters (both methods): the official grid's resolution over [0.1, 13) (the official DTD grid,
+``configs/dtd.yaml``: beta in 200 steps, alpha in 20 steps), extended by log-spaced values (quarter decades):
+alpha from 13 to 13,000, because a backbone whose zero-shot classifier is weak (the offline ``lite``: 3 % on
+flowers89) wants the cache weighted far beyond CLIP-tuned grids (the official grids themselves end at 3-13, except
+Cars 20/10, FGVC 30 and Flowers 50; on lite the old [0.1, 13) grid chose its largest alpha in most runs); beta
+from 13 to 41.1 (a sharper, nearest-neighbour-like cache) and from 0.01 to 0.1 (a flat affinity: with a large
+alpha the cache becomes a class-mean classifier, the choice the tiny test backbones then made at beta = 0.1).
+A choice on the edge is still flagged (``at_grid_edge``): alpha at 0.1 means the cache barely helps (zero-shot is
+alpha = 0). Every point is a cache lookup on cached features (milliseconds): 207 beta x 33 alpha points.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..config import Interval, MethodConfig
+from ..config import Interval, MethodConfig, setting
 from ..prompts import ClassText
 from ..training import TrainingConfig, train_loop
 from .base import FewShotMethod, register_method
 
 __all__ = ["TipAdapterConfig", "TipAdapterFConfig", "TipAdapter", "TipAdapterF", "tip_logits", "tip_parts", "build_cache"]
 
-ALPHA_GRID = [0.5, 1.0, 2.0, 4.0]   # Tip-Adapter-F (each point fine-tunes)
-BETA_GRID = [1.0, 3.0, 5.5, 8.0]
-# Tip-Adapter: the official grid's resolution over [0.1, 13): i * (13 - 0.1) / steps + 0.1, i < steps
-TIP_BETA_GRID = [round(i * (13 - 0.1) / 200 + 0.1, 6) for i in range(200)]
-TIP_ALPHA_GRID = [round(i * (13 - 0.1) / 20 + 0.1, 6) for i in range(20)]
+ALPHA_MAX = 13000.0  # alpha: 13 .. 13000, three decades beyond the official grid (a sharp cache needs a large weight)
+BETA_MAX = 42.0      # beta: 13, 23.1, 41.1 (the official Flowers grid ends at 50)
+BETA_MIN = 0.01      # beta: 0.01 .. 0.0562 (a flat affinity: with a large alpha, a class-mean classifier)
 
+
+def _official(steps: int) -> list[float]:
+    """The official search's values over [0.1, 13): ``i * (13 - 0.1) / steps + 0.1``, ``i < steps``."""
+    return [round(i * (13 - 0.1) / steps + 0.1, 6) for i in range(steps)]
+
+
+def _beyond(last: float) -> list[float]:
+    """Quarter-decade steps from 13 up to ``last``: 13, 23.1, 41.1, 73.1, 130, ..."""
+    out, k = [], 0
+    while 13 * 10 ** (k / 4) <= last * (1 + 1e-9):
+        out.append(round(13 * 10 ** (k / 4), 3))
+        k += 1
+    return out
+
+
+def _below(first: float) -> list[float]:
+    """Quarter-decade steps from ``first`` up to (not including) 0.1: 0.01, 0.0178, 0.0316, 0.0562."""
+    n = round(4 * math.log10(0.1 / first))
+    return [round(0.1 * 10 ** (-k / 4), 6) for k in range(n, 0, -1)]
+
+
+# Both methods: the official resolution inside [0.1, 13), log-spaced beyond (see the module docstring).
+TIP_BETA_GRID = _below(BETA_MIN) + _official(200) + _beyond(BETA_MAX)
+TIP_ALPHA_GRID = _official(20) + _beyond(ALPHA_MAX)
 
 def build_cache(features: torch.Tensor, labels: torch.Tensor, n_classes: int,
                 views: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,29 +107,29 @@ def tip_logits(features: torch.Tensor, text: torch.Tensor, keys: torch.Tensor, v
     return clip_logits + alpha * cache_logits
 
 
-ALPHA_BETA = {"alpha": Interval(float, 0), "beta": Interval(float, 0)}
-
-
 @dataclass(frozen=True)
 class TipAdapterConfig(MethodConfig):
-    alpha: float = 1.0   # weight of the cache logits (alpha = 0: zero-shot CLIP)
-    beta: float = 5.5    # sharpness of the affinity exp(-beta * (1 - cos)); paper's ImageNet value
-
-    constraints = ALPHA_BETA
+    alpha: float = setting(1.0, "weight of the cache logits (alpha = 0: zero-shot CLIP)", Interval(float, 0))
+    beta: float = setting(5.5, "sharpness of the affinity exp(-beta * (1 - cos)); paper's ImageNet value",
+                          Interval(float, 0))
 
 
 @dataclass(frozen=True)
 class TipAdapterFConfig(TrainingConfig):
-    alpha: float = 1.0        # weight of the cache logits (alpha = 0: zero-shot CLIP)
-    beta: float = 5.5         # sharpness of the affinity exp(-beta * (1 - cos))
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
-    optimizer: str = "adamw"  # AdamW, eps 1e-4 (train_loop's AdamW eps)
-    weight_decay: float = 0.01
-    warmup_epochs: int = 0    # the official code has no warm-up
-
-    constraints = ALPHA_BETA
+    alpha: float = setting(1.0, "weight of the cache logits (alpha = 0: zero-shot CLIP); searched after fine-tuning",
+                           Interval(float, 0))
+    beta: float = setting(5.5, "sharpness of the affinity exp(-beta * (1 - cos)); searched after fine-tuning",
+                          Interval(float, 0))
+    epochs: int = setting(20)
+    batch_size: int = setting(256)
+    lr: float = setting(1e-3)
+    optimizer: str = setting("adamw", "AdamW, eps 1e-4 (train_loop's AdamW eps)")
+    weight_decay: float = setting(0.01)
+    warmup_epochs: int = setting(0, "epochs of constant lr warm-up (the official code has none)")
+    init_alpha: float = setting(1.17, "alpha while the keys are fine-tuned (the official configs/imagenet.yaml "
+                                      "init_alpha)", Interval(float, 0))
+    init_beta: float = setting(1.0, "beta while the keys are fine-tuned (the official init_beta of every dataset)",
+                               Interval(float, 0))
 
 
 @register_method("tip_adapter")
@@ -124,8 +157,8 @@ class TipAdapter(FewShotMethod):
         keys = torch.nn.Parameter(keys.clone().to(dev))
         text, values = self.text_features_.to(dev), self.cache_values_.to(dev)
 
-        def logits_fn(x: torch.Tensor) -> torch.Tensor:
-            return tip_logits(x, text, keys, values, c.alpha, c.beta, self.logit_scale_)
+        def logits_fn(x: torch.Tensor) -> torch.Tensor:  # fine-tuned at the initial values; searched afterwards
+            return tip_logits(x, text, keys, values, c.init_alpha, c.init_beta, self.logit_scale_)
 
         self.history_ = train_loop([keys], logits_fn, features, labels, c, views=views, drop_last=self.drop_last)
         return keys.detach().cpu()
@@ -159,11 +192,11 @@ class TipAdapter(FewShotMethod):
 
 @register_method("tip_adapter_f")
 class TipAdapterF(TipAdapter):
-    """Tip-Adapter-F: the cache keys are fine-tuned (N x d parameters) on the augmented views."""
+    """Tip-Adapter-F: the cache keys (N x d) fine-tuned once at (init_alpha, init_beta), then alpha, beta searched.
+
+    The keys are fine-tuned on the augmented views; ``(alpha, beta)`` only rescore the fine-tuned keys."""
 
     config_cls = TipAdapterFConfig
-    default_grid = {"alpha": ALPHA_GRID, "beta": BETA_GRID}
     finetune = True
     drop_last = False  # the official Tip-Adapter-F loader keeps the last partial batch
-    logit_params = ()  # fine-tuning uses alpha and beta
     trainable = ("cache_keys",)
