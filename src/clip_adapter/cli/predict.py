@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from ..datasets import load_dataset
 from ..io import atomic_path, write_json
-from .common import add_data_args, add_model_backbone_arg, cache_from_args, count, parse_class_map
+from .common import (add_data_args, add_encoder_args, add_model_backbone_arg, cache_from_args, count,
+                     encoder_from_args, parse_class_map)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "it was trained on one).")
     p.add_argument("--device", default="cpu", help="torch device for the image encoder, e.g. cpu, cuda (default: cpu).")
     add_model_backbone_arg(p)
+    add_encoder_args(p)
 
 
 def _infer_format(args) -> str:
@@ -62,6 +64,7 @@ def _cmd_predict_stream(args, fmt: str) -> int:
     else:
         model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint,
                                                   backbone=args.backbone, batch_size=args.batch_size)
+        model.backbone.configure_encoder(**encoder_from_args(args))
         kw["top_k"] = args.top_k or min(5, len(model.classes_))
         counts = predict_to_jsonl(model, paths, journal, num_workers=args.workers,
                                   progress=not args.no_progress, **kw)
@@ -89,6 +92,7 @@ def cmd_predict(args) -> int:
         return _cmd_predict_stream(args, fmt)
     model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint,
                                               backbone=args.backbone, batch_size=args.batch_size)
+    model.backbone.configure_encoder(**encoder_from_args(args))
     paths, bad_args = expand_images(args.images)
     for rec in bad_args:
         log.warning("Skipped %s: %s", rec["path"], rec["error"])
@@ -167,6 +171,7 @@ def cmd_evaluate(args) -> int:
     class_map = parse_class_map(args.class_map)
     model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint,
                                               backbone=args.backbone)
+    model.backbone.configure_encoder(**encoder_from_args(args))
     dataset = load_dataset(args.data, root=args.root, allow_outside_paths=args.allow_outside_paths)
     cache = cache_from_args(args, model.backbone)
     result = {"model": str(args.model_dir), **model.evaluate(dataset, args.split, cache, class_map=class_map)}

@@ -26,6 +26,7 @@ from typing import Any
 from ..config import (Bool, Config, IntList, Interval, NoneOr, Options, Predicate, SettingError, Text, brief,
                       check_keys, invalid_value, setting, settings_of, settings_table)
 from ..backbones.base import BackboneSpec, normalise_pretrained
+from ..backbones.encoder import DEFAULT_RUNTIME, ENCODER_KEYS, PRECISIONS, RUNTIMES
 from ..methods import get_method_class
 from ..selection import HP_SELECTION
 
@@ -255,6 +256,12 @@ class BackboneKeys(Config):
                                      NoneOr(Text()))
     checkpoint: str | None = setting(None, "local checkpoint file (offline use)", NoneOr(Text()), path=True)
     device: str = setting("cpu", "torch device of encoders and training (cpu, cuda, cuda:1)", Text())
+    precision: str = setting("fp32", "image-encoder precision: fp32, or bf16/fp16 autocast (features move; cached "
+                             "separately)", Options(PRECISIONS))
+    compile: bool = setting(False, "torch.compile the image encoder", Bool())
+    runtime: str = setting(DEFAULT_RUNTIME, "image-encoder runtime: torch, onnx (ONNX Runtime, CPU, fp32) or auto "
+                           "(onnx for lite on the CPU when installed, else torch)", Options(RUNTIMES))
+    gpu_decode: bool = setting(False, "decode JPEGs on the GPU when filling the feature cache (CUDA only)", Bool())
 
 
 @dataclass(frozen=True)
@@ -380,7 +387,11 @@ def _backbone(v: Any, where: str, ctx: _Ctx) -> BackboneSpec:
     raw = _mapping({"name": v} if isinstance(v, str) else v, f"{ctx.source}: 'backbone'")
     keys = _entry(BackboneKeys, raw, f"{ctx.source}: backbone", ctx)
     name = _resolve_path(keys.name, ctx.base) if keys.name.endswith(".json") else keys.name
-    return BackboneSpec.of(name, normalise_pretrained(keys.pretrained), keys.checkpoint, keys.device)
+    # Encoder keys at their defaults are left out of the recipe's options, so the settings of a run (which include
+    # the backbone) stay those of results made before these keys existed.
+    defaults = {x.name: x.default for x in BackboneKeys.settings()}
+    options = {k: getattr(keys, k) for k in ENCODER_KEYS if getattr(keys, k) != defaults[k]}
+    return BackboneSpec.of(name, normalise_pretrained(keys.pretrained), keys.checkpoint, keys.device, **options)
 
 
 def BackboneEntry(name: str = "RN50", pretrained: str | None = "openai", checkpoint: str | None = None,
@@ -428,9 +439,9 @@ class ExperimentConfig(Config):
                                                    "or a list of them",
                                                    _entries(AblationEntry, "a mapping or a list of mappings"),
                                                    key="ablation", parse=_ablations, shown="none")
-    backbone: BackboneSpec = setting(BackboneSpec.of(), "{name, pretrained, checkpoint, device} or a name",
-                                      _is(BackboneSpec, "a mapping or a name"), parse=_backbone,
-                                      shown="{name: RN50, pretrained: openai, device: cpu}")
+    backbone: BackboneSpec = setting(BackboneSpec.of(), "{name, pretrained, checkpoint, device, precision, compile, "
+                                     "runtime, gpu_decode} or a name", _is(BackboneSpec, "a mapping or a name"),
+                                     parse=_backbone, shown="{name: RN50, pretrained: openai, device: cpu}")
     n_views: int = setting(10, "cached augmented views per training image", Interval(int, 0))
     hp_selection: str = setting("few_shot_val", "where hyper-parameters are chosen: few_shot_val (min(K, 4) val "
                                 "images per class), full_val (the whole val split) or none (no search)",
@@ -492,6 +503,13 @@ class ExperimentConfig(Config):
         return {k: v for k, v in raw.items() if v not in (None, [], {})}
 
 
+def _raw_backbone(spec: BackboneSpec) -> dict[str, Any]:
+    """A backbone recipe as its YAML keys (the encoder keys live in its options; absent ones are the defaults)."""
+    defaults = _raw(BackboneKeys())
+    return {k: spec.options.get(k, defaults.get(k)) if k in ENCODER_KEYS else getattr(spec, k)
+            for k in _yaml_keys(BackboneKeys)}
+
+
 def _raw(obj: Any) -> dict[str, Any]:
     """The YAML keys of a config dataclass with their values (tuples as lists, entries as mappings, no nulls)."""
     out: dict[str, Any] = {}
@@ -500,8 +518,7 @@ def _raw(obj: Any) -> dict[str, Any]:
         if isinstance(value, ExecutorEntry):
             value = {"ray": _raw(value.ray)} if value.ray is not None else None
         elif dataclasses.is_dataclass(value):
-            value = ({k: getattr(value, k) for k in _yaml_keys(BackboneKeys)} if isinstance(value, BackboneSpec)
-                     else _raw(value))
+            value = _raw_backbone(value) if isinstance(value, BackboneSpec) else _raw(value)
         elif isinstance(value, tuple):
             value = [_raw(x) if dataclasses.is_dataclass(x) else x for x in value]
         elif isinstance(value, dict):
