@@ -3,6 +3,7 @@ backbone recipe: checked with one-line errors, exposed once on the command line 
 the feature-cache address when they change features, recorded with every result; the ONNX graph exported once."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 
@@ -80,6 +81,7 @@ def test_defaults_shown_in_help():
         assert "--compile" in text and "--gpu-decode" in text, command
     # The CLI keeps its own copy of the choices (no torch import on --help): the same as the library's.
     assert common.PRECISIONS == enc.PRECISIONS and common.RUNTIMES == enc.RUNTIMES
+    assert common.ENCODER_DEFAULTS == dataclasses.asdict(EncoderOptions())
 
 
 def test_cli_options_reach_the_backbone(monkeypatch):
@@ -223,7 +225,6 @@ def test_experiment_backbone_keys(color_dir):
 def test_gpu_decode_cache_path_runs_end_to_end_on_cpu(tiny, tmp_path, monkeypatch):
     """The extraction loop of --gpu-decode (file bytes from the loader, decoded and transformed by decode_on_device),
     forced onto the CPU: the option itself refuses the CPU, so the resolved options are set directly here."""
-    import dataclasses
     import warnings
     folder = tmp_path / "jpg"
     folder.mkdir()
@@ -245,3 +246,12 @@ def test_gpu_decode_cache_path_runs_end_to_end_on_cpu(tiny, tmp_path, monkeypatc
     assert cosine_distance(got, want) < 1e-3 and cosine_distance(got_views.flatten(0, 1),
                                                                   want_views.flatten(0, 1)) < 1e-3
     assert cosine_distance(got, want.roll(1, 0)) > 1e-2 and cosine_distance(got_views[0], want_views[1]) > 1e-2
+
+
+def test_predict_on_ray_refuses_encoder_options(capsys, tmp_path):
+    argv = ["predict", str(tmp_path / "model"), str(tmp_path / "x.png"), "--ray", "local", "--out",
+            str(tmp_path / "p.jsonl"), "--runtime", "onnx"]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip() == ("error: --precision/--compile/--runtime/--gpu-decode are not passed "
+                                               "to Ray predictor actors yet; drop them with --ray, or predict "
+                                               "without --ray.")

@@ -128,7 +128,7 @@ class HFBackbone(Backbone):
         return HFPromptEncoder(self, classnames, n_ctx=n_ctx, init=init)
 
     def describe(self) -> dict[str, Any]:
-        return {"hf_model_type": self.model.config.model_type, "logit_bias": self.logit_bias}
+        return {**super().describe(), "hf_model_type": self.model.config.model_type, "logit_bias": self.logit_bias}
 
 
 def _folder_id(folder: Path) -> str:

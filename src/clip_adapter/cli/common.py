@@ -111,18 +111,19 @@ def add_backbone_args(p: argparse.ArgumentParser, default: str = "RN50") -> None
 # Kept in step with clip_adapter.backbones.encoder (PRECISIONS, RUNTIMES; a test checks): importing it here would
 # import torch on --help.
 PRECISIONS, RUNTIMES = ("fp32", "bf16", "fp16"), ("torch", "onnx", "auto")
+ENCODER_DEFAULTS = {"precision": "fp32", "compile": False, "runtime": "torch", "gpu_decode": False}
 
 
 def add_encoder_args(g) -> None:
     """How the image encoder runs (every command that encodes images): ``--precision/--compile/--runtime/
     --gpu-decode``. Variants that change features get their own feature-cache folder; records say which ran."""
-    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    g.add_argument("--precision", choices=PRECISIONS, default=ENCODER_DEFAULTS["precision"],
                    help="image-encoder precision: fp32 (exact), or bf16/fp16 autocast (faster where the hardware has "
                         "them; features move ~1e-2, cached separately) (default: fp32).")
     g.add_argument("--compile", action="store_true",
-                   help="torch.compile the image encoder (minutes of compiling; measured slower on CPU) "
-                        "(default: off).")
-    g.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="torch.compile the image encoder (6-85 s of compiling per process; 1.1-1.2x torch's "
+                        "speed on this CPU) (default: off).")
+    g.add_argument("--runtime", choices=RUNTIMES, default=ENCODER_DEFAULTS["runtime"],
                    help="image-encoder runtime: torch; onnx = ONNX Runtime (CPU, fp32; exported once into the cache "
                         "folder; lite ~3x faster, features equal to 2e-7 but cached apart); auto = onnx for lite on "
                         "the CPU when onnxruntime is installed, else torch (default: torch).")
@@ -133,8 +134,7 @@ def add_encoder_args(g) -> None:
 
 def encoder_from_args(args: argparse.Namespace) -> dict:
     """The encoder options of ``add_encoder_args`` as ``load_backbone`` / ``configure_encoder`` keywords."""
-    return {"precision": getattr(args, "precision", "fp32"), "compile": bool(getattr(args, "compile", False)),
-            "runtime": getattr(args, "runtime", "torch"), "gpu_decode": bool(getattr(args, "gpu_decode", False))}
+    return {k: getattr(args, k, v) for k, v in ENCODER_DEFAULTS.items()}
 
 
 def add_model_backbone_arg(p: argparse.ArgumentParser) -> None:

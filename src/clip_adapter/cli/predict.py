@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from ..datasets import load_dataset
 from ..io import atomic_path, write_json
-from .common import (add_data_args, add_encoder_args, add_model_backbone_arg, cache_from_args, count,
-                     encoder_from_args, parse_class_map)
+from .common import (ENCODER_DEFAULTS, add_data_args, add_encoder_args, add_model_backbone_arg, cache_from_args,
+                     count, encoder_from_args, parse_class_map)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ def _cmd_predict_stream(args, fmt: str) -> int:
     from ..model.stream import jsonl_to_parquet
     """Predictions streamed into a JSON-lines file (``.parquet``: a JSON-lines journal converted at the end), here or
     on Ray; a rerun resumes where it stopped."""
+    if args.ray is not None and encoder_from_args(args) != ENCODER_DEFAULTS:
+        raise ValueError("--precision/--compile/--runtime/--gpu-decode are not passed to Ray predictor actors yet; "
+                         "drop them with --ray, or predict without --ray.")
     if not args.out or fmt not in ("jsonl", "parquet"):
         raise ValueError("--ray and parquet output stream into a file: give --out FILE.jsonl or --out FILE.parquet.")
     journal = Path(f"{args.out}.partial.jsonl") if fmt == "parquet" else Path(args.out)
