@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import dataclasses
 import fnmatch
 import json
 import logging
@@ -50,6 +51,7 @@ from ..backbones.base import check_backbone
 from ..config import MethodConfig, suggest
 from ..io import atomic_dir, package_versions
 from ..prompts import ClassText
+from ..training import TrainingConfig
 from .folder import (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, check_finite_tensors, check_header, check_save_target,
                      marker, read_header, read_saved_config)
 
@@ -91,9 +93,10 @@ def get_method_class(name: str) -> type["FewShotMethod"]:
     return _METHODS[key]
 
 
-# Settings only methods that iterate have (TrainingConfig's fields): asked of a training-free method, they get an
-# error that says why instead of a bare "unknown key".
-TRAINING_KEYS = ("epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay", "warmup_epochs", "warmup_lr")
+# Settings only methods that iterate have (the fields TrainingConfig declares over MethodConfig's): asked of a
+# training-free method, they get an error that says why instead of a bare "unknown key".
+TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(TrainingConfig)
+                      if f.name not in {g.name for g in dataclasses.fields(MethodConfig)})
 
 
 def check_overrides(cls: type["FewShotMethod"], names, what: str = "key", where: str = "") -> None:
