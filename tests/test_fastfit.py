@@ -188,7 +188,8 @@ def test_lean_sgd_equals_torch_sgd_bit_for_bit(momentum, weight_decay):
 
 
 def test_finite_check_fast_path_keeps_its_answers():
-    check_finite(torch.full((4, 3), 3e38), "features")               # huge but finite: the float64 sum holds it
+    check_finite(torch.full((4, 3), 3e38), "features")               # huge but finite: the sum overflows, the
+    check_finite(torch.full((4, 3), 6e4, dtype=torch.float16), "x")   # element-wise check then says finite
     check_finite(torch.arange(6).view(2, 3), "labels")                # integers are always finite
     for bad in (float("nan"), float("inf"), -float("inf")):
         x = torch.ones(5, 4)
