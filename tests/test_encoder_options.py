@@ -77,7 +77,7 @@ def test_defaults_shown_in_help():
     for command in ("run", "demo", "predict", "evaluate"):
         text = " ".join(sub[command].format_help().split())
         assert "--precision {fp32,bf16,fp16}" in text and "(default: fp32)" in text, command
-        assert "--runtime {torch,onnx,auto}" in text and "(default: torch)" in text, command
+        assert "--runtime {torch,onnx,auto}" in text and "(default: auto)" in text, command
         assert "--compile" in text and "--gpu-decode" in text, command
     # The CLI keeps its own copy of the choices (no torch import on --help): the same as the library's.
     assert common.PRECISIONS == enc.PRECISIONS and common.RUNTIMES == enc.RUNTIMES
@@ -99,7 +99,7 @@ def test_cli_options_reach_the_backbone(monkeypatch):
 def test_auto_picks_onnx_only_where_measured(monkeypatch):
     cpu = torch.device("cpu")
     auto = EncoderOptions(runtime="auto")
-    assert EncoderOptions().runtime == "torch"    # the default: today's path (golden records stay equal)
+    assert EncoderOptions().runtime == "auto"     # the default: ONNX Runtime where measured faster, else torch
     monkeypatch.setattr(enc, "onnx_available", lambda: True)
     assert resolve(auto, cpu, True, True, "lite").runtime == "onnx"
     assert resolve(auto, cpu, True, False, "RN50").runtime == "torch"       # not measured faster
@@ -209,10 +209,10 @@ def test_experiment_backbone_keys(color_dir):
     base = {"datasets": [str(color_dir)], "methods": ["zero_shot"]}
     default = parse_config({**base, "backbone": {"name": "tiny-vit", "pretrained": None}})
     assert default.backbone.options == {}       # defaults stay out: run settings as before these keys existed
-    assert _raw(default)["backbone"]["runtime"] == "torch" and _raw(default)["backbone"]["precision"] == "fp32"
+    assert _raw(default)["backbone"]["runtime"] == "auto" and _raw(default)["backbone"]["precision"] == "fp32"
     cfg = parse_config({**base, "backbone": {"name": "tiny-vit", "pretrained": None, "precision": "bf16",
-                                             "runtime": "auto"}})
-    assert cfg.backbone.options == {"precision": "bf16", "runtime": "auto"}
+                                             "runtime": "torch"}})
+    assert cfg.backbone.options == {"precision": "bf16", "runtime": "torch"}
     assert _raw(cfg)["backbone"]["precision"] == "bf16"
     bb = cfg.backbone.build()
     assert bb.encoder.variant == "bf16" and bb.describe()["encoder"]["precision"] == "bf16"

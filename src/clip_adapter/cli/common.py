@@ -111,7 +111,7 @@ def add_backbone_args(p: argparse.ArgumentParser, default: str = "RN50") -> None
 # Kept in step with clip_adapter.backbones.encoder (PRECISIONS, RUNTIMES; a test checks): importing it here would
 # import torch on --help.
 PRECISIONS, RUNTIMES = ("fp32", "bf16", "fp16"), ("torch", "onnx", "auto")
-ENCODER_DEFAULTS = {"precision": "fp32", "compile": False, "runtime": "torch", "gpu_decode": False}
+ENCODER_DEFAULTS = {"precision": "fp32", "compile": False, "runtime": "auto", "gpu_decode": False}
 
 
 def add_encoder_args(g) -> None:
@@ -126,7 +126,7 @@ def add_encoder_args(g) -> None:
     g.add_argument("--runtime", choices=RUNTIMES, default=ENCODER_DEFAULTS["runtime"],
                    help="image-encoder runtime: torch; onnx = ONNX Runtime (CPU, fp32; exported once into the cache "
                         "folder; lite ~3x faster, features equal to 2e-7 but cached apart); auto = onnx for lite on "
-                        "the CPU when onnxruntime is installed, else torch (default: torch).")
+                        "the CPU (fp32, no --compile), else torch (default: auto).")
     g.add_argument("--gpu-decode", action="store_true",
                    help="decode JPEGs on the GPU (nvjpeg) with pinned loader memory when filling the feature cache; "
                         "CUDA only, off until measured (default: off).")

@@ -260,7 +260,7 @@ class BackboneKeys(Config):
                              "separately)", Options(PRECISIONS))
     compile: bool = setting(False, "torch.compile the image encoder", Bool())
     runtime: str = setting(DEFAULT_RUNTIME, "image-encoder runtime: torch, onnx (ONNX Runtime, CPU, fp32) or auto "
-                           "(onnx for lite on the CPU when installed, else torch)", Options(RUNTIMES))
+                           "(onnx for lite on the CPU with fp32 and no compile, else torch)", Options(RUNTIMES))
     gpu_decode: bool = setting(False, "decode JPEGs on the GPU when filling the feature cache (CUDA only)", Bool())
 
 
