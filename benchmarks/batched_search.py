@@ -2,7 +2,8 @@
 
 Times, on features of lite's shape (1280-d, dtd10 at 16 shots: 10 classes x 16 images, 2 cached views; speed does
 not depend on the values): one fit; the 4 alphas one after another (``ClipAdapter.fit_many(stack=False)``, what
-``select`` did before); the 4 alphas as one stacked model (``stack=True``); and 3 seeds both ways. Every stacked
+``select`` did before); the 4 alphas as one stacked model (``stack=True``); 3 seeds both ways; and 3 seeds each
+on its own data (an experiment's seeds: ``batch_seeds``, ``ClipAdapter.fit_many_data``) both ways. Every stacked
 model is checked against its sequential twin (max |logit difference|). Fits run interleaved, ``--rounds`` times;
 medians are reported (a shared machine's load moves between minutes).
 
@@ -56,9 +57,25 @@ def main() -> None:
         _util.sync(args.device)
         return time.perf_counter() - t0, models
 
+    g = torch.Generator().manual_seed(1)
+    data = [(feats, labels, views)] + [((feats + 0.3 * torch.randn(feats.shape, generator=g)).relu(), labels,
+                                        (views + 0.3 * torch.randn(views.shape, generator=g)).relu()) for _ in (2, 3)]
+
+    def fit_data(configs, stack):
+        t0 = time.perf_counter()
+        if stack:
+            models = ClipAdapter.fit_many_data(configs, [d[0] for d in data], [d[1] for d in data], text=text,
+                                               views=[d[2] for d in data])
+        else:
+            models = [ClipAdapter(c).fit(f, y, text=text, views=v) for c, (f, y, v) in zip(configs, data)]
+        _util.sync(args.device)
+        return time.perf_counter() - t0, models
+
     cases = {"one fit": lambda: fit(alphas[:1], False),
              "4 alphas one by one": lambda: fit(alphas, False), "4 alphas stacked": lambda: fit(alphas, True),
-             "3 seeds one by one": lambda: fit(seeds, False), "3 seeds stacked": lambda: fit(seeds, True)}
+             "3 seeds one by one": lambda: fit(seeds, False), "3 seeds stacked": lambda: fit(seeds, True),
+             "3 seeds own data one by one": lambda: fit_data(seeds, False),
+             "3 seeds own data stacked": lambda: fit_data(seeds, True)}
     times: dict[str, list[float]] = {k: [] for k in cases}
     models: dict[str, list] = {}
     for _ in range(args.rounds):
@@ -71,7 +88,7 @@ def main() -> None:
         res.record["results"][k] = {"seconds_median": round(statistics.median(ts), 3),
                                     "seconds": [round(t, 3) for t in ts],
                                     "x_one_fit": round(statistics.median(ts) / one, 2)}
-    for what in ("4 alphas", "3 seeds"):
+    for what in ("4 alphas", "3 seeds", "3 seeds own data"):
         diff = max(float((a.logits(feats) - b.logits(feats)).abs().max())
                    for a, b in zip(models[f"{what} one by one"], models[f"{what} stacked"]))
         res.record["results"][f"{what} stacked"]["max_abs_logit_diff_vs_one_by_one"] = diff

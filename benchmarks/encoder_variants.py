@@ -6,8 +6,10 @@ times the encoder alone (img/s). A variant is "equal" when its largest cosine di
 (1 - cos, over the images) is at most 1e-3. Variants run interleaved, ``--rounds`` times, and the median is kept:
 on a shared machine the load moves between minutes.
 
-    python benchmarks/encoder_variants.py --threads 1                  # lite + RN50 (random init), 32 images
+    python benchmarks/encoder_variants.py --threads-list 2 1 --images 96 --open-clip-images 24 --rounds 3
     python benchmarks/encoder_variants.py --quick                       # smoke test: lite + tiny-vit, 8 images
+
+``--threads-list`` measures every encoder once per torch thread count, in one run (results keyed ``"<n> threads"``).
 """
 from __future__ import annotations
 
@@ -68,48 +70,47 @@ def _variants(backbone, micro: int, skip: set[str], size: tuple[int, int]) -> di
         else:
             out["channels_last"] = (0.0, torch.no_grad()(chunked(feats, torch.channels_last)))
 
-    for dtype in (torch.bfloat16, torch.float16) if device.type == "cuda" else (torch.bfloat16,):
-        def low(imgs, dtype=dtype):
-            with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
-                return backbone.encode_images(imgs).float()
-        out[f"{str(dtype).split('.')[-1]} autocast"] = (0.0, low)
+    # The library's own options (load_backbone(..., precision=, compile=, runtime=); CLI --precision/--compile/
+    # --runtime): the same ImageRunner the backbone builds, in its own cache folder so that ONNX is exported here and
+    # its export time is the setup time. fp16 on the CPU: autocast accepts it, but this CPU has no native fp16 math
+    # (a first run stalled): CUDA only.
+    options = [("bf16 autocast", {"precision": "bf16"})]
+    if device.type == "cuda":
+        options.append(("fp16 autocast", {"precision": "fp16"}))
     if "compile" not in skip:
-        t0 = time.perf_counter()
-        try:
-            compiled = torch.compile(feats)
-            fmt = torch.channels_last if feats.lite else torch.contiguous_format
-            run = torch.no_grad()(chunked(compiled, fmt))
-            with torch.no_grad():
-                run(torch.zeros(micro, 3, *size))   # compile happens on the first call
-            out["torch.compile"] = (time.perf_counter() - t0, run)
-        except Exception as e:  # noqa: BLE001 - report, don't fail the other variants
-            log.warning("torch.compile failed: %s", str(e).splitlines()[0])
+        options.append(("torch.compile", {"compile": True}))
     if "onnx" not in skip and device.type == "cpu":
+        options.append(("onnxruntime", {"runtime": "onnx"}))
+    fmt = torch.channels_last if feats.lite else torch.contiguous_format
+    onnx_dir = Path(tempfile.mkdtemp(prefix="onnx_graphs"))
+    for name, kw in options:
         t0 = time.perf_counter()
         try:
-            out["onnxruntime"] = (0.0, _onnx(feats, micro, size))
-            out["onnxruntime"] = (time.perf_counter() - t0, out["onnxruntime"][1])
-        except Exception as e:  # noqa: BLE001
-            log.warning("ONNX export/runtime failed: %s", str(e).splitlines()[0])
+            runner = _runner(backbone, onnx_dir, size, **kw)
+            run = torch.no_grad()(chunked(runner, fmt))
+            run(torch.zeros(micro, 3, *size))   # compile / ONNX export happen on the first call
+            out[name] = (time.perf_counter() - t0, run)
+        except Exception as e:  # noqa: BLE001 - report, don't fail the other variants
+            log.warning("%s failed: %s", name, str(e).splitlines()[0])
     return out
 
 
-def _onnx(feats, micro: int, size: tuple[int, int]):
-    import onnxruntime as ort
-    path = Path(tempfile.mkdtemp()) / "image_encoder.onnx"
-    if feats.lite:
-        feats.net.to(memory_format=torch.contiguous_format)
-    with torch.no_grad():
-        torch.onnx.export(feats, (torch.zeros(micro, 3, *size),), str(path), dynamo=False,
-                          input_names=["images"], output_names=["features"],
-                          dynamic_axes={"images": {0: "n"}, "features": {0: "n"}}, opset_version=17)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    if feats.lite:
-        feats.net.to(memory_format=torch.channels_last)
-    return lambda imgs: torch.cat([torch.from_numpy(sess.run(None, {"images": c.numpy()})[0])
-                                   for c in imgs.split(micro)])
+def _runner(backbone, onnx_dir: Path, size: tuple[int, int], **kw):
+    from clip_adapter.backbones.encoder import EncoderOptions, ImageRunner, OnnxGraphCache, resolve
+    device = torch.device(backbone.device)
+    module = backbone.image_module()
+    resolved = resolve(EncoderOptions(**kw), device, module is not None, backbone.onnx_by_default, backbone.id)
+    return ImageRunner(module, resolved, device, backbone.id, (1, 3, *size), OnnxGraphCache(onnx_dir))
+
+
+@contextlib.contextmanager
+def _no_mha_fastpath():
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
 
 
 def measure(name: str, backbone, images: torch.Tensor, rounds: int, micro: int, skip: set[str]) -> dict:
@@ -144,7 +145,12 @@ def measure(name: str, backbone, images: torch.Tensor, rounds: int, micro: int, 
 
 def main() -> None:
     p = _util.parser(__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=32)
+    p.add_argument("--images", type=int, default=32, help="images per lite measurement")
+    p.add_argument("--open-clip-images", type=int, default=None,
+                   help="images per open_clip measurement (default: --images; RN50 on one CPU thread is ~10x slower)")
+    p.add_argument("--threads-list", type=int, nargs="*", default=None,
+                   help="measure once per torch thread count (default: --threads or torch's choice)")
+    p.add_argument("--name", default="encoder_variants", help="result file name (without .json)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--micro-batch", type=int, default=8, help="images per encoder call (lite's CPU default: 8)")
     p.add_argument("--open-clip", default="RN50", help="open_clip architecture (random init; speed only)")
@@ -154,22 +160,33 @@ def main() -> None:
     if args.quick:
         args.images, args.rounds, args.open_clip = 8, 1, "tiny-vit"
     skip = set(args.skip)
-    res = _util.Result("encoder_variants", args, {"images": args.images, "rounds": args.rounds,
-                                                  "micro_batch": args.micro_batch, "open_clip": args.open_clip,
-                                                  "skip": sorted(skip)})
-    encoders = [] if "lite" in skip else [("lite", "lite", None)]
+    n_open_clip = args.open_clip_images or args.images
+    threads = args.threads_list or [None]
+    res = _util.Result(args.name, args, {"images": args.images, "open_clip_images": n_open_clip,
+                                         "rounds": args.rounds, "micro_batch": args.micro_batch,
+                                         "open_clip": args.open_clip, "skip": sorted(skip),
+                                         "threads_list": args.threads_list})
+    encoders = [] if "lite" in skip else [("lite", "lite", None, args.images)]
     if "open_clip" not in skip:
-        encoders.append((args.open_clip, args.open_clip, None))
-    for label, name, pretrained in encoders:
-        try:
-            bb = _util.load_backbone_arg(name, pretrained, args.device)
-        except Exception as e:  # noqa: BLE001 - e.g. lite's weight packages missing on a bare GPU machine
-            log.warning("%s skipped: %s", label, str(e).splitlines()[0])
-            res.record["results"][label] = {"skipped": str(e).splitlines()[0]}
-            continue
-        images = _images(bb, args.images)
-        with contextlib.suppress(KeyboardInterrupt):
-            res.record["results"][label] = measure(label, bb, images, args.rounds, args.micro_batch, skip)
+        encoders.append((args.open_clip, args.open_clip, None, n_open_clip))
+    for n_threads in threads:
+        if n_threads:
+            torch.set_num_threads(n_threads)
+        out = res.record["results"]
+        if args.threads_list:
+            out = out.setdefault(f"{n_threads} threads", {})
+        for label, name, pretrained, n in encoders:
+            try:
+                bb = _util.load_backbone_arg(name, pretrained, args.device)
+            except Exception as e:  # noqa: BLE001 - e.g. lite's weight packages missing on a bare GPU machine
+                log.warning("%s skipped: %s", label, str(e).splitlines()[0])
+                out[label] = {"skipped": str(e).splitlines()[0]}
+                continue
+            images = _images(bb, n)
+            with contextlib.suppress(KeyboardInterrupt):
+                out[label] = {"loadavg_before": _util.loadavg(), "images": n, "torch_threads": torch.get_num_threads(),
+                              **measure(label, bb, images, args.rounds, args.micro_batch, skip)}
+            out[label]["loadavg_after"] = _util.loadavg()
     res.write()
 
 

@@ -81,6 +81,11 @@ def main() -> None:
     p.add_argument("--synthetic", action="store_true", help="generated JPEGs instead of the shared datasets")
     p.add_argument("--target", type=float, default=0.9)
     p.add_argument("--name", default=None, help="result name (default extraction[_<backbone>])")
+    # The encoder options of the CLI (--precision/--compile/--runtime/--gpu-decode), applied to the backbone.
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnx", "auto"])
+    p.add_argument("--gpu-decode", action="store_true", help="decode JPEGs on the GPU in the full path (CUDA)")
     args = p.parse_args()
     if args.quick:
         args.images, args.batch_sizes, args.workers, args.repeats = 32, [8], [0, 1], 1
@@ -90,13 +95,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-extraction-"))
     try:
         backbone = _util.load_backbone_arg(args.backbone, args.pretrained, args.device)
+        backbone.configure_encoder(precision=args.precision, compile=args.compile, runtime=args.runtime,
+                                   gpu_decode=args.gpu_decode)
         paths = image_paths(args, work)
         for pth in paths:                       # warm the page cache: measure decoding, not the disk
             Path(pth).read_bytes()
         # Pre-made tensors: real images through the test transform, stacked once, outside any timing.
         pool = torch.stack([backbone.test_transform(_open(pth)) for pth in paths[: max(args.batch_sizes)]])
         settings = {k: v for k, v in vars(args).items() if k not in ("out", "verbose", "quick", "device")}
-        settings.update(backbone_id=backbone.id, embed_dim=backbone.embed_dim, n_images=len(paths),
+        settings.update(encoder=backbone.encoder.record(), backbone_id=backbone.id, embed_dim=backbone.embed_dim, n_images=len(paths),
                         input_shape=list(pool.shape[1:]), what_full_path_includes=
                         "decode + test transform (DataLoader) + encode + safetensors write, fresh cache dir")
         rec = _util.Result(name, args, settings)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
-from clip_adapter.config import Config, Interval, MethodConfig, setting
-from clip_adapter.experiment.schema import parse_config
+from clip_adapter.config import Config, Interval, MethodConfig, SettingError, invalid_examples, setting
+from clip_adapter.experiment.schema import (AblationEntry, BackboneKeys, DatasetEntry, ExecutorEntry,
+                                            ExperimentConfig, MethodEntry, RayEntry, TransferEntry, parse_config)
 from clip_adapter.methods import get_method, get_method_class, list_methods
 from clip_adapter.methods.reference import field_table, flags_module, reference_markdown
 from clip_adapter.methods.taskres import TaskResConfig
@@ -132,6 +134,67 @@ def test_experiment_replace_is_validated(tmp_path):
         cfg.replace(outptu="x")
 
 
+_ENTRIES = {DatasetEntry: {"data": "dtd"}, MethodEntry: {"label": "m", "method": "zero_shot"}, BackboneKeys: {},
+            AblationEntry: {"method": "clip_adapter", "param": "alpha", "values": (0.2,)}, RayEntry: {},
+            ExecutorEntry: {}, TransferEntry: {"source": "dtd", "targets": (DatasetEntry("x"),)}}
+
+
+@pytest.mark.parametrize("cls", [*_ENTRIES, ExperimentConfig], ids=lambda c: c.__name__)
+def test_experiment_schema_entries_check_every_value_on_construction(cls, tmp_path):
+    """The experiment schema's entries are Configs: each value is checked by the one __post_init__, from Python as
+    from a file; every constraint rejects each of its invalid examples in the one message shape."""
+    assert issubclass(cls, Config)
+    entry = cls(**_ENTRIES[cls]) if cls in _ENTRIES else parse_config(_raw("datasets", "methods"), base_dir=tmp_path)
+    checked = 0
+    for s in cls.settings():
+        for bad in invalid_examples(s.check) if s.check is not None else []:
+            with pytest.raises(SettingError, match=rf"^The {s.name!r} parameter of {cls.__name__} must be "
+                                                   rf"{re.escape(s.accepts)}\. Got .* instead\.$"):
+                cls(**{**{f.name: getattr(entry, f.name) for f in dataclasses.fields(cls)}, s.name: bad})
+            checked += 1
+    assert checked >= len([s for s in cls.settings() if s.check is not None])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"datasets": [{"data": "dtd", "label": "a/b"}]},
+     r"cfg\.yaml: datasets\[0\]: 'label' must be a non-empty name without '/' or null\. Got 'a/b' instead\."),
+    ({"datasets": [{"label": "x"}]}, r"cfg\.yaml: datasets\[0\]: 'data' is required \(a path .*\)\. Keys: data, "
+                                      r"root, label, allow_outside_paths\."),
+    ({"ablation": {"method": "clip_adapter", "param": "alpha", "values": [0.2], "shots": [0]}},
+     r"cfg\.yaml: ablation: 'shots' must be a non-empty list of distinct ints >= 1\. Got \[0\] instead\."),
+    ({"ablation": {"method": "clip_adapter", "values": [0.2]}}, r"cfg\.yaml: ablation: 'param' is required "
+                                                                 r"\(the config field to fix\)\. Keys: method, param, .*"),
+    ({"executor": {"ray": {"cpus_per_run": 0}}},
+     r"cfg\.yaml: executor\.ray: 'cpus_per_run' must be a float in \(0, inf\)\. Got 0 instead\."),
+    ({"methods": {"clip_adapter": {"overrides": [1]}}},
+     r"cfg\.yaml: methods\.clip_adapter: 'overrides' must be a mapping of method config fields\. Got \[1\] "
+     r"instead\."),
+    ({"templates": ["no slot"]},
+     r"cfg\.yaml: 'templates' must be a list of strings with \{\} once, or null\. Got \['no slot'\] instead\."),
+    ({"backbone": {"name": "lite", "device": 3}}, r"cfg\.yaml: backbone: 'device' must be a non-empty string\. Got 3 "
+                                                  r"instead\."),
+    ({"cache_dir": ""}, r"cfg\.yaml: 'cache_dir' must be a non-empty string or null\. Got '' instead\."),
+    ({"name": ""}, r"cfg\.yaml: 'name' must be a non-empty string without '/' or null\. Got '' instead\."),
+    ({"output": None}, r"cfg\.yaml: 'output' must be a non-empty string\. Got None instead\."),
+    ({"transfer": {"source": "dtd"}}, r"cfg\.yaml: transfer: 'targets' is required \(target datasets .*\)\. Keys: "
+                                      r"source, targets\."),
+])
+def test_a_file_value_is_checked_by_its_entry_and_said_in_the_files_terms(change, message):
+    with pytest.raises(ValueError, match=rf"^{message}$"):
+        parse_config({**_raw("datasets", "methods"), **change}, source="cfg.yaml")
+
+
+def test_a_file_may_write_a_value_shortly():
+    """The hand parsers only convert how a file may write a value; the entry's check judges the result."""
+    cfg = parse_config({"datasets": ["dtd"], "shots": 4, "seeds": [7], "templates": "a {}.",
+                        "methods": {"clip_adapter": {"overrides": None, "grid": {"alpha": (0.2, 0.4)}}},
+                        "ablation": {"method": "clip-adapter", "param": "alpha", "values": [0.2], "seeds": 2}})
+    assert cfg.shots == (4,) and cfg.seeds == (7,) and cfg.templates == ("a {}.",)
+    assert cfg.methods[0].overrides == {} and cfg.methods[0].grid == {"alpha": [0.2, 0.4]}
+    assert cfg.ablations[0].method == "clip_adapter" and cfg.ablations[0].seeds == (2,)
+    assert cfg.datasets == (DatasetEntry("dtd"),) and cfg.replace(n_views=3).datasets == cfg.datasets
+
+
 def _run_parser():
     from clip_adapter.cli import build_parser
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
@@ -169,3 +232,15 @@ def test_run_flags_become_typed_overrides():
     with pytest.raises(ValueError, match=r"^--n-ctx does not apply to method 'clip_adapter' \(its config has no "
                                          r"'n_ctx'\)\.$"):
         _overrides(run.parse_args(["--data", "x", "--n-ctx", "4"]), cls)
+
+
+def test_training_settings_asked_of_a_training_free_method_are_the_training_configs_fields():
+    """TRAINING_KEYS is derived from TrainingConfig: each field it adds (a new one included) is explained, not just
+    unknown, when asked of a method that does not train."""
+    from clip_adapter.methods.base import TRAINING_KEYS
+    added = [s.name for s in TrainingConfig.settings() if s.name not in MethodConfig.field_names()]
+    assert sorted(TRAINING_KEYS) == sorted(added) and {"epochs", "lr", "warmup_lr", "device"} <= set(added)
+    for name in added:
+        with pytest.raises(ValueError, match=rf"^Method 'gda' is training-free \(closed form\): it takes no "
+                                             rf"'{name}' \(no epochs, lr or batch size\)\. Its settings: "):
+            get_method("gda", **{name: 1})

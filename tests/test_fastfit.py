@@ -188,7 +188,8 @@ def test_lean_sgd_equals_torch_sgd_bit_for_bit(momentum, weight_decay):
 
 
 def test_finite_check_fast_path_keeps_its_answers():
-    check_finite(torch.full((4, 3), 3e38), "features")               # huge but finite: the float64 sum holds it
+    check_finite(torch.full((4, 3), 3e38), "features")               # huge but finite: the sum overflows, the
+    check_finite(torch.full((4, 3), 6e4, dtype=torch.float16), "x")   # element-wise check then says finite
     check_finite(torch.arange(6).view(2, 3), "labels")                # integers are always finite
     for bad in (float("nan"), float("inf"), -float("inf")):
         x = torch.ones(5, 4)
@@ -210,3 +211,91 @@ def test_stacked_adam_is_adam_not_adamw(problem, one_thread):
     for s, b in zip(seq, bat):
         torch.testing.assert_close(b.logits(feats), s.logits(feats), atol=1e-5, rtol=0)
     assert dataclasses.asdict(bat[0].config)["optimizer"] == "adam"
+
+
+# -- an experiment's seeds searched together (batch_seeds) ------------------------------------------------------
+VOLATILE = {"train_seconds", "predict_seconds", "total_seconds", "time", "versions", "result_file"}
+
+
+def _experiment(tmp_path, data, batch: bool):
+    from clip_adapter import run_experiment
+    config = {"name": "seeds", "datasets": [str(data)], "shots": [2], "seeds": [1, 2, 3], "n_views": 2,
+              "backbone": {"name": "tiny-vit", "pretrained": None}, "batch_seeds": batch,
+              "methods": {"zero_shot": {}, "clip_adapter": {"grid": {"alpha": [0.2, 0.6]}, "overrides": {"epochs": 4}},
+                          "ca_fixed": {"method": "clip_adapter", "overrides": {"epochs": 3, "alpha": 0.5}},
+                          "tip_adapter": {"grid": {"alpha": [1.0], "beta": [1.0, 5.0]}}},
+              "cache_dir": str(tmp_path / "cache"), "output": str(tmp_path / f"out{int(batch)}"), "workers": 0,
+              "report": False}
+    result = run_experiment(config, progress=False)
+    return {f"{r['variant']}/{r['shots']}/{r['seed']}": {k: v for k, v in r.items() if k not in VOLATILE}
+            for r in result.records}
+
+
+def test_batch_seeds_gives_the_records_of_one_by_one(tmp_path, monkeypatch, one_thread):
+    from clip_adapter.experiment import local
+    from conftest import make_color_images
+    data = make_color_images(tmp_path / "colors", per_class=8, seed=5)
+    alone = _experiment(tmp_path, data, batch=False)
+    calls = []
+    real = local.select_many
+    monkeypatch.setattr(local, "select_many", lambda method, configs, *a, **k: calls.append(
+        (method, [c.seed for c in configs])) or real(method, configs, *a, **k))
+    together = _experiment(tmp_path, data, batch=True)
+    assert sorted(calls) == [("clip_adapter", [1, 2, 3]), ("clip_adapter", [1, 2, 3])]   # tip_adapter: one by one
+    assert together.keys() == alone.keys() and len(alone) == 1 + 3 * 3
+    for key in alone:
+        assert together[key] == alone[key], key
+
+
+def test_seed_groups_only_group_what_differs_by_seed(tmp_path):
+    from clip_adapter.experiment.local import seed_groups
+    from clip_adapter.experiment.plan import plan_runs
+    from clip_adapter.experiment.schema import parse_config
+    raw = {"name": "g", "datasets": ["a", "b"], "shots": [1, 2], "seeds": [1, 2], "n_views": 1,
+           "methods": {"zero_shot": {}, "clip_adapter": {}, "linear_probe": {}},
+           "output": str(tmp_path / "o"), "batch_seeds": True}
+    config = parse_config(raw, check_registry=False)
+    runs = plan_runs(config, ["a", "b"])
+    groups = seed_groups(runs, config)
+    assert len(groups) == 2 * 2                  # datasets x shots, clip_adapter only
+    for g in groups:
+        assert [r.seed for r in g] == [1, 2] and len({(r.dataset, r.shots, r.variant) for r in g}) == 1
+    assert seed_groups(runs, parse_config({**raw, "batch_seeds": False}, check_registry=False)) == []
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(target="both", bias=True)])
+def test_fit_many_data_equals_each_fit_on_its_own_data(problem, kw, one_thread):
+    text, feats, labels, views = problem
+    g = torch.Generator().manual_seed(7)
+    data = [(feats, labels, views)] + [((feats + 0.1 * torch.randn(N, D, generator=g)).relu(), labels.roll(i),
+                                        (views + 0.1 * torch.randn(V, N, D, generator=g)).relu()) for i in (1, 2)]
+    cfgs = [ClipAdapterConfig(seed=s, alpha=a, epochs=3, batch_size=16, **kw) for s, a in ((1, .2), (2, .2), (3, .7))]
+    alone = [ClipAdapter(c).fit(f, y, text=text, views=v) for c, (f, y, v) in zip(cfgs, data)]
+    together = ClipAdapter.fit_many_data(cfgs, [d[0] for d in data], [d[1] for d in data], text=text,
+                                         views=[d[2] for d in data])
+    for a, b in zip(alone, together):
+        torch.testing.assert_close(b.logits(feats), a.logits(feats), atol=1e-5, rtol=0)
+        assert b.history_["loss"] == pytest.approx(a.history_["loss"], rel=1e-6)   # 'both': float rounding
+        assert b.history_["train_acc"] == a.history_["train_acc"]
+    # data of different sizes cannot share one stacked model: fitted one by one, still each its own fit
+    short = ClipAdapter.fit_many_data(cfgs[:2], [feats, feats[:30]], [labels, labels[:30]], text=text,
+                                      views=[views, views[:, :30]])
+    torch.testing.assert_close(short[0].logits(feats), alone[0].logits(feats), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pull", [False, True])
+def test_probe_step_gives_autograd_gradients_bit_for_bit(problem, pull):
+    from clip_adapter.methods.zs_lp import _ProbeStep
+    text, feats, labels, _ = problem
+    t = text.features.float()
+    lam = torch.rand(C, generator=torch.Generator().manual_seed(2)) if pull else None
+    weight = torch.nn.Parameter(t + 0.1 * torch.randn(C, D, generator=torch.Generator().manual_seed(3)))
+    x, y = feats[:25], labels[:25]
+    loss = F.cross_entropy(50.0 * F.normalize(x, dim=-1) @ F.normalize(weight, dim=-1).t(), y)
+    if pull:
+        loss = loss + (lam * (weight - t).pow(2).sum(-1)).mean()
+    loss.backward()
+    want = weight.grad
+    weight.grad = None
+    got_loss, _ = _ProbeStep(weight, t, 50.0, lam)(x, y)
+    assert torch.equal(weight.grad, want) and torch.equal(got_loss, loss.detach())

@@ -1,10 +1,12 @@
 """A model saved with a Hugging Face folder backbone loads without ``backbone=`` (#21.4): the saved recipe names the
 folder's absolute path and digests, and is rebuilt only while that folder is there and unchanged. A hub id, a moved,
-changed or pickle-only folder, or a path that is not absolute is refused in one line that says to pass
-``backbone=`` (the #17 rule: a model folder never makes loading open a hub repo or a path nobody approved)."""
+changed or pickle-only folder, or a path that is not absolute is refused in one line that says to pass the backbone
+(``--backbone hf:PATH`` on the command line, ``backbone=`` in Python: the #17 rule, a model folder never makes loading
+open a hub repo or a path nobody approved); a backbone so given must have the saved id."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -24,7 +26,8 @@ from conftest import make_color_images
 
 CFG = "adapter_config.json"
 NAMES = ["red", "green", "blue", "yellow"]
-HINT = r"load that backbone yourself and pass it: AdaptedClassifier\.from_pretrained\(dir, backbone=load_backbone"
+HINT = (r"load that backbone yourself and pass it: --backbone hf:PATH on the command line, "
+        r"AdaptedClassifier\.from_pretrained\(dir, backbone=load_backbone\('hf:PATH'\)\) in Python\.$")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,7 +90,7 @@ def _refused(saved: Path, monkeypatch, message: str) -> None:
     with pytest.raises(ValueError, match=message) as e:
         AdaptedClassifier.from_pretrained(saved)
     assert "\n" not in str(e.value) and str(e.value).startswith(str(saved / CFG))
-    assert "backbone=load_backbone('hf:PATH')" in str(e.value)
+    assert "backbone=load_backbone('hf:PATH')" in str(e.value) and "--backbone hf:PATH" in str(e.value)
 
 
 def test_hub_id_recorded_is_refused(tmp_path, monkeypatch):
@@ -139,3 +142,56 @@ def test_pickle_only_folder_is_refused(tmp_path, monkeypatch):
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
     _refused(saved, monkeypatch, r"holds no safetensors weights \(model.safetensors or model.safetensors.index.json\)"
                                  r"; a saved model never unpickles a backbone; " + HINT)
+
+
+def _predict(saved: Path, images: list[Path], out: Path, *extra: str) -> list[dict]:
+    code = main(["predict", str(saved), *map(str, images), "--out", str(out), "--workers", "0", "--no-progress",
+                 *extra])
+    return sorted((json.loads(line) for line in out.read_text().splitlines()), key=lambda r: r["path"]) \
+        if code == 0 else code
+
+
+def _error_line(capsys) -> str:
+    """The command's error: one line (transformers' own loading progress bars may come before it)."""
+    lines = [x for x in capsys.readouterr().err.replace("\r", "\n").splitlines() if "error" in x.lower()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_cli_backbone_loads_a_moved_folder(tmp_path, images, capsys):
+    folder, saved, model = _saved(tmp_path)
+    moved = tmp_path / "moved" / folder.name   # the id names the folder: the user moved it, name kept
+    moved.parent.mkdir()
+    folder.rename(moved)
+    capsys.readouterr()   # what building the tiny model printed
+    assert _predict(saved, images, tmp_path / "none.jsonl") == 1   # the recorded folder is gone: refused
+    err = _error_line(capsys)
+    assert "no longer exists" in err and "--backbone hf:PATH" in err
+    rows = _predict(saved, images, tmp_path / "p.jsonl", "--backbone", f"hf:{moved}", "--top-k", "4")
+    probs = model.predict_proba(images)
+    assert [r["prediction"] for r in rows] == model.predict(images)
+    for r, row in zip(rows, probs):
+        got = {t["class"]: t["probability"] for t in r["top_k"]}
+        assert [got[c] for c in NAMES] == pytest.approx(row.tolist(), abs=1e-6)
+    loaded = AdaptedClassifier.from_pretrained(saved, backbone=f"hf:{moved}")   # the same choice in Python
+    assert torch.equal(loaded.predict_proba(images), probs)
+
+
+def test_cli_backbone_of_another_model_is_refused(tmp_path, images, capsys):
+    folder, saved, model = _saved(tmp_path)
+    other = save_tiny_hf(tmp_path / "other" / folder.name, "clip", seed=1)   # same name, other weights
+    capsys.readouterr()
+    assert _predict(saved, images, tmp_path / "p.jsonl", "--backbone", f"hf:{other}") == 1
+    err = _error_line(capsys)
+    assert re.fullmatch(rf"error: {re.escape(str(saved / CFG))}: the backbone given \('hf:{re.escape(str(other))}'\) "
+                        r"is 'hf:tiny-clip/sha256:[0-9a-f]{16}', but the model was saved with "
+                        r"'hf:tiny-clip/sha256:[0-9a-f]{16}'; pass the backbone it was trained on\.", err), err
+    assert load_backbone(f"hf:{other}").id in err and model.backbone.id in err
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", [["evaluate", "M", "--data", "D"], ["export", "M", "--onnx", "x.onnx"]])
+def test_evaluate_and_export_take_backbone(command):
+    from clip_adapter.cli import build_parser
+    assert build_parser().parse_args([*command, "--backbone", "hf:/w/tiny-clip"]).backbone == "hf:/w/tiny-clip"
+    assert build_parser().parse_args(command).backbone is None

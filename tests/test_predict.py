@@ -17,6 +17,7 @@ from clip_adapter.cli import main
 from clip_adapter.methods import get_method
 from clip_adapter.backbones import BackboneSpec
 from clip_adapter.model import AdaptedClassifier, expand_images, predict_to_jsonl
+from conftest import seeded_backbone
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +110,19 @@ def test_random_init_backbone_is_passed_not_rebuilt(tiny_backbone, color_dir, tm
     same = AdaptedClassifier.from_pretrained(tmp_path / "zs", backbone=tiny_backbone)
     assert torch.equal(same.predict_proba(paths), model.predict_proba(paths))
     # A rebuilt random init would have other weights: refused, with the way out.
-    with pytest.raises(ValueError, match=r"randomly initialised backbone .*from_pretrained\(dir, backbone=bb\)"):
+    with pytest.raises(ValueError, match=r"randomly initialised backbone .*Pass the original: --backbone NAME on the "
+                                         r"command line \(checked by its weights' fingerprint\), "
+                                         r"from_pretrained\(dir, backbone=bb\) in Python\.$"):
         AdaptedClassifier.from_pretrained(tmp_path / "zs")
+    # Named (--backbone tiny-vit), it is built seeded as experiments build it: the saved fingerprint, accepted.
+    named = AdaptedClassifier.from_pretrained(tmp_path / "zs", backbone="tiny-vit")
+    assert named.backbone.id == tiny_backbone.id and torch.equal(named.predict_proba(paths), model.predict_proba(paths))
+    _zero_shot(seeded_backbone("tiny-vit", seed=1)).save_pretrained(tmp_path / "zs1")   # other random weights
+    with pytest.raises(ValueError, match=r"zs1/adapter_config.json: the backbone given \('tiny-vit'\) is "
+                                         r"'open_clip:tiny-vit/random-init-[0-9a-f]+', but the model was saved with "
+                                         r"'open_clip:tiny-vit/random-init-[0-9a-f]+'; pass the backbone it was "
+                                         r"trained on\.$"):
+        AdaptedClassifier.from_pretrained(tmp_path / "zs1", backbone="tiny-vit")
     with pytest.raises(ValueError, match="not on a local checkpoint"):
         AdaptedClassifier.from_pretrained(tmp_path / "zs", checkpoint=__file__)
 

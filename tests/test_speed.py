@@ -140,8 +140,9 @@ def test_unknown_attribute_is_an_attribute_error():
         clip_adapter.load_backbones  # noqa: B018
 
 
-CLI_CASES = [["--help"], ["run", "--help"], ["experiment", "--help"], ["predict", "--help"],
-             ["datasets", "list", "--root", "/nonexistent"], ["run", "--shots", "x"], ["run", "--no-such-flag"]]
+CLI_CASES = [["--help"], ["run", "--help"], ["experiment", "--help"], ["predict", "--help"], ["evaluate", "--help"],
+             ["export", "--help"], ["datasets", "list", "--root", "/nonexistent"], ["run", "--shots", "x"],
+             ["run", "--no-such-flag"]]
 
 
 def test_help_listing_and_bad_flags_import_no_torch():
@@ -152,5 +153,5 @@ def test_help_listing_and_bad_flags_import_no_torch():
             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
             "        try:\n            codes.append(main(argv))\n        except SystemExit as e:\n"
             "            codes.append(e.code)\n"
-            "assert codes == [0, 0, 0, 0, 0, 2, 2], codes")
+            "assert codes == [0, 0, 0, 0, 0, 0, 0, 2, 2], codes")
     assert _loaded_after(code) == {m: False for m in HEAVY}

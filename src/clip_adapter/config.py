@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Mapping
 
 __all__ = ["Constraint", "Interval", "Options", "Bool", "Text", "NoneOr", "IntList", "Predicate", "closest", "suggest",
-           "unknown_key", "invalid_value", "check_keys", "invalid_examples", "setting", "Setting", "settings_of", "settings_table", "shown", "value_kind", "Config",
+           "unknown_key", "invalid_value", "SettingError", "check_keys", "invalid_examples", "setting", "Setting", "settings_of", "settings_table", "shown", "value_kind", "Config",
            "MethodConfig", "brief", "HP_SELECTION"]
 
 # How hyper-parameters are chosen (RunSpec.hp_selection, `run --hp-selection`, the experiment's `hp_selection`):
@@ -68,6 +68,16 @@ def invalid_value(name: str, value: Any, expected: str, *, owner: str | None = N
     or ``<where>: 'name' must be <expected>. Got <value> instead.`` for settings that belong to a file."""
     head = f"The {name!r} parameter of {owner}" if owner else (f"{where}: {name!r}" if where else repr(name))
     return ValueError(f"{head} must be {expected}. Got {brief(value)} instead.")
+
+
+class SettingError(ValueError):
+    """A value that fails its :func:`setting`'s check, raised by :class:`Config` in the one message shape; it keeps
+    the config class, the setting and the value, so that a reader of a file (the experiment schema) can say the same
+    thing in the file's terms (its key, where in the file, the value as written)."""
+
+    def __init__(self, owner: type, setting: "Setting", value: Any):
+        super().__init__(str(invalid_value(setting.name, value, setting.accepts, owner=owner.__name__)))
+        self.owner, self.setting, self.value = owner, setting, value
 
 
 def check_keys(d: Mapping, valid: Iterable[str], where: str) -> None:
@@ -254,8 +264,8 @@ def setting(default: Any = dataclasses.MISSING, doc: str = "", check: Constraint
 
         alpha: float = setting(0.2, "residual ratio of the image adapter", Interval(float, 0, 1))
 
-    ``check`` is what a value must be (checked by :class:`Config`'s ``__post_init__``, and by the experiment
-    schema when it reads a file). A subclass that only changes a default writes ``setting(300)``: ``doc`` and
+    ``check`` is what a value must be (checked by :class:`Config`'s ``__post_init__``, also when the experiment
+    schema reads a file: it says a failure in the file's terms). A subclass that only changes a default writes ``setting(300)``: ``doc`` and
     ``check`` left out are its base's. The file-facing extras: ``key`` (the name in a file when it differs),
     ``path`` (resolved against the file's folder), ``parse(value, where, ctx)`` (a parser for a structured value,
     described by ``accepts``), ``shown`` (the default as the docs show it)."""
@@ -342,11 +352,12 @@ def settings_table(rows: Iterable[Setting], *, head: str = "key", types: bool = 
 
 
 class Config:
-    """Base of every validated config (each method's config, :class:`~clip_adapter.protocol.RunSpec`): a dataclass
-    whose fields are made by :func:`setting`.
+    """Base of every validated config (each method's config, :class:`~clip_adapter.protocol.RunSpec`, the experiment
+    schema's entries): a dataclass whose fields are made by :func:`setting`.
 
-    Construction checks every field against its ``check`` (one line: ``The 'alpha' parameter of ClipAdapterConfig
-    must be a float in [0, 1]. Got 1.5 instead.``), then :meth:`validate` (the rare check spanning fields).
+    Construction checks every field against its ``check`` (one line, a :class:`SettingError`: ``The 'alpha'
+    parameter of ClipAdapterConfig must be a float in [0, 1]. Got 1.5 instead.``), then :meth:`validate` (the rare
+    check spanning fields).
     :meth:`replace` changes values through the same checks; an unknown name is an error with the closest field.
     """
 
@@ -358,10 +369,17 @@ class Config:
 
     def __post_init__(self) -> None:
         for s in self.settings():
-            value = getattr(self, s.name)
-            if s.check is not None and not s.check.ok(value):
-                raise invalid_value(s.name, value, s.accepts, owner=type(self).__name__)
+            self.check_value(s.name, getattr(self, s.name))
         self.validate()
+
+    @classmethod
+    def check_value(cls, name: str, value: Any) -> None:
+        """``value`` passes the check of field ``name``, else a one-line :class:`SettingError` (a ``ValueError``):
+        the check construction runs, for the rare value needed before the config exists (the experiment's data
+        root, which its datasets read)."""
+        s = next(x for x in cls.settings() if x.name == name)
+        if s.check is not None and not s.check.ok(value):
+            raise SettingError(cls, s, value)
 
     def validate(self) -> None:
         """Checks that span several fields; raise :func:`invalid_value`. Nothing by default."""

@@ -362,16 +362,20 @@ class FeatureCache:
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.progress = progress
         self.encoded_images = 0  # images this object sent through the encoder (tests, logs)
-        self._stores: dict[tuple[str, str], _Store] = {}
+        self._stores: dict[tuple[str, str, str], _Store] = {}
 
     def folder(self, kind: str, view: int = 0) -> Path:
-        """Where features of the ``kind`` ("test" or "train") transform and ``view`` live."""
+        """Where features of the ``kind`` ("test" or "train") transform and ``view`` live. An encoder variant that
+        changes features at all (bf16, ONNX Runtime, GPU decoding: :attr:`Backbone.encoder`) gets its own folder
+        (``test-<hash>-onnx``), so features of one variant are never served for another; today's path keeps its
+        folder."""
         tf = hashlib.sha256(f"{CACHE_VERSION}|{self.backbone.transform_id(kind)}".encode()).hexdigest()[:16]
         tag = "test" if kind == "test" else f"train-{view}"
-        return self.root / safe_name(self.backbone.id) / f"{kind}-{tf}" / tag
+        variant = _variant(self.backbone)
+        return self.root / safe_name(self.backbone.id) / (f"{kind}-{tf}" + (f"-{variant}" if variant else "")) / tag
 
     def _store(self, kind: str, view: int) -> _Store:
-        key = (kind, str(view))
+        key = (kind, str(view), str(self.folder(kind, view)))   # the folder too: the encoder may be reconfigured
         if key not in self._stores:
             self._stores[key] = _Store(self.folder(kind, view), self.backbone.embed_dim, self.uid, self.shared)
         else:
@@ -432,19 +436,27 @@ class FeatureCache:
     def meta(self, kind: str, view: int) -> dict[str, str]:
         """The header fields every shard of ``(kind, view)`` carries."""
         return {"backbone": self.backbone.id, "kind": kind, "view": str(view),
-                "transform": self.backbone.transform_id(kind)[:4000], "cache_version": CACHE_VERSION}
+                "transform": self.backbone.transform_id(kind)[:4000], "cache_version": CACHE_VERSION,
+                "encoder": json.dumps(_encoder_record(self.backbone), sort_keys=True)}
 
     def _encode(self, paths: list[str], transform: Callable, views: list[int] | None, desc: str) -> list[torch.Tensor]:
-        ds = ImageListDataset(paths, transform, views)
+        gpu = _gpu_decode(self.backbone)
+        ds = EncodedFileDataset(paths) if gpu else ImageListDataset(paths, transform, views)
         per_item = len(views) if views else 1
         bs = max(1, self.batch_size // per_item)
         workers = self.num_workers if len(paths) > bs else 0  # a worker costs more than it saves on a batch
         # An own generator: DataLoader otherwise draws its worker seed from (and so shifts) the global RNG.
         loader = DataLoader(ds, batch_size=bs, num_workers=workers, shuffle=False,
-                            generator=torch.Generator().manual_seed(0))
+                            generator=torch.Generator().manual_seed(0),
+                            **({"collate_fn": _as_list, "pin_memory": True} if gpu else {}))
         chunks: list[torch.Tensor] = []
         with progress_bar(len(paths) * per_item, desc, "img", enabled=self.progress) as bar:
+            done = 0
             for batch in iter_batches(loader):
+                if gpu:
+                    batch = decode_on_device(batch, paths[done:done + len(batch)], transform, views,
+                                             self.backbone.device)
+                done += len(batch)
                 flat = batch.reshape(-1, *batch.shape[-3:])
                 f = self.backbone.encode_images(flat).float().cpu()
                 chunks.append(f.reshape(batch.shape[0], per_item, -1))
@@ -452,6 +464,92 @@ class FeatureCache:
                 bar.update(flat.shape[0])
         feats = torch.cat(chunks)  # (n, V, d)
         return [feats[:, j].contiguous() for j in range(per_item)]
+
+
+def _variant(backbone) -> str:
+    enc = getattr(backbone, "encoder", None)   # any object with id/embed_dim/transforms may serve as a backbone
+    return getattr(enc, "variant", "") or ""
+
+
+def _encoder_record(backbone) -> dict:
+    enc = getattr(backbone, "encoder", None)
+    return enc.record() if hasattr(enc, "record") else {}
+
+
+def _gpu_decode(backbone) -> bool:
+    return bool(getattr(getattr(backbone, "encoder", None), "gpu_decode", False))
+
+
+# -- GPU decoding (encoder option gpu_decode): files are read by the loader, decoded and transformed on the device ---
+class EncodedFileDataset(torch.utils.data.Dataset):
+    """The raw bytes of each image file as a uint8 tensor (decoded later, on the GPU)."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from torchvision.io import read_file
+        try:
+            return read_file(self.paths[i])
+        except (OSError, RuntimeError) as e:
+            raise ValueError(f"Cannot read image {self.paths[i]}: {str(e).splitlines()[0]}") from None
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def _tensor_steps(transform: Callable) -> tuple[list[Callable], list[Callable]]:
+    """A PIL pipeline (``build_transforms``: [Lambda(to RGB)], resize/crop/flip..., ToTensor, Normalize) as the steps
+    before ToTensor (run on uint8 image tensors) and after it (on floats in [0, 1])."""
+    from torchvision import transforms as T
+    steps = list(getattr(transform, "transforms", [transform]))
+    if not any(isinstance(t, T.ToTensor) for t in steps):
+        raise ValueError(f"GPU decoding needs a torchvision Compose with ToTensor; got {transform!r}.")
+    cut = next(i for i, t in enumerate(steps) if isinstance(t, T.ToTensor))
+    return [t for t in steps[:cut] if not isinstance(t, T.Lambda)], steps[cut + 1:]
+
+
+def decode_on_device(datas: list[torch.Tensor], paths: Sequence[str], transform: Callable,
+                     views: Sequence[int] | None, device: str | torch.device) -> torch.Tensor:
+    """Encoded files -> ``(n, 3, H, W)`` (or ``(n, V, 3, H, W)`` with ``views``) on ``device``: JPEGs decoded by
+    ``torchvision.io.decode_jpeg(device=...)`` (nvjpeg on CUDA), other formats on the CPU; the resize/crop/flip steps
+    of ``transform`` run on uint8 tensors with the same seeded random draws as :func:`load_image_views`."""
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    device = torch.device(device)
+    before, after = _tensor_steps(transform)
+    jpeg = [i for i, d in enumerate(datas) if d[:2].tolist() == [0xFF, 0xD8]]
+    images: list[torch.Tensor | None] = [None] * len(datas)
+    if jpeg:
+        decoded = decode_jpeg([datas[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
+        for i, img in zip(jpeg, decoded):
+            images[i] = img
+    for i, d in enumerate(datas):
+        if images[i] is None:
+            images[i] = decode_image(d, mode=ImageReadMode.RGB).to(device, non_blocking=True)
+
+    def run(img: torch.Tensor) -> torch.Tensor:
+        for t in before:
+            img = t(img)
+        x = img.float().div_(255)
+        for t in after:
+            x = t(x)
+        return x
+    out = []
+    for img, path in zip(images, paths):
+        if views is None:
+            out.append(run(img))
+            continue
+        per_view = []
+        for v in views:
+            with torch.random.fork_rng(devices=[]):   # the crop/flip draws of load_image_views (CPU generator)
+                torch.manual_seed(_view_seed(path, v))
+                per_view.append(run(img))
+        out.append(torch.stack(per_view))
+    return torch.stack(out)
 
 
 def iter_batches(loader: DataLoader):

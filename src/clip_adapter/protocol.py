@@ -35,7 +35,7 @@ from .results import result_path
 from .selection import HP_SELECTION, FeatureSplit, Selection, select
 
 __all__ = ["RunSpec", "run_one", "HP_SELECTION", "hp_selection_of", "resolve_config", "input_source", "fewshot_items",
-           "select_on_val", "RECORD_FIELDS", "OPTIONAL_FIELDS", "MEMORY_FIELDS"]
+           "select_on_val", "selection_data", "run_grid", "RECORD_FIELDS", "OPTIONAL_FIELDS", "MEMORY_FIELDS"]
 
 log = logging.getLogger(__name__)
 
@@ -196,12 +196,29 @@ def _select(dataset: Dataset, backbone, spec: RunSpec, cls, config: MethodConfig
     if not cls.trains:
         empty = FeatureSplit(torch.zeros(0, text.features.shape[1]), torch.zeros(0, dtype=torch.long))
         return select(spec.method, config, grid, empty, empty, text, backbone=backbone), [], []
+    train, val, train_items, val_items = selection_data(dataset, spec, cache, text)
+    return select(spec.method, config, grid, train, val, text, backbone=backbone), train_items, val_items
+
+
+def selection_data(dataset: Dataset, spec: RunSpec, cache,
+                   text: ClassText) -> tuple[FeatureSplit, FeatureSplit, list[Item], list[Item]]:
+    """The run's few-shot train split (features, labels, views) and val split, and their items."""
     train_items, val_items = fewshot_items(dataset, spec)
     views = cache.views(train_items, spec.n_views) if spec.n_views > 0 else None  # None from an ImageSource
     train = FeatureSplit(cache.features(train_items), _labels(train_items), views)
     val = FeatureSplit(cache.features(val_items), _labels(val_items)) if val_items else \
         FeatureSplit(torch.zeros(0, text.features.shape[1]), torch.zeros(0, dtype=torch.long))
-    return select(spec.method, config, grid, train, val, text, backbone=backbone), train_items, val_items
+    return train, val, train_items, val_items
+
+
+def run_grid(spec: RunSpec) -> tuple[type[FewShotMethod], MethodConfig, dict]:
+    """The run's method class, resolved config and the grid it searches (as :func:`run_one` searches it)."""
+    cls, config = resolve_config(spec.method, spec.overrides, spec.seed, spec.device)
+    grid = dict(cls.default_grid if spec.grid is None else spec.grid)
+    grid = {k: v for k, v in grid.items() if k not in spec.overrides}  # a fixed value beats its grid
+    if spec.hp_selection == "none":
+        grid = {}  # no search: the config's values
+    return cls, config, grid
 
 
 def select_on_val(dataset: Dataset, backbone, spec: RunSpec, cache, text: ClassText) -> tuple[Selection, float]:
@@ -261,7 +278,8 @@ def _record(dataset: Dataset, backbone, spec: RunSpec, trains: bool, sel: Select
 def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | None = None,
             output: str | Path | None = None, save_model: str | Path | None = None,
             text: ClassText | None = None, extra: dict[str, Any] | None = None, overwrite: bool = False,
-            after: Callable[[FewShotMethod, dict], dict] | None = None) -> dict:
+            after: Callable[[FewShotMethod, dict], dict] | None = None,
+            selected: tuple[Selection, list[Item], list[Item]] | None = None) -> dict:
     """Fit ``spec.method`` on K shots, select on val, score on test; return (and optionally write) the record.
 
     Args:
@@ -275,21 +293,23 @@ def run_one(dataset: Dataset, backbone, spec: RunSpec, cache: FeatureCache | Non
         overwrite: let ``save_model`` replace a model saved there before.
         after: called with the chosen model and the record once test is scored; the fields it returns
             (:data:`OPTIONAL_FIELDS`) are stored with the record (base-to-new's new classes, transfer targets).
+        selected: the run's search already made (``(selection, train items, val items)``, e.g. by
+            :func:`~clip_adapter.selection.select_many` for several seeds at once): not searched again.
     """
     _check_targets(output, save_model, overwrite)
     if not dataset.split("test"):
         raise ValueError(f"Dataset {dataset.name} ({dataset.source}) has no test images; nothing to score.")
-    cls, config = resolve_config(spec.method, spec.overrides, spec.seed, spec.device)
+    cls, config, grid = run_grid(spec)
     cache = input_source(cls, backbone, cache)
-    grid = dict(cls.default_grid if spec.grid is None else spec.grid)
-    grid = {k: v for k, v in grid.items() if k not in spec.overrides}  # a fixed value beats its grid
-    if spec.hp_selection == "none":
-        grid = {}  # no search: the config's values
     templates = spec.templates or dataset.templates
     t_start = time.perf_counter()
     if text is None:
         text = encode_class_texts(backbone, dataset.classnames, templates)
-    sel, train_items, val_items = _select(dataset, backbone, spec, cls, config, grid, cache, text)
+    if selected is None:
+        sel, train_items, val_items = _select(dataset, backbone, spec, cls, config, grid, cache, text)
+    else:   # searched already, with other seeds' runs (an experiment's batch_seeds)
+        sel, train_items, val_items = selected
+        t_start -= sel.seconds
     # -- test: encoded and scored once, after selection ----------------------------------------------------
     test_items = dataset.split("test")
     pred, predict_seconds = _predict_test(sel.model, cache, test_items)

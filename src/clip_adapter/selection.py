@@ -20,7 +20,7 @@ from .config import HP_SELECTION, MethodConfig
 from .methods import FewShotMethod, get_method_class
 from .prompts import ClassText
 
-__all__ = ["FeatureSplit", "select", "Selection", "grid_edges", "HP_SELECTION"]
+__all__ = ["FeatureSplit", "select", "select_many", "Selection", "grid_edges", "HP_SELECTION"]
 
 
 log = logging.getLogger(__name__)
@@ -117,16 +117,27 @@ def _search(method: str, config: MethodConfig, points: list[dict], train: Featur
     Points that differ only in the method's ``logit_params`` share one fit: the fitted model is rescored with each
     point's config (the model kept for the best point gets a copy with that config, the same as fitting it)."""
     cls = get_method_class(method)
+    configs, keys, to_fit = _fits(cls, config, points)
+    # One call for every fit of this pass: a trained method may fit them all at once (same models as one by one).
+    models = cls.fit_many([configs[i] for i in to_fit], train.features, train.labels, text=text, views=train.views,
+                          backbone=backbone, stack=stack)
+    return _score(method, points, configs, keys, {keys[i]: m for i, m in zip(to_fit, models)}, val, candidates, best)
+
+
+def _fits(cls, config: MethodConfig, points: list[dict]) -> tuple[list[MethodConfig], list[str], list[int]]:
+    """Each point's config, its fit key (points that differ only in ``logit_params`` share one), the points to fit."""
     rescore = cls.logit_params
     configs = [config.replace(**point) for point in points]
     keys = [repr(sorted((k, v) for k, v in p.items() if k not in rescore)) if rescore else str(i)
             for i, p in enumerate(points)]
     first = {k: i for i, k in reversed(list(enumerate(keys)))}     # the first point of each fit
-    to_fit = sorted(first.values())
-    # One call for every fit of this pass: a trained method may fit them all at once (same models as one by one).
-    models = cls.fit_many([configs[i] for i in to_fit], train.features, train.labels, text=text, views=train.views,
-                          backbone=backbone, stack=stack)
-    fitted = {keys[i]: m for i, m in zip(to_fit, models)}
+    return configs, keys, sorted(first.values())
+
+
+def _score(method: str, points: list[dict], configs: list[MethodConfig], keys: list[str], fitted: dict,
+           val: FeatureSplit, candidates: list, best):
+    """Score every point's model on val; append to ``candidates``; return the best so far (ties keep the earlier)."""
+    rescore = get_method_class(method).logit_params
     for point, cfg, key in zip(points, configs, keys):
         model = fitted[key]
         if rescore:
@@ -139,3 +150,51 @@ def _search(method: str, config: MethodConfig, points: list[dict], train: Featur
             best = (acc, model, cfg, point)
     assert best is not None
     return best
+
+
+def select_many(method: str, configs: list[MethodConfig], grid: dict[str, list], trains: list[FeatureSplit],
+                vals: list[FeatureSplit], text: ClassText, backbone=None) -> list[Selection]:
+    """:func:`select` for several runs that differ only in their seed and data (an experiment's seeds): the first
+    pass's grid points of every run are fitted in one call (:meth:`FewShotMethod.fit_many_data`: one stacked model
+    where the method can), and each run then chooses on its own val exactly as :func:`select` does, so each
+    Selection equals that run's :func:`select`. ``seconds`` is the run's share of the shared fit plus its own
+    scoring (and refinement). Methods that cannot stack different data run :func:`select` per run."""
+    cls = get_method_class(method)
+    if not cls.stacks_data or not cls.trains or len(configs) < 2:
+        return [select(method, c, grid, t, v, text, backbone=backbone) for c, t, v in zip(configs, trains, vals)]
+    cls.config_cls.check_field_names(grid, what="grid key")
+    for k, values in grid.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ValueError(f"The grid of {k!r} must be a non-empty list of values. Got {values!r} instead.")
+    keys = list(grid)
+    points = [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))] or [{}]
+    if len(points) > 1 and not all(v.labels.numel() for v in vals):
+        return [select(method, c, grid, t, v, text, backbone=backbone) for c, t, v in zip(configs, trains, vals)]
+    t0 = time.perf_counter()
+    plans = [_fits(cls, c, points) for c in configs]
+    jobs = [(r, i) for r, (_, _, to_fit) in enumerate(plans) for i in to_fit]
+    models = cls.fit_many_data([plans[r][0][i] for r, i in jobs], [trains[r].features for r, _ in jobs],
+                               [trains[r].labels for r, _ in jobs], text=text,
+                               views=[trains[r].views for r, _ in jobs], backbone=backbone)
+    shared = (time.perf_counter() - t0) / len(configs)
+    out = []
+    for r, (cfgs, fit_keys, _) in enumerate(plans):
+        t1 = time.perf_counter()
+        fitted = {fit_keys[i]: m for (rr, i), m in zip(jobs, models) if rr == r}
+        candidates: list[dict[str, Any]] = []
+        best = _score(method, points, cfgs, fit_keys, fitted, vals[r], candidates, None)
+        if len(points) > 1:
+            extra = cls.refine_grid(grid, best[3])
+            if extra:
+                tried = [{k: c[k] for k in keys if k in c} for c in candidates]
+                more = [{**best[3], **dict(zip(extra, v))} for v in itertools.product(*extra.values())]
+                best = _search(method, configs[r], [p for p in more if p not in tried], trains[r], vals[r], text,
+                               backbone, candidates, best)
+        edges = grid_edges(grid, best[3]) if len(points) > 1 else []
+        if edges:
+            log.warning("%s: the chosen %s lies on the edge of the values searched on validation; the optimum may "
+                        "lie outside the grid (widen it: --grid KEY=V1,V2,... on run, grid: in an experiment).",
+                        method, ", ".join(f"{k}={best[3][k]}" for k in edges))
+        out.append(Selection(model=best[1], config=best[2], chosen=best[3], val_accuracy=best[0],
+                             candidates=candidates, seconds=shared + time.perf_counter() - t1, at_grid_edge=edges))
+    return out

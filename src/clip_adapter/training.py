@@ -253,6 +253,9 @@ def train_stacked(model: nn.Module, configs: Sequence[TrainingConfig], features:
     summed loss gives each point exactly its own gradient: every point sees the seeds, batches and schedule of
     fitting it alone, in one pass over the batches. ``drop_last`` as in :func:`train_loop`. Returns one history
     per point.
+
+    Per-point data (an experiment's seeds, each with its own few-shot sample of the same size): ``labels``
+    ``(P, n)``, ``features`` ``(P, n, d)`` and ``views`` ``(P, V, n, d)``; point ``p`` trains on slice ``p`` only.
     """
     if not can_stack(configs):
         raise ValueError("train_stacked needs at least two configs with equal optimisation settings "
@@ -261,7 +264,10 @@ def train_stacked(model: nn.Module, configs: Sequence[TrainingConfig], features:
     trained = [p for p in model.to(device).parameters() if p.requires_grad]
     if not trained:
         raise ValueError("Nothing to train: no parameter requires grad.")
-    source = (views if views is not None else features.unsqueeze(0)).to(device)
+    per_point = labels.ndim == 2
+    if per_point and labels.shape[0] != len(configs):
+        raise ValueError(f"train_stacked: per-point labels for {labels.shape[0]} points, {len(configs)} configs.")
+    source = (views if views is not None else features.unsqueeze(-3)).to(device)   # (V, n, d) or (P, V, n, d)
     labels = labels.to(device)
     opt = make_optimizer(trained, cfg, device)
     gens = [torch.Generator().manual_seed(c.seed) for c in configs]
@@ -316,11 +322,12 @@ class VmapStack(nn.Module):
 def _stacked_epoch(logits_fn: nn.Module, source: torch.Tensor, labels: torch.Tensor,
                    cfg: TrainingConfig, opt, gens: list[torch.Generator],
                    histories: list[dict], drop_last: bool, last: bool) -> None:
-    n_views, n = source.shape[:2]
-    flat = source.reshape(n_views * n, -1)
+    per_point = source.ndim == 4              # (P, V, n, d): each point its own data
+    n_views, n = source.shape[-3:-1]
+    flat = source.reshape(-1, source.shape[-1])
     # Each point consumes its own generator exactly as train_loop's epoch does: one permutation, then view indices.
-    draws = [epoch_rows(g, n_views, n, labels) for g in gens]
-    rows = torch.stack([r for r, _ in draws])                                   # (P, n)
+    draws = [epoch_rows(g, n_views, n, labels[p] if per_point else labels) for p, g in enumerate(gens)]
+    rows = torch.stack([r + (p * n_views * n if per_point else 0) for p, (r, _) in enumerate(draws)])   # (P, n)
     ys = torch.stack([y for _, y in draws])                                     # (P, n)
     bounds = batch_bounds(n, cfg.batch_size, drop_last and n >= cfg.batch_size)
     P = len(gens)

@@ -31,6 +31,7 @@ from torchvision import transforms as T
 
 from ..config import suggest
 from ..io import file_digest
+from .encoder import EncoderOptions, ImageRunner, OnnxGraphCache, Resolved, resolve
 
 __all__ = [
     "Backbone", "BackboneLoadError", "BackboneSpec", "load_backbone", "register_backbone", "list_backbones",
@@ -92,6 +93,13 @@ class Backbone(abc.ABC):
     test_transform: Callable
     train_transform: Callable
     device: torch.device
+    image_size: int = 224     # the side of preprocessed images (the ONNX export's sample input)
+    # Measured faster with ONNX Runtime than torch on the CPU, features equal within 1e-3: runtime "auto" picks it.
+    onnx_by_default: bool = False
+    encoder_options: EncoderOptions = EncoderOptions()
+    _encoder: Resolved | None = None
+    _runner: ImageRunner | None = None
+    _onnx_cache: OnnxGraphCache | None = None
 
     @abc.abstractmethod
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -102,8 +110,45 @@ class Backbone(abc.ABC):
         """Strings -> raw features ``(n, embed_dim)`` float32 on CPU."""
 
     def describe(self) -> dict[str, Any]:
-        """Facts beyond ``id`` that determine the features (recorded with every result); none by default."""
-        return {}
+        """Facts beyond ``id`` that determine the features (recorded with every result): how the image tower ran
+        (``encoder``: precision, runtime, compile, gpu_decode, variant) when not today's path (fp32 on torch); records
+        without ``encoder`` come from today's path."""
+        return {"encoder": self.encoder.record()} if self.encoder.variant else {}
+
+    # -- how the image tower runs (precision, compile, runtime: encoder.py) ---------------------------------------
+    def image_module(self) -> torch.nn.Module | None:
+        """The image tower as one module, preprocessed images on ``device`` -> raw features, for ``torch.compile`` and
+        ONNX export; ``None`` (this default) when the backbone has none (only precision then applies)."""
+        return None
+
+    def configure_encoder(self, options: EncoderOptions | None = None, **kw: Any) -> "Backbone":
+        """Set how the image tower runs (:class:`~.encoder.EncoderOptions`, or its fields as keywords); checked now
+        (one-line errors), applied on the next :meth:`encode_images`. Returns ``self``."""
+        options = options if options is not None else EncoderOptions(**kw)
+        module = self.image_module()
+        self._encoder = resolve(options, torch.device(self.device), module is not None, self.onnx_by_default,
+                                self.id)
+        self.encoder_options, self._runner = options, None
+        self._onnx_cache = OnnxGraphCache()   # the cache folder as of now (the lite alignment map does the same)
+        return self
+
+    @property
+    def encoder(self) -> Resolved:
+        """The encoder options decided for this backbone and device (``auto`` resolved); see ``variant``."""
+        if self._encoder is None:
+            self.configure_encoder(self.encoder_options)
+        return self._encoder
+
+    def run_image_tower(self, images: torch.Tensor) -> torch.Tensor:
+        """One batch through the image tower as :attr:`encoder` says (the module itself for today's path)."""
+        enc = self.encoder
+        module = self.image_module()
+        if module is None:
+            raise NotImplementedError(f"{type(self).__name__} has no image_module(); override encode_images.")
+        if self._runner is None:
+            self._runner = ImageRunner(module, enc, torch.device(self.device), self.id,
+                                       (1, 3, self.image_size, self.image_size), self._onnx_cache)
+        return self._runner(images)
 
     def prompt_encoder(self, classnames: Sequence[str], n_ctx: int = 16, init: str | None = None,
                        who: str = "CoOp") -> Any:
@@ -209,11 +254,20 @@ def load_backbone(name: str = "RN50", pretrained: str | None = "openai", checkpo
             random init.
         checkpoint: local checkpoint file; overrides ``pretrained``. Its sha256 becomes part of the backbone id.
         device: where the encoders run; features always come back on the CPU.
-        **options: passed to the factory, as timm's ``create_model(**kwargs)`` does (``templates=`` for lite,
-            open_clip's ``create_model`` keywords such as ``precision=``).
+        **options: how the image tower runs, for every backbone (:class:`~.encoder.EncoderOptions`:
+            ``precision="fp32"|"bf16"|"fp16"``, ``compile=False``, ``runtime="auto"|"torch"|"onnx"``,
+            ``gpu_decode=False``); the others go to the factory, as timm's ``create_model(**kwargs)`` does
+            (``templates=`` for lite, open_clip's ``create_model`` keywords such as ``force_quick_gelu=``).
     """
     pretrained = normalise_pretrained(pretrained)
     check_device(device)
+    options = dict(options)
+    encoder = EncoderOptions.pop(options)   # checked before the (slow) weights are loaded
+    return _build(name, pretrained, checkpoint, device, options).configure_encoder(encoder)
+
+
+def _build(name: str, pretrained: str | None, checkpoint: str | None, device: str | torch.device,
+           options: dict[str, Any]) -> Backbone:
     factory = _REGISTRY.get(name)
     if factory is not None and factory.names is None:
         return factory.build(device=device, **options)
@@ -383,11 +437,13 @@ class BackboneSpec:
         """Rebuild the backbone; a checkpoint-trained one needs that ``checkpoint`` (its sha256 is checked)."""
         if not self.name:
             raise ValueError(f"{where} does not say how to rebuild its backbone {self.id!r}; load that backbone "
-                             f"yourself and pass it: AdaptedClassifier.from_pretrained(dir, backbone=bb).")
+                             f"yourself and pass it: --backbone NAME on the command line, "
+                             f"AdaptedClassifier.from_pretrained(dir, backbone=bb) in Python.")
         self._check_checkpoint(checkpoint, where)
         if self.random_init:
             raise ValueError(f"{where} was trained on a randomly initialised backbone ({self.id}); a rebuilt one has "
-                             f"other random weights. Pass the original: from_pretrained(dir, backbone=bb).")
+                             f"other random weights. Pass the original: --backbone NAME on the command line "
+                             f"(checked by its weights' fingerprint), from_pretrained(dir, backbone=bb) in Python.")
         if self.family == OPEN_CLIP and self.model_config and self.name not in list_backbones():
             # An architecture JSON not registered here: rebuild it from the copy saved with the model.
             with tempfile.TemporaryDirectory() as tmp:

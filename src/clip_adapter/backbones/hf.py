@@ -128,7 +128,7 @@ class HFBackbone(Backbone):
         return HFPromptEncoder(self, classnames, n_ctx=n_ctx, init=init)
 
     def describe(self) -> dict[str, Any]:
-        return {"hf_model_type": self.model.config.model_type, "logit_bias": self.logit_bias}
+        return {**super().describe(), "hf_model_type": self.model.config.model_type, "logit_bias": self.logit_bias}
 
 
 def _folder_id(folder: Path) -> str:
@@ -160,8 +160,8 @@ def check_saved_folder(spec: BackboneSpec, where: str) -> BackboneSpec:
     an absolute path to a folder that still exists, holds safetensors weights (nothing unpickled) whose digest is the
     id's, and whose config, tokenizer and processor files are unchanged. Returns the spec to load; otherwise a
     one-line ``ValueError`` saying to pass the backbone. A hub id is never opened from a saved model."""
-    hint = ("load that backbone yourself and pass it: AdaptedClassifier.from_pretrained(dir, "
-            "backbone=load_backbone('hf:PATH'))")
+    hint = ("load that backbone yourself and pass it: --backbone hf:PATH on the command line, "
+            "AdaptedClassifier.from_pretrained(dir, backbone=load_backbone('hf:PATH')) in Python")
     source = spec.source if isinstance(spec.source, dict) else {}
     path, files = source.get("path"), source.get("files_sha256")
     if "/sha256:" not in spec.variant:

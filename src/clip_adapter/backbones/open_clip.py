@@ -30,8 +30,21 @@ log = logging.getLogger(__name__)
 PACKAGED_CONFIGS = Path(__file__).parent / "model_configs"
 
 
+class _ImageTower(torch.nn.Module):
+    """An open_clip model's ``encode_image`` (unnormalised), the exact path of every model type (CLIP, CoCa...)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(x, normalize=False)
+
+
 class OpenClipBackbone(Backbone):
     """Any open_clip model, frozen. Build it with :func:`~clip_adapter.backbones.load_backbone`."""
+
+    _image_tower: torch.nn.Module | None = None
 
     def __init__(self, model, tokenizer, spec: BackboneSpec, device: str | torch.device = "cpu"):
         self.model = model.to(device).eval().requires_grad_(False)
@@ -44,6 +57,7 @@ class OpenClipBackbone(Backbone):
         visual = model.visual
         size = visual.image_size
         size = size[0] if isinstance(size, (tuple, list)) else int(size)
+        self.image_size = int(size)
         cfg = getattr(visual, "preprocess_cfg", {}) or {}
         from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
         mean = cfg.get("mean") or getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN
@@ -56,8 +70,14 @@ class OpenClipBackbone(Backbone):
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.model.encode_image(images.to(self.device), normalize=False)
-        return feats.float().cpu()
+        return self.run_image_tower(images.to(self.device)).float().cpu()
+
+    def image_module(self) -> torch.nn.Module:
+        """``model.encode_image(x, normalize=False)`` as one module (what the encoder options compile or export)."""
+        if self._image_tower is None:
+            # eval: ONNX export restores the top module's mode recursively (batch norm must stay eval)
+            self._image_tower = _ImageTower(self.model).eval()
+        return self._image_tower
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:

@@ -10,7 +10,8 @@ if TYPE_CHECKING:   # torch-heavy: imported when a command runs, so --help and p
     from ..backbones import Backbone
     from ..features import FeatureCache
 
-__all__ = ["Parser", "add_backbone_args", "add_data_args", "backbone_from_args", "cache_from_args", "parse_grid",
+__all__ = ["Parser", "add_backbone_args", "add_encoder_args", "add_model_backbone_arg", "add_data_args",
+           "backbone_from_args", "encoder_from_args", "cache_from_args", "parse_grid",
            "count", "seed", "int_list", "label", "parse_class_map"]
 
 
@@ -104,6 +105,44 @@ def add_backbone_args(p: argparse.ArgumentParser, default: str = "RN50") -> None
     g.add_argument("--checkpoint", default=None, help="local checkpoint file for the open_clip model (offline use).")
     g.add_argument("--device", default="cpu", help="torch device for encoders and training, e.g. cpu, cuda "
                                                    "(default: cpu).")
+    add_encoder_args(g)
+
+
+# Kept in step with clip_adapter.backbones.encoder (PRECISIONS, RUNTIMES; a test checks): importing it here would
+# import torch on --help.
+PRECISIONS, RUNTIMES = ("fp32", "bf16", "fp16"), ("torch", "onnx", "auto")
+ENCODER_DEFAULTS = {"precision": "fp32", "compile": False, "runtime": "auto", "gpu_decode": False}
+
+
+def add_encoder_args(g) -> None:
+    """How the image encoder runs (every command that encodes images): ``--precision/--compile/--runtime/
+    --gpu-decode``. Variants that change features get their own feature-cache folder; records say which ran."""
+    g.add_argument("--precision", choices=PRECISIONS, default=ENCODER_DEFAULTS["precision"],
+                   help="image-encoder precision: fp32 (exact), or bf16/fp16 autocast (faster where the hardware has "
+                        "them; features move ~1e-2, cached separately) (default: fp32).")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the image encoder (6-85 s of compiling per process; 1.1-1.2x torch's "
+                        "speed on this CPU) (default: off).")
+    g.add_argument("--runtime", choices=RUNTIMES, default=ENCODER_DEFAULTS["runtime"],
+                   help="image-encoder runtime: torch; onnx = ONNX Runtime (CPU, fp32; exported once into the cache "
+                        "folder; lite ~3x faster, features equal to 2e-7 but cached apart); auto = onnx for lite on "
+                        "the CPU (fp32, no --compile), else torch (default: auto).")
+    g.add_argument("--gpu-decode", action="store_true",
+                   help="decode JPEGs on the GPU (nvjpeg) with pinned loader memory when filling the feature cache; "
+                        "CUDA only, off until measured (default: off).")
+
+
+def encoder_from_args(args: argparse.Namespace) -> dict:
+    """The encoder options of ``add_encoder_args`` as ``load_backbone`` / ``configure_encoder`` keywords."""
+    return {k: getattr(args, k, v) for k, v in ENCODER_DEFAULTS.items()}
+
+
+def add_model_backbone_arg(p: argparse.ArgumentParser) -> None:
+    """``--backbone NAME`` of the commands that load a saved model (predict, evaluate, export)."""
+    p.add_argument("--backbone", default=None, metavar="NAME",
+                   help="load this backbone instead of the one the model folder describes, e.g. hf:PATH when the "
+                        "Hugging Face folder it was trained on has moved (any name 'run --backbone' takes); its id "
+                        "must be the model's (default: rebuilt from the model folder).")
 
 
 def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -129,7 +168,8 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def backbone_from_args(args: argparse.Namespace) -> Backbone:
     from ..backbones import load_backbone
-    return load_backbone(args.backbone, pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device)
+    return load_backbone(args.backbone, pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device,
+                         **encoder_from_args(args))
 
 
 def cache_from_args(args: argparse.Namespace, backbone: Backbone) -> FeatureCache:

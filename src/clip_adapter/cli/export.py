@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_model_backbone_arg
+
 
 def register(sub) -> None:
     """``export``."""
@@ -13,6 +15,7 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL_DIR", help="a saved model folder (run --save-model).")
     p.add_argument("--onnx", required=True, metavar="FILE.onnx", help="where to write the graph.")
     p.add_argument("--checkpoint", default=None, help="the local checkpoint the model was trained on, if any.")
+    add_model_backbone_arg(p)
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest allowed |p_onnx - p_torch| in the check (default: 1e-4).")
     p.set_defaults(func=cmd_export)
@@ -21,7 +24,7 @@ def register(sub) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from ..model import AdaptedClassifier        # torch-heavy: only when the command runs
     from ..model.export import export_onnx
-    model = AdaptedClassifier.from_pretrained(args.model, checkpoint=args.checkpoint)
+    model = AdaptedClassifier.from_pretrained(args.model, checkpoint=args.checkpoint, backbone=args.backbone)
     out = export_onnx(model, args.onnx, atol=args.atol)
     print(f"wrote {args.onnx} and {args.onnx}.json: {len(out['classes'])} classes, input {out['input']['shape']}, "
           f"max |onnx - torch| = {out['max_abs_diff']:.1e}")

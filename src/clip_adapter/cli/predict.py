@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from ..datasets import load_dataset
 from ..io import atomic_path, write_json
-from .common import add_data_args, cache_from_args, count, parse_class_map
+from .common import (ENCODER_DEFAULTS, add_data_args, add_encoder_args, add_model_backbone_arg, cache_from_args,
+                     count, encoder_from_args, parse_class_map)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="the local backbone checkpoint the model was trained on (needed, and sha256-checked, when "
                         "it was trained on one).")
     p.add_argument("--device", default="cpu", help="torch device for the image encoder, e.g. cpu, cuda (default: cpu).")
+    add_model_backbone_arg(p)
+    add_encoder_args(p)
 
 
 def _infer_format(args) -> str:
@@ -45,6 +48,9 @@ def _cmd_predict_stream(args, fmt: str) -> int:
     from ..model.stream import jsonl_to_parquet
     """Predictions streamed into a JSON-lines file (``.parquet``: a JSON-lines journal converted at the end), here or
     on Ray; a rerun resumes where it stopped."""
+    if args.ray is not None and encoder_from_args(args) != ENCODER_DEFAULTS:
+        raise ValueError("--precision/--compile/--runtime/--gpu-decode are not passed to Ray predictor actors yet; "
+                         "drop them with --ray, or predict without --ray.")
     if not args.out or fmt not in ("jsonl", "parquet"):
         raise ValueError("--ray and parquet output stream into a file: give --out FILE.jsonl or --out FILE.parquet.")
     journal = Path(f"{args.out}.partial.jsonl") if fmt == "parquet" else Path(args.out)
@@ -57,10 +63,11 @@ def _cmd_predict_stream(args, fmt: str) -> int:
         ray = connect(None if args.ray == "local" else args.ray)
         check_shared_folder(ray, Path(args.model_dir), "model folder")
         counts = predict_on_ray(args.model_dir, paths, journal, device=args.device, checkpoint=args.checkpoint,
-                                actors=args.actors, **kw)
+                                backbone=args.backbone, actors=args.actors, **kw)
     else:
         model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint,
-                                                  batch_size=args.batch_size)
+                                                  backbone=args.backbone, batch_size=args.batch_size)
+        model.backbone.configure_encoder(**encoder_from_args(args))
         kw["top_k"] = args.top_k or min(5, len(model.classes_))
         counts = predict_to_jsonl(model, paths, journal, num_workers=args.workers,
                                   progress=not args.no_progress, **kw)
@@ -87,7 +94,8 @@ def cmd_predict(args) -> int:
     if fmt == "parquet" or args.ray is not None:
         return _cmd_predict_stream(args, fmt)
     model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint,
-                                              batch_size=args.batch_size)
+                                              backbone=args.backbone, batch_size=args.batch_size)
+    model.backbone.configure_encoder(**encoder_from_args(args))
     paths, bad_args = expand_images(args.images)
     for rec in bad_args:
         log.warning("Skipped %s: %s", rec["path"], rec["error"])
@@ -164,7 +172,9 @@ def cmd_evaluate(args) -> int:
     from ..report import format_table
     _check_out(args.out)
     class_map = parse_class_map(args.class_map)
-    model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint)
+    model = AdaptedClassifier.from_pretrained(args.model_dir, device=args.device, checkpoint=args.checkpoint,
+                                              backbone=args.backbone)
+    model.backbone.configure_encoder(**encoder_from_args(args))
     dataset = load_dataset(args.data, root=args.root, allow_outside_paths=args.allow_outside_paths)
     cache = cache_from_args(args, model.backbone)
     result = {"model": str(args.model_dir), **model.evaluate(dataset, args.split, cache, class_map=class_map)}

@@ -43,10 +43,12 @@ def _decode(batch: dict[str, np.ndarray], transform: Any, shape: tuple[int, ...]
 class _Predictor:
     """A Ray Data actor holding the saved model; one JSON record per image."""
 
-    def __init__(self, model_dir: str, device: str, checkpoint: str | None, top_k: int, threads: int):
+    def __init__(self, model_dir: str, device: str, checkpoint: str | None, top_k: int, threads: int,
+                 backbone: str | None = None):
         if device == "cpu" and threads:
             torch.set_num_threads(threads)
-        self.model = AdaptedClassifier.from_pretrained(model_dir, device=device, checkpoint=checkpoint)
+        self.model = AdaptedClassifier.from_pretrained(model_dir, device=device, checkpoint=checkpoint,
+                                                       backbone=backbone)
         self.top_k = top_k
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -63,28 +65,31 @@ class _Predictor:
         return {"i": batch["i"], "record": np.array([json.dumps(r) for r in records])}
 
 
-def _probe(model_dir: str, checkpoint: str | None) -> tuple[AdaptedClassifier, tuple[int, ...]]:
+def _probe(model_dir: str, checkpoint: str | None,
+           backbone: str | None = None) -> tuple[AdaptedClassifier, tuple[int, ...]]:
     """The model (for its transform, fingerprint and classes) and the shape of one preprocessed image (for error
     placeholders)."""
     from PIL import Image
-    model = AdaptedClassifier.from_pretrained(model_dir, device="cpu", checkpoint=checkpoint)
+    model = AdaptedClassifier.from_pretrained(model_dir, device="cpu", checkpoint=checkpoint, backbone=backbone)
     return model, tuple(model.transform(Image.new("RGB", (32, 32))).shape)
 
 
 def predict_on_ray(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                    top_k: int = 5, batch_size: int = 32, device: str = "cpu", checkpoint: str | None = None,
-                   actors: int | None = None, extra_records: Sequence[dict[str, Any]] = (),
-                   overwrite: bool = False) -> dict[str, int]:
+                   backbone: str | None = None, actors: int | None = None,
+                   extra_records: Sequence[dict[str, Any]] = (), overwrite: bool = False) -> dict[str, int]:
     """Append one JSON line per image to ``out`` (skipping images already there), predicted on the Ray cluster.
 
     Records and resume rules are :func:`~clip_adapter.model.predict_to_jsonl`'s (same model and settings only,
-    failures retried, ``overwrite`` starts over). Returns counts: ``written``, ``errors``, ``skipped``.
+    failures retried, ``overwrite`` starts over). ``backbone`` names a backbone to load instead of the saved recipe
+    (``--backbone``; see :meth:`~clip_adapter.model.AdaptedClassifier.from_pretrained`). Returns counts: ``written``,
+    ``errors``, ``skipped``.
     """
     ray = require_ray()
     gpus = 1.0 if str(device).startswith("cuda") else 0.0
     total = check_resources(ray, gpus=gpus, what="each predictor actor")
     n_actors = actors or (max(1, int(total["GPU"])) if gpus else 1)
-    model, shape = _probe(str(model_dir), checkpoint)
+    model, shape = _probe(str(model_dir), checkpoint, backbone)
     transform, model_id, settings = model.transform, model.fingerprint(), settings_of(model, top_k)
     todo, fresh, counts = pending(Path(out), images, extra_records, model_id=model_id, settings=settings,
                                   overwrite=overwrite)
@@ -99,7 +104,7 @@ def predict_on_ray(model_dir: str | os.PathLike, images: Sequence[str | os.PathL
                             num_cpus=0.25)
         ds = ds.map_batches(_Predictor, fn_constructor_kwargs={"model_dir": str(model_dir), "device": device,
                                                                "checkpoint": checkpoint, "top_k": top_k,
-                                                               "threads": threads},
+                                                               "threads": threads, "backbone": backbone},
                             batch_size=batch_size, concurrency=n_actors, num_gpus=gpus,
                             num_cpus=actor_cpus(total["CPU"], n_actors, gpus))
         for batch in ds.iter_batches(batch_size=None):

@@ -1,9 +1,13 @@
 """The experiment config: one table of keys drives validation, defaults, the resolved copy (``to_raw``) and the docs.
 
-The table is the dataclasses below: each field's metadata (made by :func:`setting`) says its YAML key, what it
-accepts (a :mod:`clip_adapter.config` constraint or a parser), whether it is a path, and what it means. Adding a
-config key is one field here (and its use in the runner); ``docs/experiment-config.md`` is generated from it
-(:func:`reference_markdown`) and a test keeps the two equal.
+The table is the dataclasses below, each a :class:`~clip_adapter.config.Config`: each field's :func:`setting` says
+its YAML key, what it accepts (a :mod:`clip_adapter.config` constraint), whether it is a path, and what it means.
+Values are checked by the one ``Config.__post_init__``, from Python as from a file; reading a file only adds the
+file's structure (unknown keys, where a value is, a short way of writing it: ``shots: 4``, a dataset as a bare
+string; each ``parse`` converts, the entry's check judges) and says a failure in the file's terms
+(``cfg.yaml: datasets[0]: 'label' must be ...``). Adding a config key is one field here (and its use in the
+runner); ``docs/experiment-config.md`` is generated from it (:func:`reference_markdown`) and a test keeps the two
+equal.
 
     clip-adapter experiment configs/reproduce/shared_lite.yaml
     >>> from clip_adapter import run_experiment
@@ -11,16 +15,18 @@ config key is one field here (and its use in the runner); ``docs/experiment-conf
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ..config import (Bool, IntList, Interval, NoneOr, Options, Predicate, Text, brief, check_keys, invalid_value,
-                      setting, settings_of, settings_table)
+from ..config import (Bool, Config, IntList, Interval, NoneOr, Options, Predicate, SettingError, Text, brief,
+                      check_keys, invalid_value, setting, settings_of, settings_table)
 from ..backbones.base import BackboneSpec, normalise_pretrained
+from ..backbones.encoder import DEFAULT_RUNTIME, ENCODER_KEYS, PRECISIONS, RUNTIMES
 from ..methods import get_method_class
 from ..selection import HP_SELECTION
 
@@ -65,8 +71,11 @@ def _yaml_keys(cls) -> list[str]:
     return [x.key or x.name for x in _settings(cls)]
 
 
-def _parse_fields(cls, raw: Mapping, where: str, ctx: _Ctx) -> dict[str, Any]:
-    """Keyword arguments of ``cls`` from ``raw``: unknown keys, constraints, parsers and paths, one line per error."""
+# -- reading an entry: the file's structure here, every value checked by the entry's own Config -------------------
+def _fields(cls, raw: Mapping, where: str, ctx: _Ctx) -> dict[str, Any]:
+    """Keyword arguments of ``cls`` from the file's ``raw`` mapping: unknown keys refused, structured values
+    converted by their parser, paths resolved. Values are not checked here: :func:`_build` does, through the
+    entry's own ``Config.__post_init__``."""
     check_keys(raw, _yaml_keys(cls), where)
     out: dict[str, Any] = {}
     for x in _settings(cls):
@@ -76,12 +85,39 @@ def _parse_fields(cls, raw: Mapping, where: str, ctx: _Ctx) -> dict[str, Any]:
         value = raw[name]
         if x.parse is not None:
             value = x.parse(value, f"{where}.{name}" if where != ctx.source else f"{where}: {name!r}", ctx)
-        elif x.check is not None and not x.check.ok(value):
-            raise invalid_value(name, value, x.accepts, where=where)
-        if x.path and value:
+        if x.path and isinstance(value, str) and value.strip():   # anything else is left for the check to refuse
             value = _resolve_path(value, ctx.base)
         out[x.name] = value
     return out
+
+
+@contextlib.contextmanager
+def _as_file(cls, where: str, raw: Mapping):
+    """A value of ``cls`` that fails its check, said in the file's terms: ``<where>: 'key' must be <what it
+    accepts>. Got <the value as written> instead.``"""
+    try:
+        yield
+    except SettingError as e:
+        if e.owner is not cls:
+            raise
+        key = e.setting.key or e.setting.name
+        raise invalid_value(key, raw.get(key, e.value), e.setting.accepts, where=where) from None
+
+
+def _build(cls, kw: dict[str, Any], raw: Mapping, where: str, **fixed: Any):
+    """``cls(**kw, **fixed)``, validated by its ``Config.__post_init__`` (errors in the file's terms); a required
+    key the file left out is named first."""
+    for x in _settings(cls):
+        if x.required and x.name not in kw and x.name not in fixed:
+            raise ValueError(f"{where}: {x.key or x.name!r} is required ({x.doc}). Keys: "
+                             f"{', '.join(_yaml_keys(cls))}.")
+    with _as_file(cls, where, raw):
+        return cls(**kw, **fixed)
+
+
+def _entry(cls, raw: Mapping, where: str, ctx: _Ctx, **fixed: Any):
+    """One entry of the file (a dataset, a method, the backbone's keys, ...), read and checked."""
+    return _build(cls, _fields(cls, raw, where, ctx), raw, where, **fixed)
 
 
 def _mapping(v: Any, what: str) -> dict:
@@ -92,15 +128,45 @@ def _mapping(v: Any, what: str) -> dict:
     return dict(v)
 
 
-def _int_list(minimum: int | None) -> Callable[[Any, str, _Ctx], tuple[int, ...]]:
-    c = IntList(minimum)
+# -- conversions of how a file may write a value (the entry's check then judges the result) ---------------------
+def _int_tuple(v: Any, where: str, ctx: _Ctx) -> Any:
+    """``4`` is ``(4,)``, a list a tuple; anything else is left for the check (an :class:`IntList`) to refuse."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v,)
+    return tuple(v) if isinstance(v, list) else v
 
-    def parse(v: Any, where: str, ctx: _Ctx) -> tuple[int, ...]:
-        vals = [v] if isinstance(v, int) and not isinstance(v, bool) else v
-        if not c.ok(vals):
-            raise ValueError(f"{where} must be {c.describe()}. Got {brief(v)} instead.")
-        return tuple(vals)
-    return parse
+
+def _tuple(v: Any, where: str, ctx: _Ctx) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _mapping_or_empty(v: Any, where: str, ctx: _Ctx) -> Any:
+    """``null`` is ``{}``; a mapping a dict; anything else is left for the check to refuse."""
+    return {} if v is None else dict(v) if isinstance(v, Mapping) else v
+
+
+def _grid(v: Any, where: str, ctx: _Ctx) -> Any:
+    """A grid's value lists as lists (YAML may give tuples through aliases); anything else is left for the check."""
+    if not isinstance(v, Mapping):
+        return v
+    return {k: list(x) if isinstance(x, (list, tuple)) else x for k, x in v.items()}
+
+
+def _templates(v: Any, where: str, ctx: _Ctx) -> Any:
+    """One template may be written as a string."""
+    return (v,) if isinstance(v, str) else _tuple(v, where, ctx)
+
+
+def _data_location(v: Any, where: str, ctx: _Ctx) -> Any:
+    """A dataset's ``data`` with its path resolved against the config's folder: an ``hf:`` save_to_disk folder (a
+    hub name stays as written), or anything that looks like a path; a built-in name stays a name."""
+    if not isinstance(v, str) or not v.strip():
+        return v
+    if v.startswith("hf:"):
+        rest = v[3:]
+        local = _resolve_path(rest, ctx.base)
+        return "hf:" + local if rest.startswith((".", "/", "~")) or Path(local).is_dir() else v
+    return _resolve_path(v, ctx.base) if _looks_like_path(v) else v
 
 
 def _method_class(name: str, where: str, ctx: _Ctx):
@@ -134,27 +200,34 @@ def _check_method_values(cls, overrides: dict, grid: dict | None, where: str) ->
             raise ValueError(f"{where}: {e}") from None
 
 
-def _grid(v: Any, where: str) -> dict[str, list] | None:
-    if v is None:
-        return None
-    return {k: list(x) if isinstance(x, (list, tuple)) else x for k, x in _mapping(v, where).items()}
+def _is(kind: type, text: str) -> Predicate:
+    """A value a parser built: a ``kind`` (the backbone's recipe, the executor)."""
+    return Predicate(lambda v: isinstance(v, kind), text)
 
 
-INTS = "a non-empty list of distinct ints"
-INTS_1 = INTS + " >= 1"
+def _entries(kind: type, text: str, nonempty: bool = False) -> Predicate:
+    """Entries a parser built: a tuple of ``kind`` (datasets, methods, ablations)."""
+    return Predicate(lambda v: isinstance(v, tuple) and all(isinstance(x, kind) for x in v)
+                     and (bool(v) or not nonempty), text)
+
+
 FIELDS = "a mapping of method config fields"
 GRID = "a mapping of config fields to non-empty lists"
+_LABEL = Text(no_slash=True, text="a non-empty name without '/'")
+_MAPPING = Predicate(lambda v: isinstance(v, dict), FIELDS)
+_GRID = NoneOr(Predicate(lambda v: isinstance(v, dict), GRID))
+_TEMPLATES = Predicate(lambda v: isinstance(v, tuple) and len(v) > 0 and all(isinstance(t, str) and t.count("{}") == 1
+                                                                              for t in v),
+                       "a list of strings with {} once, or null")
 
 
 # -- entries -------------------------------------------------------------------------------------------------
-_LABEL = Text(no_slash=True, text="a non-empty name without '/'")
-
-
 @dataclass(frozen=True)
-class DatasetEntry:
+class DatasetEntry(Config):
     """One dataset: a path (resolved) or a built-in name, its root, and the label used in results."""
 
-    data: str = setting(doc="a path (CoOp folder, class folders, CSV) or a built-in name", check=Text())
+    data: str = setting(doc="a path (CoOp folder, class folders, CSV) or a built-in name", check=Text(),
+                        parse=_data_location)
     root: str | None = setting(None, "where built-in names live (default: the top-level root)", NoneOr(Text()),
                                path=True)
     label: str | None = setting(None, "the dataset's name in results (default: its own name)", NoneOr(_LABEL))
@@ -162,18 +235,19 @@ class DatasetEntry:
 
 
 @dataclass(frozen=True)
-class MethodEntry:
+class MethodEntry(Config):
     """A method line of the grid: ``label`` names it in results (default: the method's registry name)."""
 
     label: str
     method: str = setting(doc="registered method name (default: the line's label)", check=Text())
-    overrides: dict[str, Any] = setting(doc="fixed config values", factory=dict, shown="{}", accepts=FIELDS)
-    grid: dict[str, list] | None = setting(None, "values searched on val (null: the method's default grid)",
-                                         accepts=GRID)
+    overrides: dict[str, Any] = setting(doc="fixed config values", check=_MAPPING, factory=dict, shown="{}",
+                                        parse=_mapping_or_empty)
+    grid: dict[str, list] | None = setting(None, "values searched on val (null: the method's default grid)", _GRID,
+                                           parse=_grid, accepts=GRID)
 
 
 @dataclass(frozen=True)
-class BackboneKeys:
+class BackboneKeys(Config):
     """The YAML keys of ``backbone`` (parsing and docs only): the value in :class:`ExperimentConfig` is the
     backbone's one recipe, a :class:`~clip_adapter.backbones.BackboneSpec` (``BackboneSpec.of(**keys)``)."""
 
@@ -182,10 +256,16 @@ class BackboneKeys:
                                      NoneOr(Text()))
     checkpoint: str | None = setting(None, "local checkpoint file (offline use)", NoneOr(Text()), path=True)
     device: str = setting("cpu", "torch device of encoders and training (cpu, cuda, cuda:1)", Text())
+    precision: str = setting("fp32", "image-encoder precision: fp32, or bf16/fp16 autocast (features move; cached "
+                             "separately)", Options(PRECISIONS))
+    compile: bool = setting(False, "torch.compile the image encoder", Bool())
+    runtime: str = setting(DEFAULT_RUNTIME, "image-encoder runtime: torch, onnx (ONNX Runtime, CPU, fp32) or auto "
+                           "(onnx for lite on the CPU with fp32 and no compile, else torch)", Options(RUNTIMES))
+    gpu_decode: bool = setting(False, "decode JPEGs on the GPU when filling the feature cache (CUDA only)", Bool())
 
 
 @dataclass(frozen=True)
-class AblationEntry:
+class AblationEntry(Config):
     """Fixed values of one config field (``alpha``): each value is a run with that override.
 
     The result is TEST accuracy per value, an analysis figure; it is never used to choose the value.
@@ -194,13 +274,14 @@ class AblationEntry:
     method: str = setting(doc="a trained method", check=Text())
     param: str = setting(doc="the config field to fix", check=Text())
     values: tuple = setting(doc="its values (one run each)", check=Predicate(
-        lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list"))
-    shots: tuple[int, ...] = setting((16,), "shot counts", parse=_int_list(1), accepts=INTS_1)
-    seeds: tuple[int, ...] | None = setting(None, "seeds (null: the experiment's)", parse=_int_list(None),
-                                            accepts=INTS + " or null")
-    overrides: dict[str, Any] = setting(doc="other fixed config values", factory=dict, shown="{}", accepts=FIELDS)
+        lambda v: isinstance(v, tuple) and len(v) > 0, "a non-empty list"), parse=_tuple)
+    shots: tuple[int, ...] = setting((16,), "shot counts", IntList(1), parse=_int_tuple)
+    seeds: tuple[int, ...] | None = setting(None, "seeds (null: the experiment's)", NoneOr(IntList()),
+                                            parse=_int_tuple)
+    overrides: dict[str, Any] = setting(doc="other fixed config values", check=_MAPPING, factory=dict, shown="{}",
+                                        parse=_mapping_or_empty)
     grid: dict[str, list] | None = setting(None, "other parameters still searched on val (null: method default)",
-                                         accepts=GRID)
+                                           _GRID, parse=_grid, accepts=GRID)
     label: str | None = setting(None, "result folder prefix (default '<method>-<param>')", NoneOr(_LABEL))
 
     def variant(self, value: Any) -> str:
@@ -210,7 +291,7 @@ class AblationEntry:
 
 
 @dataclass(frozen=True)
-class RayEntry:
+class RayEntry(Config):
     """Run the grid on a Ray cluster (``clip-adapter experiment CONFIG --ray [ADDRESS]`` sets this too)."""
 
     address: str | None = setting(None, "null: a local cluster on this machine; 'auto': the running cluster; or "
@@ -222,28 +303,21 @@ class RayEntry:
                                          NoneOr(Interval(int, 1)))
 
 
+def _ray(v: Any, where: str, ctx: _Ctx) -> RayEntry | None:
+    return None if v is None else _entry(RayEntry, _mapping(v, where), where, ctx)
+
+
 @dataclass(frozen=True)
-class ExecutorEntry:
+class ExecutorEntry(Config):
     """Where the runs execute: in this process (no ``ray``), or on Ray."""
 
-    ray: RayEntry | None = setting(None, "{address, gpus_per_run, cpus_per_run, encoder_actors}", parse=None,
-                                   accepts="a mapping or null")
+    ray: RayEntry | None = setting(None, "{address, gpus_per_run, cpus_per_run, encoder_actors}",
+                                   NoneOr(_is(RayEntry, "a mapping")), parse=_ray, accepts="a mapping or null")
 
 
-@dataclass(frozen=True)
-class TransferEntry:
-    """Cross-dataset transfer and domain shift: the models trained on ``source`` (one of the experiment's datasets)
-    are scored on every target's test split. Targets with the source's classes (ImageNet-V2/-Sketch/-A/-R, mapped
-    by wnid) take every method; other targets only methods whose learned part carries over to new class names."""
-
-    source: str = setting(doc="the source dataset: a 'datasets' entry's label or data", check=Text())
-    targets: tuple[DatasetEntry, ...] = setting((), "target datasets (entries as in 'datasets'); their test split "
-                                                "is scored with the source's models", parse=None, shown="required",
-                                                accepts="a non-empty list")
-
-
-# -- parsers of the structured keys ----------------------------------------------------------------------------
 def _datasets(v: Any, where: str, ctx: _Ctx) -> tuple[DatasetEntry, ...]:
+    """The ``datasets`` list (and a transfer's ``targets``): an entry may be written as its bare ``data``; the
+    top-level ``root`` is each entry's default root."""
     if not isinstance(v, list) or not v:
         raise ValueError(f"{where} must be a non-empty list of paths or built-in names. Got {brief(v)}.")
     out = []
@@ -253,20 +327,24 @@ def _datasets(v: Any, where: str, ctx: _Ctx) -> tuple[DatasetEntry, ...]:
             d = {"data": d}
         if not isinstance(d, Mapping):
             raise ValueError(f"{at} must be a path, a built-in name or a mapping with 'data'. Got {brief(d)}.")
-        if not isinstance(d.get("data"), str) or not d["data"]:
-            raise ValueError(f"{at}: 'data' (a path or a built-in name) is required. Got {brief(d.get('data'))}.")
-        kw = _parse_fields(DatasetEntry, {"root": ctx.root, **d}, at, ctx)
-        if kw["data"].startswith("hf:"):  # a save_to_disk folder (relative to the config) or a hub name
-            rest = kw["data"][3:]
-            local = _resolve_path(rest, ctx.base)
-            if rest.startswith((".", "/", "~")) or Path(local).is_dir():
-                kw["data"] = "hf:" + local
-        elif _looks_like_path(kw["data"]):
-            kw["data"] = _resolve_path(kw["data"], ctx.base)
-        out.append(DatasetEntry(**kw))
+        out.append(_entry(DatasetEntry, {"root": ctx.root, **d}, at, ctx))
     return tuple(out)
 
 
+@dataclass(frozen=True)
+class TransferEntry(Config):
+    """Cross-dataset transfer and domain shift: the models trained on ``source`` (one of the experiment's datasets)
+    are scored on every target's test split. Targets with the source's classes (ImageNet-V2/-Sketch/-A/-R, mapped
+    by wnid) take every method; other targets only methods whose learned part carries over to new class names."""
+
+    source: str = setting(doc="the source dataset: a 'datasets' entry's label or data", check=Text())
+    targets: tuple[DatasetEntry, ...] = setting(doc="target datasets (entries as in 'datasets'); their test split "
+                                                "is scored with the source's models",
+                                                check=_entries(DatasetEntry, "a non-empty list", nonempty=True),
+                                                parse=_datasets)
+
+
+# -- parsers of the structured top-level keys ------------------------------------------------------------------
 def _methods(v: Any, where: str, ctx: _Ctx) -> tuple[MethodEntry, ...]:
     if isinstance(v, list):
         if not all(isinstance(m, str) for m in v):
@@ -278,12 +356,11 @@ def _methods(v: Any, where: str, ctx: _Ctx) -> tuple[MethodEntry, ...]:
         if not _LABEL.ok(label):
             raise ValueError(f"{at}: a method label must be a non-empty name without '/'.")
         spec = _mapping(spec, at)
-        kw = _parse_fields(MethodEntry, spec, at, ctx)
-        method = str(kw.get("method", label)).replace("-", "_").lower()
-        cls = _method_class(method, at, ctx)
-        overrides, grid = _mapping(kw.get("overrides"), f"{at}.overrides"), _grid(kw.get("grid"), f"{at}.grid")
-        _check_method_values(cls, overrides, grid, at)
-        out.append(MethodEntry(label=label, method=cls.name if cls else method, overrides=overrides, grid=grid))
+        kw = _fields(MethodEntry, spec, at, ctx)
+        entry = _build(MethodEntry, {"method": label, **kw}, spec, at, label=label)
+        cls = _method_class(entry.method.replace("-", "_").lower(), at, ctx)
+        _check_method_values(cls, entry.overrides, entry.grid, at)
+        out.append(entry.replace(method=cls.name if cls else entry.method.replace("-", "_").lower()))
     return tuple(out)
 
 
@@ -292,33 +369,29 @@ def _ablations(v: Any, where: str, ctx: _Ctx) -> tuple[AblationEntry, ...]:
     out = []
     for i, a in enumerate(items):
         at = f"{ctx.source}: ablation" + (f"[{i}]" if isinstance(v, list) else "")
-        a = _mapping(a, at)
-        for req in ("method", "param", "values"):
-            if req not in a:
-                raise ValueError(f"{at}: {req!r} is required (keys: {', '.join(_yaml_keys(AblationEntry))}).")
-        kw = _parse_fields(AblationEntry, a, at, ctx)
-        kw["method"] = str(kw["method"]).replace("-", "_").lower()
-        cls = _method_class(kw["method"], at, ctx)
-        kw["overrides"], kw["grid"] = _mapping(kw.get("overrides"), f"{at}.overrides"), _grid(kw.get("grid"), at)
+        entry = _entry(AblationEntry, _mapping(a, at), at, ctx)
+        method = entry.method.replace("-", "_").lower()
+        cls = _method_class(method, at, ctx)
         if cls is not None:
-            cls.config_cls.check_field_names([kw["param"]], "param", at)
-            for value in kw["values"]:
-                _check_method_values(cls, {**kw["overrides"], kw["param"]: value}, kw["grid"], at)
+            cls.config_cls.check_field_names([entry.param], "param", at)
+            for value in entry.values:
+                _check_method_values(cls, {**entry.overrides, entry.param: value}, entry.grid, at)
             if not cls.trains:
-                raise ValueError(f"{at}: method {kw['method']!r} does not train; an ablation needs a trained method.")
-            kw["method"] = cls.name
-        out.append(AblationEntry(**{**kw, "values": tuple(kw["values"])}))
+                raise ValueError(f"{at}: method {method!r} does not train; an ablation needs a trained method.")
+            method = cls.name
+        out.append(entry.replace(method=method))
     return tuple(out)
 
 
 def _backbone(v: Any, where: str, ctx: _Ctx) -> BackboneSpec:
     raw = _mapping({"name": v} if isinstance(v, str) else v, f"{ctx.source}: 'backbone'")
-    kw = _parse_fields(BackboneKeys, raw, f"{ctx.source}: backbone", ctx)
-    if "pretrained" in kw:
-        kw["pretrained"] = normalise_pretrained(kw["pretrained"])
-    if str(kw.get("name", "")).endswith(".json"):
-        kw["name"] = _resolve_path(kw["name"], ctx.base)
-    return BackboneSpec.of(**{**_raw(BackboneKeys()), **kw})
+    keys = _entry(BackboneKeys, raw, f"{ctx.source}: backbone", ctx)
+    name = _resolve_path(keys.name, ctx.base) if keys.name.endswith(".json") else keys.name
+    # Encoder keys at their defaults are left out of the recipe's options, so the settings of a run (which include
+    # the backbone) stay those of results made before these keys existed.
+    defaults = {x.name: x.default for x in BackboneKeys.settings()}
+    options = {k: getattr(keys, k) for k in ENCODER_KEYS if getattr(keys, k) != defaults[k]}
+    return BackboneSpec.of(name, normalise_pretrained(keys.pretrained), keys.checkpoint, keys.device, **options)
 
 
 def BackboneEntry(name: str = "RN50", pretrained: str | None = "openai", checkpoint: str | None = None,
@@ -331,39 +404,17 @@ def BackboneEntry(name: str = "RN50", pretrained: str | None = "openai", checkpo
     return BackboneSpec.of(name, pretrained, checkpoint, device)
 
 
-def _templates(v: Any, where: str, ctx: _Ctx) -> tuple[str, ...] | None:
-    if v is None:
-        return None
-    v = [v] if isinstance(v, str) else v
-    if not isinstance(v, list) or not v or any(not isinstance(t, str) or t.count("{}") != 1 for t in v):
-        raise ValueError(f"{where} must be a list of strings each containing '{{}}' once. Got {brief(v)} instead.")
-    return tuple(v)
-
-
 def _executor(v: Any, where: str, ctx: _Ctx) -> ExecutorEntry:
-    raw = _mapping(v, where)
-    check_keys(raw, _yaml_keys(ExecutorEntry), f"{ctx.source}: executor")
-    if raw.get("ray") is None:
-        return ExecutorEntry()
-    ray = _mapping(raw["ray"], f"{ctx.source}: executor.ray")
-    return ExecutorEntry(ray=RayEntry(**_parse_fields(RayEntry, ray, f"{ctx.source}: executor.ray", ctx)))
+    return _entry(ExecutorEntry, _mapping(v, where), f"{ctx.source}: executor", ctx)
 
 
 def _transfer(v: Any, where: str, ctx: _Ctx) -> TransferEntry | None:
-    if v is None:
-        return None
-    raw = _mapping(v, where)
-    at = f"{ctx.source}: transfer"
-    check_keys(raw, _yaml_keys(TransferEntry), at)
-    if not Text().ok(raw.get("source")):
-        raise ValueError(f"{at}: 'source' (one of the datasets) is required. Got {raw.get('source')!r}.")
-    targets = _datasets(raw.get("targets"), f"{at}.targets", ctx)
-    return TransferEntry(source=raw["source"], targets=targets)
+    return None if v is None else _entry(TransferEntry, _mapping(v, where), f"{ctx.source}: transfer", ctx)
 
 
 # -- the experiment ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(Config):
     """A validated experiment; build it with :func:`load_config` (YAML) or :func:`parse_config` (dict).
 
     Field order is the YAML order; each field's :func:`setting` is its row in the key table.
@@ -373,28 +424,32 @@ class ExperimentConfig:
     root: str | None = setting(None, "default data root of built-in names ($CLIP_ADAPTER_DATA, else ~/data)",
                                NoneOr(Text(text="a string")), path=True)
     datasets: tuple[DatasetEntry, ...] = setting((), "paths (CoOp folder, class folders, CSV) or built-in names; "
-                                                 "an entry may be {data, root, label}", parse=_datasets,
-                                                 shown="required", accepts="a non-empty list")
-    shots: tuple[int, ...] = setting(DEFAULT_SHOTS, "shot counts", parse=_int_list(1), accepts=INTS_1)
-    seeds: tuple[int, ...] = setting(DEFAULT_SEEDS, "seeds (few-shot sampling and training)", parse=_int_list(None),
-                                     accepts=INTS)
+                                                 "an entry may be {data, root, label}",
+                                                 _entries(DatasetEntry, "a non-empty list", nonempty=True),
+                                                 parse=_datasets, shown="required")
+    shots: tuple[int, ...] = setting(DEFAULT_SHOTS, "shot counts", IntList(1), parse=_int_tuple)
+    seeds: tuple[int, ...] = setting(DEFAULT_SEEDS, "seeds (few-shot sampling and training)", IntList(),
+                                     parse=_int_tuple)
     methods: tuple[MethodEntry, ...] = setting((), "label: {method, grid, overrides}; methods that do not train run "
-                                               "once per dataset (shots 0, first seed)", parse=_methods, shown="{}",
-                                               accepts="a mapping (or a list of method names)")
+                                               "once per dataset (shots 0, first seed)",
+                                               _entries(MethodEntry, "a mapping (or a list of method names)"),
+                                               parse=_methods, shown="{}")
     ablations: tuple[AblationEntry, ...] = setting((), "fixed values of one parameter, TEST accuracy for analysis: "
                                                    "{method, param, values, shots, seeds, overrides, grid, label} "
-                                                   "or a list of them", key="ablation", parse=_ablations,
-                                                   shown="none", accepts="a mapping or a list of mappings")
-    backbone: BackboneSpec = setting(BackboneSpec.of(), "{name, pretrained, checkpoint, device} or a name",
-                                      parse=_backbone, shown="{name: RN50, pretrained: openai, device: cpu}",
-                                      accepts="a mapping or a name")
+                                                   "or a list of them",
+                                                   _entries(AblationEntry, "a mapping or a list of mappings"),
+                                                   key="ablation", parse=_ablations, shown="none")
+    backbone: BackboneSpec = setting(BackboneSpec.of(), "{name, pretrained, checkpoint, device, precision, compile, "
+                                     "runtime, gpu_decode} or a name", _is(BackboneSpec, "a mapping or a name"),
+                                     parse=_backbone, shown="{name: RN50, pretrained: openai, device: cpu}")
     n_views: int = setting(10, "cached augmented views per training image", Interval(int, 0))
     hp_selection: str = setting("few_shot_val", "where hyper-parameters are chosen: few_shot_val (min(K, 4) val "
                                 "images per class), full_val (the whole val split) or none (no search)",
                                 Options(HP_SELECTION))
     repeat_shots: bool = setting(False, "sample with repetition when a class has fewer images than shots", Bool())
     templates: tuple[str, ...] | None = setting(None, "prompt templates with {} (null: each dataset's)",
-                                                parse=_templates, accepts="a list of strings with {} once, or null")
+                                                NoneOr(_TEMPLATES), parse=_templates,
+                                                accepts=_TEMPLATES.describe())
     cache_dir: str | None = setting(None, "feature cache ($CLIP_ADAPTER_CACHE/features)", NoneOr(Text()),
                                     path=True)
     output: str = setting("", "results folder", Text(), path=True, shown="results/<name>")
@@ -403,19 +458,35 @@ class ExperimentConfig:
                                   NoneOr(Interval(int, 0)))
     threads: int | None = setting(None, "torch CPU threads (null: torch's default)", NoneOr(Interval(int, 1)))
     report: bool = setting(True, "write tables and figures at the end", Bool())
+    batch_seeds: bool = setting(False, "fit the runs that differ only by seed together, one stacked model where the "
+                                "method can (CLIP-Adapter; local executor); each record is the one its run gives "
+                                "alone", Bool())
     protocol: str = setting("few_shot", "'few_shot', or 'base_to_new' (CoCoOp: train on the base half of each "
                             "dataset's classes; records get base_accuracy, new_accuracy, harmonic_mean)",
                             Options(PROTOCOLS))
     transfer: TransferEntry | None = setting(None, "{source, targets}: score the models trained on source on each "
-                                             "target (cross-dataset transfer, domain shift)", parse=_transfer,
+                                             "target (cross-dataset transfer, domain shift)",
+                                             NoneOr(_is(TransferEntry, "a mapping")), parse=_transfer,
                                              shown="none", accepts="a mapping or null")
     executor: ExecutorEntry = setting(ExecutorEntry(), "where runs execute: {ray: {address, gpus_per_run, "
                                       "cpus_per_run, encoder_actors}} for a Ray cluster (default: this process)",
-                                      parse=_executor, shown="this process", accepts="a mapping")
+                                      _is(ExecutorEntry, "a mapping"), parse=_executor, shown="this process")
     source: str = "config"   # how errors name the config (its file name); not a YAML key
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def validate(self) -> None:
+        """Something to run; a transfer source is one of the datasets; base-to-new has no ablations and no
+        transfer."""
+        if not self.methods and not self.ablations:
+            raise ValueError(f"{self.source}: nothing to run; give 'methods' (and/or an 'ablation').")
+        if self.transfer is not None:
+            names = [n for d in self.datasets for n in (d.label, d.data, Path(d.data).name) if n]
+            if self.transfer.source not in names:
+                raise ValueError(f"{self.source}: transfer.source {self.transfer.source!r} is not one of the "
+                                 f"datasets; expected a 'datasets' entry's label or data "
+                                 f"({', '.join(dict.fromkeys(names))}).")
+        if self.protocol == "base_to_new" and (self.ablations or self.transfer is not None):
+            raise ValueError(f"{self.source}: protocol 'base_to_new' cannot be combined with "
+                             f"{'an ablation' if self.ablations else 'transfer'}; run them as separate experiments.")
 
     def replace(self, **keys: Any) -> "ExperimentConfig":
         """A copy with top-level ``keys`` (YAML keys: ``output=``, ``backbone={...}``) changed, validated as a file
@@ -432,7 +503,11 @@ class ExperimentConfig:
         return {k: v for k, v in raw.items() if v not in (None, [], {})}
 
 
-_ROOT = next(x for x in settings_of(ExperimentConfig) if x.name == "root")
+def _raw_backbone(spec: BackboneSpec) -> dict[str, Any]:
+    """A backbone recipe as its YAML keys (the encoder keys live in its options; absent ones are the defaults)."""
+    defaults = _raw(BackboneKeys())
+    return {k: spec.options.get(k, defaults.get(k)) if k in ENCODER_KEYS else getattr(spec, k)
+            for k in _yaml_keys(BackboneKeys)}
 
 
 def _raw(obj: Any) -> dict[str, Any]:
@@ -443,8 +518,7 @@ def _raw(obj: Any) -> dict[str, Any]:
         if isinstance(value, ExecutorEntry):
             value = {"ray": _raw(value.ray)} if value.ray is not None else None
         elif dataclasses.is_dataclass(value):
-            value = ({k: getattr(value, k) for k in _yaml_keys(BackboneKeys)} if isinstance(value, BackboneSpec)
-                     else _raw(value))
+            value = _raw_backbone(value) if isinstance(value, BackboneSpec) else _raw(value)
         elif isinstance(value, tuple):
             value = [_raw(x) if dataclasses.is_dataclass(x) else x for x in value]
         elif isinstance(value, dict):
@@ -467,32 +541,17 @@ def parse_config(raw: Mapping[str, Any], source: str = "config", base_dir: str |
     """
     if not isinstance(raw, Mapping):
         raise ValueError(f"{source}: expected a mapping of settings at the top level. Got {type(raw).__name__}.")
-    root = raw.get("root")
-    if not _ROOT.check.ok(root):   # read first: the datasets' parser gets it (ctx.root), whatever the key order
-        raise invalid_value("root", root, _ROOT.accepts, where=source)
-    ctx = _Ctx(source, Path(base_dir) if base_dir is not None else Path.cwd(), check_registry, root)
+    with _as_file(ExperimentConfig, source, raw):   # read first: the datasets' parser gets it, whatever the order
+        ExperimentConfig.check_value("root", raw.get("root"))
+    ctx = _Ctx(source, Path(base_dir) if base_dir is not None else Path.cwd(), check_registry, raw.get("root"))
     if "datasets" not in raw:
         raise ValueError(f"{source}: 'datasets' must be a non-empty list of paths or built-in names. Got None.")
-    kw = _parse_fields(ExperimentConfig, raw, source, ctx)
-    kw["name"] = str(kw.get("name") or Path(source).stem or "experiment")
-    kw["output"] = kw.get("output") or _resolve_path(f"results/{kw['name']}", ctx.base)
-    if not kw.get("methods") and not kw.get("ablations"):
-        raise ValueError(f"{source}: nothing to run; give 'methods' (and/or an 'ablation').")
-    _check_protocols(kw, source)
-    return ExperimentConfig(**kw, source=source)
-
-
-def _check_protocols(kw: dict[str, Any], source: str) -> None:
-    """A transfer source must be one of the datasets; base-to-new has no ablations and no transfer."""
-    transfer = kw.get("transfer")
-    if transfer is not None:
-        names = [n for d in kw["datasets"] for n in (d.label, d.data, Path(d.data).name) if n]
-        if transfer.source not in names:
-            raise ValueError(f"{source}: transfer.source {transfer.source!r} is not one of the datasets; expected "
-                             f"a 'datasets' entry's label or data ({', '.join(dict.fromkeys(names))}).")
-    if kw.get("protocol") == "base_to_new" and (kw.get("ablations") or transfer is not None):
-        raise ValueError(f"{source}: protocol 'base_to_new' cannot be combined with "
-                         f"{'an ablation' if kw.get('ablations') else 'transfer'}; run them as separate experiments.")
+    kw = _fields(ExperimentConfig, raw, source, ctx)
+    if kw.get("name") is None:
+        kw["name"] = Path(source).stem or "experiment"
+    if "output" not in raw:
+        kw["output"] = _resolve_path(f"results/{kw['name']}", ctx.base)
+    return _build(ExperimentConfig, kw, raw, source, source=source)
 
 
 MAX_YAML_NODES = 100_000   # values in a config once every alias is expanded; far above any real experiment

@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import abc
 import copy
+import dataclasses
 import fnmatch
 import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 from safetensors.torch import load_file
@@ -50,6 +51,7 @@ from ..backbones.base import check_backbone
 from ..config import MethodConfig, suggest
 from ..io import atomic_dir, package_versions
 from ..prompts import ClassText
+from ..training import TrainingConfig
 from .folder import (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, check_finite_tensors, check_header, check_save_target,
                      marker, read_header, read_saved_config)
 
@@ -91,9 +93,10 @@ def get_method_class(name: str) -> type["FewShotMethod"]:
     return _METHODS[key]
 
 
-# Settings only methods that iterate have (TrainingConfig's fields): asked of a training-free method, they get an
-# error that says why instead of a bare "unknown key".
-TRAINING_KEYS = ("epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay", "warmup_epochs", "warmup_lr")
+# Settings only methods that iterate have (the fields TrainingConfig declares over MethodConfig's): asked of a
+# training-free method, they get an error that says why instead of a bare "unknown key".
+TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(TrainingConfig)
+                      if f.name not in {g.name for g in dataclasses.fields(MethodConfig)})
 
 
 def check_overrides(cls: type["FewShotMethod"], names, what: str = "key", where: str = "") -> None:
@@ -127,8 +130,8 @@ def _shape(x: Any) -> str:
 
 def check_finite(x: torch.Tensor, what: str) -> None:
     """A one-line error when ``x`` holds NaN or inf (they would give NaN probabilities, not an error)."""
-    if x.is_floating_point() and x.dtype != torch.float64 and bool(torch.isfinite(x.sum(dtype=torch.float64))):
-        return  # a float64 sum of finite float32/16 values cannot overflow: finite iff every value is (one pass)
+    if x.is_floating_point() and bool(torch.isfinite(x.sum())):
+        return  # one NaN or inf makes the sum non-finite; a finite sum means every value is (one pass, no copy)
     bad = ~torch.isfinite(x)
     if bad.any():
         rows = bad.reshape(bad.shape[0], -1).any(dim=1).nonzero().flatten().tolist() if x.ndim else []
@@ -225,6 +228,19 @@ class FewShotMethod(abc.ABC):
         :func:`~clip_adapter.training.train_stacked`) as long as every model equals its own ``fit``; this
         default fits them one after another."""
         return [cls(c, backbone=backbone).fit(features, labels, text=text, views=views) for c in configs]
+
+    #: whether :meth:`fit_many_data` can fit points with different data in one pass (else it fits one by one)
+    stacks_data: ClassVar[bool] = False
+
+    @classmethod
+    def fit_many_data(cls, configs: "list[MethodConfig]", features: Sequence[torch.Tensor],
+                      labels: Sequence[torch.Tensor], *, text: ClassText,
+                      views: "Sequence[torch.Tensor | None]", backbone=None) -> "list[FewShotMethod]":
+        """One fitted model per config, config ``i`` on its own data ``features[i]``, ``labels[i]``, ``views[i]``
+        (an experiment's seeds: each its own few-shot sample), each as ``cls(config).fit(...)`` on that data would
+        give. This default fits them one after another; a method with ``stacks_data`` fits them at once."""
+        return [cls(c, backbone=backbone).fit(f, y, text=text, views=v)
+                for c, f, y, v in zip(configs, features, labels, views)]
 
     @abc.abstractmethod
     def logits(self, features: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,9 @@ class Clap(ZsLp):
 
         return clap_penalty
 
+    def penalty_lambda(self) -> torch.Tensor | None:
+        return self.lambda_
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {**super().state_tensors(), "fixed.lambda": self.lambda_}
 

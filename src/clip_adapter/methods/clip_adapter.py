@@ -82,23 +82,55 @@ class ClipAdapter(FewShotMethod):
     def fit_many(cls, configs: Sequence[ClipAdapterConfig], features: torch.Tensor, labels: torch.Tensor, *,
                  text: ClassText, views: torch.Tensor | None = None, backbone=None,
                  stack: bool | None = None) -> list["ClipAdapter"]:
-        """Fit every config as one vectorised model (:func:`~clip_adapter.training.train_stacked`): the adapters
-        of all points stacked, one pass over the batches; each point equals its own :meth:`fit` (logits to float
-        rounding). ``stack=False`` fits them one by one; points with different architectures or optimisation
-        settings are always fitted one by one. Stacked is the default: it pays a step's fixed costs (Python,
-        dispatch, kernel launches) once for all points instead of once per point (benchmarks/batched_search.py)."""
-        same_arch = len({(c.target, c.reduction, c.bias, c.final_relu) for c in configs}) == 1
-        if stack is False or not (same_arch and can_stack(configs)):
+        """Fit every config, stacked (``stack=True``) as one vectorised model
+        (:func:`~clip_adapter.training.train_stacked`: the adapters of all points stacked, one pass over the
+        batches) or one by one (``stack=False``); each point equals its own :meth:`fit` either way (the image
+        placement bit for bit). Points with different architectures or optimisation settings are always fitted one
+        by one. Default (``None``): stacked off the CPU, where a step of these small models is kernel-launch
+        overhead that stacking pays once for all points; one by one on the CPU, where a step is arithmetic and
+        memory traffic and the stacked weights fall out of the cache (4 alphas stacked measured 1.3x the time of
+        one by one there: benchmarks/batched_search.py)."""
+        if stack is None:
+            stack = torch.device(configs[0].device).type != "cpu"
+        if not stack or not cls._can_stack(configs):
             return super().fit_many(configs, features, labels, text=text, views=views, backbone=backbone)
+        return cls._fit_stacked(configs, [features] * len(configs), [labels] * len(configs),
+                                [views] * len(configs), text, backbone, shared=True)
+
+    stacks_data = True
+
+    @classmethod
+    def fit_many_data(cls, configs: Sequence[ClipAdapterConfig], features: Sequence[torch.Tensor],
+                      labels: Sequence[torch.Tensor], *, text: ClassText, views: Sequence[torch.Tensor | None],
+                      backbone=None) -> list["ClipAdapter"]:
+        """Each config on its own data (an experiment's seeds) as one stacked model when the points can share an
+        optimiser and their data have one shape (whatever the device: asked for by ``batch_seeds``); each model
+        equals its own :meth:`fit` on its data."""
+        shapes = {(tuple(f.shape), None if v is None else tuple(v.shape)) for f, v in zip(features, views)}
+        if len(shapes) != 1 or not cls._can_stack(configs):
+            return super().fit_many_data(configs, features, labels, text=text, views=views, backbone=backbone)
+        return cls._fit_stacked(configs, features, labels, views, text, backbone, shared=False)
+
+    @staticmethod
+    def _can_stack(configs: Sequence[ClipAdapterConfig]) -> bool:
+        same_arch = len({(c.target, c.reduction, c.bias, c.final_relu) for c in configs}) == 1
+        return same_arch and can_stack(configs)
+
+    @classmethod
+    def _fit_stacked(cls, configs, features, labels, views, text, backbone, shared: bool) -> list["ClipAdapter"]:
         models = [cls(c, backbone=backbone) for c in configs]
-        for m in models:            # what fit() does before _fit
-            m._start_fit(features, labels, text, views)
-            m.check_train_data(features, labels, views)
+        for m, f, y, v in zip(models, features, labels, views):     # what fit() does before _fit
+            m._start_fit(f, y, text, v)
+            m.check_train_data(f, y, v)
             m.text_features_ = text.features.float().clone()
-            m._build(features.shape[1])
-        features, views = features.float(), None if views is None else views.float()
+            m._build(f.shape[1])
+        if shared:      # one data set for every point
+            x, y, v = features[0].float(), labels[0], None if views[0] is None else views[0].float()
+        else:
+            x, y = torch.stack([f.float() for f in features]), torch.stack(list(labels))
+            v = None if views[0] is None else torch.stack([t.float() for t in views])
         stacked = _StackedClipAdapter(models)
-        histories = train_stacked(stacked, configs, features, labels, views=views, drop_last=cls.drop_last)
+        histories = train_stacked(stacked, configs, x, y, views=v, drop_last=cls.drop_last)
         stacked.write_back()
         for m, h in zip(models, histories):
             m.history_ = h

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..prompts import ClassText
@@ -49,6 +50,11 @@ class ZsLp(FewShotMethod):
         """An extra loss term on ``weight`` (CLAP's); ZS-LP has none."""
         return None
 
+    def penalty_lambda(self) -> torch.Tensor | None:
+        """The per-class weights ``lambda_c`` when :meth:`penalty` is CLAP's ``mean_c lambda_c ||w_c - t_c||^2``
+        (then the hand-written step computes it); None otherwise."""
+        return None
+
     def _fit(self, features: torch.Tensor, labels: torch.Tensor, *, text: ClassText,
              views: torch.Tensor | None) -> None:
         c = self.config
@@ -60,8 +66,13 @@ class ZsLp(FewShotMethod):
         def logits_fn(x: torch.Tensor) -> torch.Tensor:
             return cosine_logits(x, weight, scale)
 
+        penalty = self.penalty(weight, labels, features, views)
+        pull = self.penalty_lambda()
+        # ZS-LP, and CLAP's pull, train through a hand-written step (autograd's operations, the same bits).
+        step = _ProbeStep(weight, self.text_features_.to(dev), scale, pull) \
+            if penalty is None or pull is not None else None
         self.history_ = train_loop([weight], logits_fn, features, labels, c, views=views, drop_last=self.drop_last,
-                                   penalty=self.penalty(weight, labels, features, views))
+                                   penalty=None if step is not None else penalty, step=step)
         self.weight_ = weight.detach().cpu()
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
@@ -72,3 +83,41 @@ class ZsLp(FewShotMethod):
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.weight_, self.text_features_ = tensors["weight"], tensors["fixed.text_features"]
+
+
+class _ProbeStep:
+    """One training step of the cosine probe (``train_loop``'s ``step``), with CLAP's pull when ``lam`` is given:
+    forward and backward by hand, the operations autograd runs for ``logits_fn`` (+ the penalty), in its order,
+    so the gradient is the same bits (tests/test_fastfit.py)."""
+
+    def __init__(self, weight: nn.Parameter, text: torch.Tensor, scale: float, lam: torch.Tensor | None):
+        self.weight, self.text, self.scale = weight, text, scale
+        self.lam = None if lam is None else lam.to(weight.device)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.weight.detach()
+        scaled = F.normalize(x, dim=-1) * self.scale
+        norm = torch.linalg.vector_norm(w, 2, -1, keepdim=True)
+        denom = norm.clamp_min(1e-12).expand_as(w)
+        logits = torch.mm(scaled, (w / denom).t())
+        logp = torch.log_softmax(logits, 1)
+        loss, total = torch.ops.aten.nll_loss_forward(logp, y, None, 1, -100)
+        g = torch.ops.aten.nll_loss_backward(torch.ones((), dtype=w.dtype, device=w.device), logp, y, None, 1,
+                                             -100, total)
+        g = torch._log_softmax_backward_data(g, logp, 1, logp.dtype)
+        g_unit = torch.mm(g.t(), scaled)                              # mm's backward for the (C, d) side
+        g_div = g_unit / denom                                        # F.normalize's backward, term by term
+        g_den = (-g_unit * ((w / denom) / denom)).sum(-1, keepdim=True)
+        g_norm = torch.where(norm >= 1e-12, g_den, torch.zeros((), dtype=w.dtype, device=w.device)) \
+            * (w / norm).masked_fill_(norm == 0, 0)
+        if self.lam is None:
+            self.weight.grad = g_div + g_norm
+            return loss, logits
+        diff = w - self.text                                          # CLAP: mean_c lam_c ||w_c - t_c||^2
+        loss = loss + (self.lam * diff.pow(2).sum(-1)).mean()
+        n = w.shape[0]
+        g_sum = ((torch.ones((), dtype=w.dtype, device=w.device).expand(n) / n) * self.lam).unsqueeze(-1)
+        g_pull = g_sum.expand_as(w) * (2 * diff.pow(1))
+        self.weight.grad = (g_div + g_pull) + g_norm                  # the order autograd accumulates them in
+        return loss, logits

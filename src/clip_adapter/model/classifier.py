@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import re
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -128,9 +129,12 @@ class AdaptedClassifier:
                         batch_size: int = 32) -> "AdaptedClassifier":
         """Load a folder written by :meth:`save_pretrained` (or ``run_one(save_model=...)``); never unpickles.
 
-        The backbone is rebuilt from the saved description on ``device``, unless ``backbone`` is given (it is then
-        checked against the saved id and dim). A model trained on a local checkpoint needs ``checkpoint=FILE``;
-        the file's sha256 must match the saved one.
+        The backbone is rebuilt from the saved description on ``device``, unless ``backbone`` is given: a loaded
+        :class:`~clip_adapter.backbones.Backbone`, or a name for :func:`~clip_adapter.backbones.load_backbone`
+        (``"hf:PATH"``; the CLI's ``--backbone NAME``), loaded on ``device`` with the saved pretrained tag and
+        ``checkpoint``. Either is the caller's explicit choice, so it may be a path the saved recipe would not open;
+        its id must equal the saved one. A model trained on a local checkpoint needs ``checkpoint=FILE``; the file's
+        sha256 must match the saved one.
         """
         directory = Path(directory)
         meta = read_saved_config(directory)
@@ -144,6 +148,8 @@ class AdaptedClassifier:
         if backbone is None:
             spec = check_recipe(spec, directory / CONFIG_NAME)
             backbone = spec.load(device, None if checkpoint is None else str(checkpoint), where=f"Model {directory}")
+        elif isinstance(backbone, (str, os.PathLike)):
+            backbone = _chosen_backbone(str(backbone), spec, bid, directory / CONFIG_NAME, device, checkpoint)
         check_backbone(bid, meta["embed_dim"], backbone, where=f"Adapter in {directory}")
         method = FewShotMethod.from_pretrained(directory, backbone=backbone)
         keep = ("dataset", "shots", "seed", "test_accuracy", "model_card", "class_ids")
@@ -341,6 +347,20 @@ class AdaptedClassifier:
         return torch.tensor(out, dtype=torch.long)
 
 
+def _chosen_backbone(name: str, spec: BackboneSpec, bid: str | None, cfg_file: Path, device, checkpoint) -> Any:
+    """The backbone the user named (``--backbone NAME``): loaded as asked (an explicit choice, so the #17 rule that a
+    saved model opens nothing unapproved is kept), then refused in one line unless its id is the saved one."""
+    chosen = BackboneSpec.of(name, pretrained=None, checkpoint=None if checkpoint is None else str(checkpoint),
+                             device=str(device))
+    if chosen.family == OPEN_CLIP == spec.family:   # an open_clip architecture: with the saved pretrained tag
+        chosen = replace(chosen, pretrained=spec.pretrained)
+    loaded = chosen.build()   # seeded, as experiments build it: a random init is the same model again
+    if bid and loaded.id != bid:
+        raise ValueError(f"{cfg_file}: the backbone given ({name!r:.100}) is {loaded.id!r:.100}, but the model was "
+                         f"saved with {bid!r:.100}; pass the backbone it was trained on.")
+    return loaded
+
+
 # What open_clip reads from an architecture config to fetch other weights or code: a saved model may not name them.
 _FETCHING_KEYS = ("hf_model_name", "hf_tokenizer_name", "hf_model_pretrained", "timm_model_pretrained")
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]{0,127}")
@@ -361,10 +381,12 @@ def check_recipe(spec: BackboneSpec, cfg_file: Path) -> BackboneSpec:
     if spec.family != OPEN_CLIP:
         raise ValueError(f"{cfg_file}: backbone {spec.id!r:.100} is not one this clip-adapter builds (family "
                          f"{spec.family!r:.40}, name {name!r:.60}); refusing to load it. Pass the backbone yourself: "
-                         f"from_pretrained(dir, backbone=bb).")
+                         f"--backbone NAME on the command line, from_pretrained(dir, backbone=bb) in Python.")
     if not _PLAIN_NAME.fullmatch(name) or name.endswith(".json"):
         raise ValueError(f"{cfg_file}: the backbone {name!r:.80} is not a registered open_clip architecture name (a "
-                         f"path, hub repo or folder is never opened from a saved model); refusing to load it.")
+                         f"path, hub repo or folder is never opened from a saved model); refusing to load it. Pass "
+                         f"it yourself if you trust it: --backbone NAME on the command line, "
+                         f"from_pretrained(dir, backbone=bb) in Python.")
     cfg = spec.model_config
     if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
         raise ValueError(f"{cfg_file}: the backbone {name!r} is not a known open_clip architecture and no valid "
@@ -373,7 +395,7 @@ def check_recipe(spec: BackboneSpec, cfg_file: Path) -> BackboneSpec:
     if bad:
         raise ValueError(f"{cfg_file}: the saved architecture of backbone {name!r} names weights or code to fetch "
                          f"({bad}); a saved model may not. Load that backbone yourself and pass it: "
-                         f"from_pretrained(dir, backbone=bb).")
+                         f"--backbone NAME on the command line, from_pretrained(dir, backbone=bb) in Python.")
     return spec
 
 
