@@ -40,9 +40,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     work = demo_workload(args.shots, args.views)
     n_enc = work["images"] + work["view_encodings"]
-    # Measured on a 2-core CPU (benchmarks/results/demo_time.json): 308 s for 960 images with an empty cache, 47 s warm.
-    print(f"demo: {work['fits']} fits; encodes {n_enc} images on the first run (expected ~{_minutes(n_enc / 3.8 + 50)} "
-          f"on 2 CPU cores, seconds once the features are cached)", flush=True)
+    # Measured on an idle 2-core CPU (benchmarks/results/demo_time.json, load ~1): 78 s for 960 images with an empty
+    # cache (encoding ~20 s, the lite alignment map ~17 s, the fits the rest), 57 s warm; about twice that at load 6.
+    fits_s = 55
+    print(f"demo: {work['fits']} fits; encodes {n_enc} images on the first run (expected ~{_minutes(n_enc / 40 + fits_s)} "
+          f"on an idle 2-core CPU, ~{_minutes(fits_s)} once the features are cached; longer under load)", flush=True)
     backbone = backbone_from_args(args)
     ds = demo_dataset()
     print(f"backbone {backbone.id}; dataset {ds.name}: {ds.num_classes} classes, "
