@@ -48,7 +48,10 @@ def test_interface(lite_backbone):
     assert not any(p.requires_grad for p in bb.image_model.parameters())
     from clip_adapter.backbones.lite import recipe_key
     assert bb.describe() == {"alignment_recipe": recipe_key(bb.templates), "alignment_lambda": bb.alignment.lam,
-                             "alignment_templates": 1}
+                             "alignment_templates": 1,
+                             # the default runtime (auto) runs lite's image tower on ONNX Runtime on the CPU
+                             "encoder": {"compile": False, "gpu_decode": False, "precision": "fp32",
+                                         "runtime": "onnx", "variant": "onnx"}}
 
 
 def test_non_default_templates_change_id(lite_cache, monkeypatch):

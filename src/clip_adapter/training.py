@@ -122,7 +122,9 @@ def _epochs(params: list, logits_fn: Callable, source: torch.Tensor, labels: tor
             opt, gen: torch.Generator, drop_last: bool, history: dict, bar,
             penalty: Callable[[], torch.Tensor] | None = None, step: ManualStep | None = None) -> None:
     n_views, n = source.shape[0], source.shape[1]
-    flat = source.reshape(n_views * n, -1)
+    # One gather per batch from (views * images, ...) rows; per-image activations keep their shape ((tokens, width)
+    # for the insertion-layer adapter).
+    flat = source.reshape(n_views * n, *source.shape[2:])
     bounds = batch_bounds(n, cfg.batch_size, drop_last)
     for epoch in range(cfg.epochs):
         for g in opt.param_groups:

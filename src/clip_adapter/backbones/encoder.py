@@ -301,7 +301,14 @@ class ImageRunner:
             self.export_seconds = 0.0
         self.onnx_path = path
 
+        expected = tuple(self.sample_shape[1:])
+
         def run(x: torch.Tensor) -> torch.Tensor:
+            if tuple(x.shape[1:]) != expected:
+                # The graph is exported at the backbone's input size (what its transforms give); another size (a
+                # caller's own tensors) runs on torch, whose features the graph's equal.
+                with torch.no_grad():
+                    return self.module(x.to(self.device)).float().cpu()
             x = x.detach().to("cpu", torch.float32).contiguous()
             return torch.from_numpy(sess.run(None, {"images": x.numpy()})[0])
         return run
