@@ -103,16 +103,6 @@ def _runner(backbone, onnx_dir: Path, size: tuple[int, int], **kw):
     return ImageRunner(module, resolved, device, backbone.id, (1, 3, *size), OnnxGraphCache(onnx_dir))
 
 
-@contextlib.contextmanager
-def _no_mha_fastpath():
-    was = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(was)
-
-
 def measure(name: str, backbone, images: torch.Tensor, rounds: int, micro: int, skip: set[str]) -> dict:
     variants = _variants(backbone, micro, skip, tuple(images.shape[2:]))
     if hasattr(backbone, "image_model"):

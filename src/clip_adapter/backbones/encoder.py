@@ -34,7 +34,7 @@ import torch
 from ..config import invalid_value
 from ..io import atomic_path, default_cache_dir, safe_name
 
-__all__ = ["EncoderOptions", "DEFAULT_RUNTIME", "ImageRunner", "PRECISIONS", "RUNTIMES", "ENCODER_KEYS", "onnx_available",
+__all__ = ["EncoderOptions", "DEFAULT_RUNTIME", "no_mha_fastpath", "ImageRunner", "PRECISIONS", "RUNTIMES", "ENCODER_KEYS", "onnx_available",
            "OnnxGraphCache", "EQUAL_COSINE"]
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ def export_key(module: torch.nn.Module, sample_shape: tuple[int, ...]) -> str:
 
 
 @contextlib.contextmanager
-def _no_mha_fastpath():
+def no_mha_fastpath():
     """The fused attention fast path (``aten::_native_multi_head_attention``) has no ONNX export: trace plain ops."""
     was = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
@@ -227,7 +227,7 @@ def export_onnx(module: torch.nn.Module, sample: torch.Tensor, path: Path) -> fl
     # wrapper left in training mode would switch batch norm to batch statistics (seen: lite's features then moved by
     # cosine distance 0.8). Our towers are eval; make sure.
     module.eval()
-    with atomic_path(path, "ONNX graph") as tmp, torch.no_grad(), _no_mha_fastpath(), warnings.catch_warnings():
+    with atomic_path(path, "ONNX graph") as tmp, torch.no_grad(), no_mha_fastpath(), warnings.catch_warnings():
         warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation and tracer warnings
         torch.onnx.export(module, (sample,), str(tmp), dynamo=False, input_names=["images"],
                           output_names=["features"], dynamic_axes={"images": {0: "n"}, "features": {0: "n"}},

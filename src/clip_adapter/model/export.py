@@ -10,7 +10,6 @@ PyTorch's to ``atol`` on a batch of images, or nothing is written.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import warnings
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backbones.encoder import no_mha_fastpath
 from ..io import atomic_path
 
 __all__ = ["export_onnx", "ONNX_OPSET", "RUNNER"]
@@ -45,16 +45,6 @@ class _Whole(torch.nn.Module):
                   or backbone.encode_images)
         logits = method.logits(encode(images).float())
         return torch.softmax(logits, dim=-1), logits
-
-
-@contextlib.contextmanager
-def _mha_fastpath(enabled: bool):
-    before = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(enabled)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(before)
 
 
 def _preprocessing(transform) -> dict[str, Any]:
@@ -102,7 +92,7 @@ def export_onnx(classifier, path: str | os.PathLike, *, check_images: torch.Tens
     checks = [example, example[: max(1, len(example) - 1)]]
     with torch.no_grad():
         wants = [whole(x)[0].numpy() for x in checks]
-    with atomic_path(path) as tmp, _mha_fastpath(False), warnings.catch_warnings():
+    with atomic_path(path) as tmp, no_mha_fastpath(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is "legacy" but exact here
         # The TorchScript exporter traces the concrete path (our input checks pass and vanish from the graph);
