@@ -126,8 +126,9 @@ def run_methods(classes: int, shots: int, dim: int, views: int, device: str, see
     feats = view_feats[0].clone()
     text = ClassText([f"c{i}" for i in range(classes)], ["{}"], centers + 0.5 * torch.randn(classes, dim, generator=g))
     test = (centers[labels] + 0.6 * torch.randn(n, dim, generator=g)).relu_()
+    from threadpoolctl import threadpool_limits   # sklearn's dependency: numpy/scipy BLAS on one thread too
     rows = []
-    with torch_threads(1):
+    with torch_threads(1), threadpool_limits(1):
         # One untimed fit first, so the one-time start-up (BLAS buffers, lazy imports) is not charged to whichever
         # method happens to be timed first; sklearn's import (~1.4 s) is start-up too, not the probe's fit.
         import sklearn.linear_model  # noqa: F401
