@@ -331,6 +331,15 @@ def test_shipped_configs_are_valid(name, monkeypatch):
     assert cfg.seeds == (1, 2, 3)
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_experiment_config_loads(path, monkeypatch):
+    """A config in configs/ that no longer parses (a renamed key, a method gone) fails here, not in a user's run."""
+    monkeypatch.chdir(REPO)
+    cfg = load_config(path)
+    assert cfg.methods or cfg.ablations
+    assert cfg.datasets and cfg.seeds
+
+
 def test_experiment_and_report_commands(small_run, datasets, tmp_path, capsys):
     from clip_adapter.cli import main
     cfg = tmp_path / "cfg.yaml"
