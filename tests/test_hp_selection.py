@@ -8,6 +8,7 @@ import torch
 
 from clip_adapter import RunSpec, load_dataset, run_one
 from clip_adapter.experiment.schema import parse_config
+from clip_adapter.methods.clip_adapter import ClipAdapter, ClipAdapterConfig
 from clip_adapter.methods.linear_probe import LinearProbe, LinearProbeConfig
 from clip_adapter.methods.tip_adapter import TipAdapterConfig
 from clip_adapter.prompts import ClassText
@@ -32,6 +33,23 @@ def test_grid_edges():
     assert grid_edges({"alpha": grid["alpha"]}, {"alpha": 0.5}) == []
 
 
+def test_a_grid_end_that_is_the_end_of_the_range_is_not_an_edge():
+    """CLIP-Adapter's alpha lives in [0, 1]: choosing 1 (all adapter) misses nothing beyond the grid; 0.8 as the top
+    of a narrower grid does. The limits are the config's own constraints."""
+    limits = ClipAdapterConfig.all_constraints()
+    grid = {"alpha": [0.2, 0.6, 1.0]}
+    assert grid_edges(grid, {"alpha": 1.0}, limits) == []
+    assert grid_edges(grid, {"alpha": 1.0}) == ["alpha"]                      # without limits: the old rule
+    assert grid_edges(grid, {"alpha": 0.2}, limits) == ["alpha"]
+    assert grid_edges({"alpha": [0.2, 0.8]}, {"alpha": 0.8}, limits) == ["alpha"]
+    assert 1.0 in ClipAdapter.default_grid["alpha"]
+    # Tip-Adapter's alpha >= 0: 0 (zero-shot, the cache unused) is the end of its range; its grid's top is not
+    tip = TipAdapterConfig.all_constraints()
+    assert grid_edges({"alpha": [0.0, 1.0], "beta": [1.0, 2.0]}, {"alpha": 0.0, "beta": 1.5}, tip) == []
+    assert grid_edges({"alpha": [0.0, 1.0], "beta": [1.0, 2.0]}, {"alpha": 1.0, "beta": 2.0}, tip) == \
+        ["alpha", "beta"]
+
+
 def test_linear_probe_search_refines_and_flags_its_edge(caplog):
     feats, labels, text = clustered(n_classes=4, per_class=6, dim=16, seed=4)
     val_f, val_l, _ = clustered(n_classes=4, per_class=4, dim=16, seed=4, noise=1.5)
@@ -44,9 +62,9 @@ def test_linear_probe_search_refines_and_flags_its_edge(caplog):
     assert sel.val_accuracy == max(c["val_accuracy"] for c in sel.candidates)
     # a grid whose best value is its end is flagged, and logged as a warning (ties keep the first point: 0)
     with caplog.at_level(logging.WARNING, logger="clip_adapter.selection"):
-        low = select("tip_adapter", TipAdapterConfig(), {"alpha": [0.0, 1e-9], "beta": [1.0]}, train, val,
+        low = select("tip_adapter", TipAdapterConfig(), {"alpha": [1e-9, 2e-9], "beta": [1.0]}, train, val,
                      _text(text))
-    assert low.chosen == {"alpha": 0.0, "beta": 1.0} and low.at_grid_edge == ["alpha"]
+    assert low.chosen == {"alpha": 1e-9, "beta": 1.0} and low.at_grid_edge == ["alpha"]
     assert "lies on the edge of the values searched on validation" in caplog.text
 
 

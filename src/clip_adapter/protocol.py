@@ -56,7 +56,8 @@ RECORD_FIELDS: dict[str, str] = {
     "chosen": "hyper-parameters chosen on validation",
     "hp_selection": "how hyper-parameters were chosen: few_shot_val (min(K, 4) val images per class), full_val "
                     "(the whole val split) or none (defaults; also for methods with nothing to choose)",
-    "at_grid_edge": "grid keys whose chosen value is the smallest or largest searched (the optimum may lie outside)",
+    "at_grid_edge": "grid keys whose chosen value is the smallest or largest searched (the optimum may lie outside); "
+                    "a value at an included end of the key's own range (CLIP-Adapter's alpha = 1) is not listed",
     "candidates": "every grid point with its validation accuracy",
     "config": "the resolved method config of the chosen model",
     "grid": "the grid searched on validation",

@@ -12,11 +12,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
-from .config import HP_SELECTION, MethodConfig
+from .config import HP_SELECTION, Constraint, Interval, MethodConfig
 from .methods import FewShotMethod, get_method_class
 from .prompts import ClassText
 
@@ -54,16 +54,30 @@ class Selection:
     at_grid_edge: list[str] = dataclasses.field(default_factory=list)  # keys chosen at an end of their values
 
 
-def grid_edges(grid: dict[str, list], chosen: dict[str, Any]) -> list[str]:
+def grid_edges(grid: dict[str, list], chosen: dict[str, Any],
+               limits: Mapping[str, Constraint] | None = None) -> list[str]:
     """The grid keys whose chosen value is at (or, after a refinement, beyond) the smallest or largest value of its
-    grid (numbers, at least two distinct values): the optimum may lie outside the grid."""
+    grid (numbers, at least two distinct values): the optimum may lie outside the grid.
+
+    ``limits`` (a config's ``all_constraints()``): a value at an included end of the key's own range is not an edge,
+    since nothing lies beyond it (CLIP-Adapter's ``alpha`` = 1, all adapter and no original feature)."""
     out = []
     for k, vals in grid.items():
         nums = [v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
         v = chosen.get(k)
-        if len(set(nums)) >= 2 and isinstance(v, (int, float)) and not (min(nums) < v < max(nums)):
+        if len(set(nums)) >= 2 and isinstance(v, (int, float)) and not (min(nums) < v < max(nums)) \
+                and not _at_range_end((limits or {}).get(k), v):
             out.append(k)
     return sorted(out)
+
+
+def _at_range_end(limit: Constraint | None, v: float) -> bool:
+    """Whether ``v`` is an included end of ``limit`` (an :class:`~clip_adapter.config.Interval`)."""
+    if not isinstance(limit, Interval):
+        return False
+    lo_in, hi_in = limit.closed in ("both", "left"), limit.closed in ("both", "right")
+    return (lo_in and limit.low is not None and v == limit.low) or (hi_in and limit.high is not None
+                                                                   and v == limit.high)
 
 
 def select(method: str, config: MethodConfig, grid: dict[str, list], train: FeatureSplit, val: FeatureSplit,
@@ -101,7 +115,7 @@ def select(method: str, config: MethodConfig, grid: dict[str, list], train: Feat
             more = [{**best[3], **dict(zip(extra, vals))} for vals in itertools.product(*extra.values())]
             best = _search(method, config, [p for p in more if p not in tried], train, val, text, backbone,
                            candidates, best, stack)
-    edges = grid_edges(grid, best[3]) if len(points) > 1 else []
+    edges = grid_edges(grid, best[3], config.all_constraints()) if len(points) > 1 else []
     if edges:
         log.warning("%s: the chosen %s lies on the edge of the values searched on validation; the optimum may lie "
                     "outside the grid (widen it: --grid KEY=V1,V2,... on run, grid: in an experiment).", method,
@@ -190,7 +204,7 @@ def select_many(method: str, configs: list[MethodConfig], grid: dict[str, list],
                 more = [{**best[3], **dict(zip(extra, v))} for v in itertools.product(*extra.values())]
                 best = _search(method, configs[r], [p for p in more if p not in tried], trains[r], vals[r], text,
                                backbone, candidates, best)
-        edges = grid_edges(grid, best[3]) if len(points) > 1 else []
+        edges = grid_edges(grid, best[3], configs[r].all_constraints()) if len(points) > 1 else []
         if edges:
             log.warning("%s: the chosen %s lies on the edge of the values searched on validation; the optimum may "
                         "lie outside the grid (widen it: --grid KEY=V1,V2,... on run, grid: in an experiment).",
