@@ -46,7 +46,7 @@ def test_reference_lists_each_field_with_type_default_and_grid():
     section = doc.split("## `clip_adapter` (")[1].split("\n## ")[0]
     assert ("| `alpha` | `float` | 0.2 | a float in [0, 1] | residual ratio of the image adapter: alpha * A(f) + "
             "(1 - alpha) * f |") in section
-    assert "Searched on validation by default: `alpha` in [0.2, 0.4, 0.6, 0.8, 1.0]." in section
+    assert "Searched on validation by default: `alpha` in [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]." in section
     coop = doc.split("## `coop` (")[1].split("\n## ")[0]
     assert "| `epochs` | `int \\| None` | null | an int >= 1 or None (by shots per class) |" in coop
 
