@@ -51,6 +51,19 @@ def main(results: Path, out: Path) -> None:
              for ds in datasets for m in trained for k in SHOTS if len(rows.get((ds, m, k), [])) < SEEDS]
     lines += ([f"Cells with fewer seeds than planned (not run: the shared 2-core machine ran out of time; none "
                f"failed): {'; '.join(short)}.", ""] if short else ["Every planned run is here.", ""])
+    # Training seconds are wall time under the machine's load when each run was made: say when, per method, if the
+    # methods' runs were made at different times (a method re-run after a change of its grid, say).
+    spans = {m: (min(x["time"] for k, v in rows.items() if k[1] == m for x in v)[:16],
+                 max(x["time"] for k, v in rows.items() if k[1] == m for x in v)[:16]) for m in trained}
+    groups = defaultdict(list)
+    for m, (a, b) in spans.items():
+        groups[(a[:13], b[:13])].append(m)          # to the hour
+    if len(groups) > 1:
+        lines += ["Runs were made at different times (record `time`, UTC), so their training seconds were measured "
+                  "under different machine loads: " + "; ".join(
+                      f"{', '.join(ms)}: {min(spans[m][0] for m in ms).replace('T', ' ')} to "
+                      f"{max(spans[m][1] for m in ms)[11:]}"
+                      for _, ms in sorted(groups.items(), key=lambda g: g[0])) + ".", ""]
     lines += ["`edge n/N (...)`: n of the N seeds chose a value at an end of its grid (`lo` the smallest value, `hi` "
               "the largest). For tip_adapter / tip_adapter_f, `beta lo` with a large alpha is the flat-affinity limit "
               "(a class-mean cosine classifier), not a missed optimum; with alpha at its lowest (the cache barely counts, as on "
