@@ -92,12 +92,7 @@ def select(method: str, config: MethodConfig, grid: dict[str, list], train: Feat
     one; ``stack=False`` forces one by one).
     """
     cls = get_method_class(method)
-    cls.config_cls.check_field_names(grid, what="grid key")
-    for k, vals in grid.items():
-        if not isinstance(vals, (list, tuple)) or not vals:
-            raise ValueError(f"The grid of {k!r} must be a non-empty list of values. Got {vals!r} instead.")
-    keys = list(grid)
-    points = [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))] or [{}]
+    keys, points = _grid_points(cls, grid)
     if not cls.trains:
         points = [{}]
     if len(points) > 1 and not val.labels.numel():
@@ -108,20 +103,40 @@ def select(method: str, config: MethodConfig, grid: dict[str, list], train: Feat
     best: tuple[float, FewShotMethod, MethodConfig, dict] | None = None
     candidates: list[dict[str, Any]] = []
     best = _search(method, config, points, train, val, text, backbone, candidates, best, stack)
-    if len(points) > 1:
-        extra = cls.refine_grid(grid, best[3])
-        if extra:
-            tried = [{k: c[k] for k in keys if k in c} for c in candidates]
-            more = [{**best[3], **dict(zip(extra, vals))} for vals in itertools.product(*extra.values())]
-            best = _search(method, config, [p for p in more if p not in tried], train, val, text, backbone,
-                           candidates, best, stack)
-    edges = grid_edges(grid, best[3], config.all_constraints()) if len(points) > 1 else []
+    best, edges = _refine_and_check(method, config, grid, len(points), best, train, val, text, backbone, candidates,
+                                    stack)
+    return Selection(model=best[1], config=best[2], chosen=best[3], val_accuracy=best[0], candidates=candidates,
+                     seconds=time.perf_counter() - t0, at_grid_edge=edges)
+
+
+def _grid_points(cls: type[FewShotMethod], grid: dict[str, list]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The grid's keys (checked against the method's config) and its points, every combination of the values."""
+    cls.config_cls.check_field_names(grid, what="grid key")
+    for k, vals in grid.items():
+        if not isinstance(vals, (list, tuple)) or not vals:
+            raise ValueError(f"The grid of {k!r} must be a non-empty list of values. Got {vals!r} instead.")
+    keys = list(grid)
+    return keys, [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))] or [{}]
+
+
+def _refine_and_check(method: str, config: MethodConfig, grid: dict[str, list], n_points: int, best, train,
+                      val, text: ClassText, backbone, candidates: list, stack: bool | None = None):
+    """After the first pass: search the method's refinement around the choice (``refine_grid``), then name (and
+    warn about) the keys chosen on the edge of their values. Returns the best and those keys."""
+    if n_points <= 1:
+        return best, []
+    extra = get_method_class(method).refine_grid(grid, best[3])
+    if extra:
+        tried = [{k: c[k] for k in grid if k in c} for c in candidates]
+        more = [{**best[3], **dict(zip(extra, vals))} for vals in itertools.product(*extra.values())]
+        best = _search(method, config, [p for p in more if p not in tried], train, val, text, backbone,
+                       candidates, best, stack)
+    edges = grid_edges(grid, best[3], config.all_constraints())
     if edges:
         log.warning("%s: the chosen %s lies on the edge of the values searched on validation; the optimum may lie "
                     "outside the grid (widen it: --grid KEY=V1,V2,... on run, grid: in an experiment).", method,
                     ", ".join(f"{k}={best[3][k]}" for k in edges))
-    return Selection(model=best[1], config=best[2], chosen=best[3], val_accuracy=best[0], candidates=candidates,
-                     seconds=time.perf_counter() - t0, at_grid_edge=edges)
+    return best, edges
 
 
 def _search(method: str, config: MethodConfig, points: list[dict], train: FeatureSplit, val: FeatureSplit,
@@ -176,12 +191,7 @@ def select_many(method: str, configs: list[MethodConfig], grid: dict[str, list],
     cls = get_method_class(method)
     if not cls.stacks_data or not cls.trains or len(configs) < 2:
         return [select(method, c, grid, t, v, text, backbone=backbone) for c, t, v in zip(configs, trains, vals)]
-    cls.config_cls.check_field_names(grid, what="grid key")
-    for k, values in grid.items():
-        if not isinstance(values, (list, tuple)) or not values:
-            raise ValueError(f"The grid of {k!r} must be a non-empty list of values. Got {values!r} instead.")
-    keys = list(grid)
-    points = [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))] or [{}]
+    _, points = _grid_points(cls, grid)
     if len(points) > 1 and not all(v.labels.numel() for v in vals):
         return [select(method, c, grid, t, v, text, backbone=backbone) for c, t, v in zip(configs, trains, vals)]
     t0 = time.perf_counter()
@@ -197,18 +207,8 @@ def select_many(method: str, configs: list[MethodConfig], grid: dict[str, list],
         fitted = {fit_keys[i]: m for (rr, i), m in zip(jobs, models) if rr == r}
         candidates: list[dict[str, Any]] = []
         best = _score(method, points, cfgs, fit_keys, fitted, vals[r], candidates, None)
-        if len(points) > 1:
-            extra = cls.refine_grid(grid, best[3])
-            if extra:
-                tried = [{k: c[k] for k in keys if k in c} for c in candidates]
-                more = [{**best[3], **dict(zip(extra, v))} for v in itertools.product(*extra.values())]
-                best = _search(method, configs[r], [p for p in more if p not in tried], trains[r], vals[r], text,
-                               backbone, candidates, best)
-        edges = grid_edges(grid, best[3], configs[r].all_constraints()) if len(points) > 1 else []
-        if edges:
-            log.warning("%s: the chosen %s lies on the edge of the values searched on validation; the optimum may "
-                        "lie outside the grid (widen it: --grid KEY=V1,V2,... on run, grid: in an experiment).",
-                        method, ", ".join(f"{k}={best[3][k]}" for k in edges))
+        best, edges = _refine_and_check(method, configs[r], grid, len(points), best, trains[r], vals[r], text,
+                                        backbone, candidates)
         out.append(Selection(model=best[1], config=best[2], chosen=best[3], val_accuracy=best[0],
                              candidates=candidates, seconds=shared + time.perf_counter() - t1, at_grid_edge=edges))
     return out
