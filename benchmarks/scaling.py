@@ -22,10 +22,10 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import threading
-import statistics
 import time
 
 import torch
@@ -116,6 +116,7 @@ def run_methods(classes: int, shots: int, dim: int, views: int, device: str, see
     from clip_adapter.methods import get_method, get_method_class, list_methods
     from clip_adapter.methods.proker import _EIGEN as proker_memo
     from clip_adapter.prompts import ClassText
+    from threadpoolctl import threadpool_limits   # sklearn's dependency: numpy/scipy BLAS on one thread too
     names = [m for m in list_methods() if not get_method_class(m).needs_backbone
              and getattr(get_method_class(m), "inputs", "features") == "features"]
     n = classes * shots
@@ -126,7 +127,6 @@ def run_methods(classes: int, shots: int, dim: int, views: int, device: str, see
     feats = view_feats[0].clone()
     text = ClassText([f"c{i}" for i in range(classes)], ["{}"], centers + 0.5 * torch.randn(classes, dim, generator=g))
     test = (centers[labels] + 0.6 * torch.randn(n, dim, generator=g)).relu_()
-    from threadpoolctl import threadpool_limits   # sklearn's dependency: numpy/scipy BLAS on one thread too
     rows = []
     with torch_threads(1), threadpool_limits(1):
         # One untimed fit first, so the one-time start-up (BLAS buffers, lazy imports) is not charged to whichever
